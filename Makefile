@@ -1,0 +1,39 @@
+# One entry point for a fresh machine: `make up` runs discoverd, `make test` tests it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Go-built kube-apiserver, kubectl and helm are cached outside git, once per machine.
+export DISCOVERD_TOOLS_DIR ?= $(HOME)/.cache/discoverd/tools
+
+.PHONY: venv tools lint test test-fast up clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $@
+
+tools:
+	bash hack/build-tools.sh
+
+lint: venv
+	$(BIN)/ruff check operator tests bench hack
+	$(BIN)/ruff format --check operator tests bench hack
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+test: venv tools lint
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Without the Kubernetes tools: unit and etcd integration tests only.
+test-fast: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -p no:cacheprovider tests/unit tests/integration
+
+up: venv
+	$(BIN)/discoverd up
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache
