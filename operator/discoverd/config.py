@@ -1,0 +1,79 @@
+"""Connection settings shared by every command: etcd endpoints, TLS, auth, prefix.
+
+Each has a flag and a `DISCOVERD_*` environment variable (the CLI wires them);
+this module only holds their shape and checks them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from discoverd.schema import keys
+
+__all__ = ["DEFAULT_ENDPOINT", "Endpoint", "EtcdOptions"]
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
+
+
+class Endpoint(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        """`http://h:p`, `https://h:p` or plain `h:p` (http)."""
+        text = url.strip()
+        parts = urlsplit(text if "://" in text else f"http://{text}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{url!r} is not an etcd endpoint such as http://127.0.0.1:2379")
+        try:
+            port = parts.port or 2379
+        except ValueError:
+            raise ValueError(f"{url!r} has an invalid port") from None
+        return cls(host=parts.hostname, port=port, tls=parts.scheme == "https")
+
+    def __str__(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+
+class EtcdOptions(BaseModel):
+    """How to reach etcd and where discoverd's keys live."""
+
+    model_config = ConfigDict(frozen=True)
+
+    endpoints: tuple[Endpoint, ...] = Field(default=(Endpoint.parse(DEFAULT_ENDPOINT),), min_length=1)
+    prefix: str = keys.DEFAULT_PREFIX
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    user: str | None = None
+    password: str | None = None
+    timeout: float = 5.0
+    """Seconds for one request, and for connecting."""
+
+    @field_validator("endpoints", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            return tuple(Endpoint.parse(v) if isinstance(v, str) else v for v in value)
+        return value
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return keys.normalize_prefix(value)
+
+    @property
+    def tls(self) -> bool:
+        return any(e.tls for e in self.endpoints) or self.ca_file is not None or self.cert_file is not None
+
+    def describe(self) -> str:
+        return ",".join(str(e) for e in self.endpoints)

@@ -1,0 +1,1 @@
+"""Pure data: etcd keys, documents, custom resources. Imports nothing of discoverd but errors."""

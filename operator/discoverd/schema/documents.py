@@ -1,0 +1,286 @@
+"""One pydantic model per etcd JSON document: the seed schema, its extensions, and status.
+
+Field names are the seed's snake_case, as stored in etcd. Each model also
+reads the camelCase spelling (custom resources use it, see `resources`) and
+the short keys the original Go discoverd stored (`download`, `install`,
+`run`); it always writes the README's `*_script` names. Unknown fields are
+kept (`extra="allow"`) so older and newer writers coexist.
+
+`parse()` is the one way raw bytes from etcd become a model; it raises
+`InvalidDocument` naming the key and the field.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import signal
+from typing import Annotated, Any, ClassVar, Self, TypeVar
+
+import pydantic
+from pydantic import AfterValidator, AliasChoices, AliasGenerator, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from discoverd.errors import InvalidDocument
+from discoverd.schema import keys
+
+__all__ = [
+    "DEFAULT_STEP_TIMEOUT",
+    "AgentStatus",
+    "Document",
+    "HealthCheck",
+    "Instance",
+    "InstanceBody",
+    "InstanceRef",
+    "InstanceStatus",
+    "Phase",
+    "Script",
+    "Segment",
+    "Server",
+    "ServerBody",
+    "Version",
+    "VersionBody",
+    "dump",
+    "dumps",
+    "model_for",
+    "parse",
+    "parse_at",
+    "validate",
+    "validation_error",
+]
+
+DEFAULT_STEP_TIMEOUT = 600
+
+Segment = Annotated[str, AfterValidator(keys.validate_segment)]
+"""A name or ID that becomes a path segment: non-empty, no '/', not '.' or '..', no control characters."""
+
+
+def _both_spellings(field: str) -> AliasChoices:
+    return AliasChoices(field, to_camel(field))
+
+
+class Document(BaseModel):
+    """Base of every stored document: keeps unknown fields, reads snake_case and camelCase."""
+
+    keep_defaults: ClassVar[bool] = False
+    """Status documents are written whole; configuration only with the fields its writer set."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        populate_by_name=True,
+        alias_generator=AliasGenerator(validation_alias=_both_spellings, serialization_alias=to_camel),
+    )
+
+
+def _signal_name(value: str) -> str:
+    name = value.upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    if not isinstance(getattr(signal, name, None), signal.Signals):
+        raise ValueError(f"{value!r} is not a signal name such as SIGTERM")
+    return name
+
+
+class Script(Document):
+    """A command run with an argv list, never through a shell."""
+
+    command: str = ""
+    argv: list[str] = Field(default_factory=list)
+    timeout: Annotated[int, Field(ge=0)] | None = None
+    """Seconds; bounds download and install (None: 600, 0: no limit). The run script has none."""
+    env: dict[str, str] | None = None
+    """Extension: added to the environment."""
+
+    @property
+    def empty(self) -> bool:
+        return not self.command
+
+    @property
+    def timeout_seconds(self) -> float | None:
+        limit = DEFAULT_STEP_TIMEOUT if self.timeout is None else self.timeout
+        return None if limit == 0 else float(limit)
+
+
+class HealthCheck(Script):
+    """Extension: a script run every `interval` seconds once the run script is up."""
+
+    interval: Annotated[float, Field(gt=0)] = 10.0
+    failure_threshold: Annotated[int, Field(ge=1)] = 3
+
+
+class VersionBody(Document):
+    """How to download, install and run one version of a service (everything but its name)."""
+
+    download_script: Script = Field(
+        default_factory=Script,
+        validation_alias=AliasChoices("download_script", "downloadScript", "download"),
+    )
+    install_script: Script = Field(
+        default_factory=Script,
+        validation_alias=AliasChoices("install_script", "installScript", "install"),
+    )
+    run_script: Script = Field(default_factory=Script, validation_alias=AliasChoices("run_script", "runScript", "run"))
+    health_check: HealthCheck | None = None
+    min_healthy_seconds: Annotated[float, Field(ge=0)] = 5.0
+    stop_signal: Annotated[str, AfterValidator(_signal_name)] = "SIGTERM"
+    stop_timeout: Annotated[float, Field(ge=0)] = 10.0
+
+
+class Version(VersionBody):
+    """`<prefix>/services/<service>/versions/<version>/config/details`; `name` is the service."""
+
+    name: Segment
+
+
+class InstanceBody(Document):
+    """Which version an instance runs and how its run script differs (everything but its name)."""
+
+    service_version: Segment
+    run_script: Script = Field(default_factory=Script, validation_alias=AliasChoices("run_script", "runScript", "run"))
+
+
+class Instance(InstanceBody):
+    """`<prefix>/services/<service>/instances/<id>/config/details`; `name` is the service."""
+
+    name: Segment
+
+
+class InstanceRef(Document):
+    """One entry of a server's `service_instances`: `name` is the service, `id` the instance."""
+
+    name: Segment
+    id: Segment
+
+
+class ServerBody(Document):
+    """The instances a server runs."""
+
+    service_instances: list[InstanceRef]
+
+    @pydantic.model_validator(mode="after")
+    def _no_duplicates(self) -> Self:
+        seen: set[tuple[str, str]] = set()
+        for ref in self.service_instances:
+            if (ref.name, ref.id) in seen:
+                raise ValueError(f"instance {ref.name}/{ref.id} is listed twice")
+            seen.add((ref.name, ref.id))
+        return self
+
+
+class Server(ServerBody):
+    """`<prefix>/servers/<id>/config/details`."""
+
+
+class Phase(enum.StrEnum):
+    """Where an instance is in its life (DESIGN section 2)."""
+
+    PENDING = "Pending"
+    DOWNLOADING = "Downloading"
+    INSTALLING = "Installing"
+    STARTING = "Starting"
+    RUNNING = "Running"
+    UNHEALTHY = "Unhealthy"
+    BACK_OFF = "BackOff"
+    FAILED = "Failed"
+    ROLLED_BACK = "RolledBack"
+    STOPPING = "Stopping"
+
+
+class AgentStatus(Document):
+    """`<prefix>/servers/<id>/status/agent`, held by the agent's lease: present means online."""
+
+    keep_defaults = True
+
+    hostname: str
+    agent_version: str
+    started_at: dt.datetime
+    heartbeat: dt.datetime
+    """When the agent last (re)established its lease and wrote this key."""
+    lease_ttl: int | None = None
+    message: str = ""
+
+
+class InstanceStatus(Document):
+    """`<prefix>/servers/<id>/status/instances/<service>/<id>`, held by the agent's lease."""
+
+    keep_defaults = True
+
+    phase: Phase
+    version: str | None = None
+    previous_version: str | None = None
+    pid: int | None = None
+    restarts: int = 0
+    last_exit_code: int | None = None
+    message: str = ""
+    since: dt.datetime
+    updated_at: dt.datetime
+
+
+_MODELS: dict[keys.Kind, type[Document]] = {
+    keys.Kind.SERVER: Server,
+    keys.Kind.VERSION: Version,
+    keys.Kind.INSTANCE: Instance,
+    keys.Kind.AGENT_STATUS: AgentStatus,
+    keys.Kind.INSTANCE_STATUS: InstanceStatus,
+}
+
+D = TypeVar("D", bound=Document)
+
+
+def model_for(kind: keys.Kind) -> type[Document]:
+    return _MODELS[kind]
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def validation_error(key: str, error: pydantic.ValidationError) -> InvalidDocument:
+    """The first problem of a pydantic error as an InvalidDocument naming key and field."""
+    first = error.errors()[0]
+    reason = first["msg"].removeprefix("Value error, ")
+    more = error.error_count() - 1
+    if more:
+        reason += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return InvalidDocument(key, _field_path(first["loc"]), reason)
+
+
+def validate(model: type[D], key: str, data: Any) -> D:
+    """`model.model_validate(data)`, with errors as InvalidDocument naming `key`."""
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as error:
+        raise validation_error(key, error) from None
+
+
+def parse(model: type[D], key: str, raw: bytes) -> D:
+    """Bytes from etcd to a model; InvalidDocument if they are not JSON or do not validate."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InvalidDocument(key, "", f"not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise InvalidDocument(key, "", f"must be a JSON object, not {type(data).__name__}")
+    return validate(model, key, data)
+
+
+def parse_at(key: keys.Key, key_str: str, raw: bytes) -> Document:
+    """Parse the document stored at a parsed key, checking its `name` agrees with the key."""
+    doc = parse(model_for(key.kind), key_str, raw)
+    if isinstance(doc, Version | Instance) and doc.name != key.service:
+        raise InvalidDocument(key_str, "name", f"{doc.name!r} does not match the service {key.service!r} in the key")
+    return doc
+
+
+def dump(doc: Document) -> dict[str, Any]:
+    """The document as stored in etcd: snake_case, only the fields that were set, unknown ones kept."""
+    data = doc.model_dump(mode="json", exclude_unset=not doc.keep_defaults, by_alias=False)
+    if "name" in data:  # the seed writes the name first
+        data = {"name": data.pop("name"), **data}
+    return data
+
+
+def dumps(doc: Document) -> bytes:
+    """Compact JSON bytes for etcd, field order as declared (what Go's encoding/json writes)."""
+    return json.dumps(dump(doc), separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,177 @@
+"""The only code that knows etcd key strings: build them, parse them, validate a name segment.
+
+Key layout (DESIGN section 1 and 2), relative to the prefix:
+
+    servers/<server>/config/details
+    services/<service>/versions/<version>/config/details
+    services/<service>/instances/<instance>/config/details
+    servers/<server>/status/agent
+    servers/<server>/status/instances/<service>/<instance>
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from discoverd.errors import InvalidDocument
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "MAX_SEGMENT_BYTES",
+    "Key",
+    "Kind",
+    "agent_status",
+    "instance_config",
+    "instance_status",
+    "instance_status_prefix",
+    "normalize_prefix",
+    "parse",
+    "prefix_range_end",
+    "segment_error",
+    "server_config",
+    "validate_segment",
+    "version_config",
+]
+
+DEFAULT_PREFIX = "/discoverd"
+MAX_SEGMENT_BYTES = 253
+_CONFIG = "config/details"
+
+
+class Kind(enum.StrEnum):
+    SERVER = "Server"
+    VERSION = "ServiceVersion"
+    INSTANCE = "ServiceInstance"
+    AGENT_STATUS = "AgentStatus"
+    INSTANCE_STATUS = "InstanceStatus"
+
+
+@dataclass(frozen=True, order=True)
+class Key:
+    """A parsed key: which document it holds and the names in its path."""
+
+    kind: Kind
+    server: str = ""
+    service: str = ""
+    version: str = ""
+    instance: str = ""
+
+    def build(self, prefix: str) -> str:
+        match self.kind:
+            case Kind.SERVER:
+                return server_config(prefix, self.server)
+            case Kind.VERSION:
+                return version_config(prefix, self.service, self.version)
+            case Kind.INSTANCE:
+                return instance_config(prefix, self.service, self.instance)
+            case Kind.AGENT_STATUS:
+                return agent_status(prefix, self.server)
+            case Kind.INSTANCE_STATUS:
+                return instance_status(prefix, self.server, self.service, self.instance)
+
+
+def segment_error(value: str) -> str | None:
+    """Why `value` cannot be a name or ID (a path segment), or None when it can."""
+    if not value:
+        return "must not be empty"
+    if "/" in value:
+        return "must not contain '/'"
+    if value in (".", ".."):
+        return f"must not be {value!r}"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        return "must not contain control characters"
+    if len(value.encode("utf-8", errors="surrogatepass")) > MAX_SEGMENT_BYTES:
+        return f"must be at most {MAX_SEGMENT_BYTES} bytes"
+    return None
+
+
+def validate_segment(value: str) -> str:
+    """Return `value` if it is a valid name or ID; raise ValueError (for pydantic) if not."""
+    reason = segment_error(value)
+    if reason is not None:
+        raise ValueError(reason)
+    return value
+
+
+def normalize_prefix(prefix: str) -> str:
+    """`/discoverd/` and `discoverd` both mean `/discoverd`."""
+    stripped = prefix.strip("/")
+    if not stripped:
+        raise ValueError("the prefix must name at least one path segment, such as /discoverd")
+    return "/" + stripped
+
+
+def prefix_range_end(prefix: bytes) -> bytes:
+    """The etcd range end that covers every key starting with `prefix`."""
+    end = bytearray(prefix)
+    for i in range(len(end) - 1, -1, -1):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\0"
+
+
+def _join(prefix: str, *segments: str) -> str:
+    for segment in segments:
+        validate_segment(segment)
+    return "/".join((normalize_prefix(prefix), *segments))
+
+
+def server_config(prefix: str, server: str) -> str:
+    return f"{_join(prefix, 'servers', server)}/{_CONFIG}"
+
+
+def version_config(prefix: str, service: str, version: str) -> str:
+    return f"{_join(prefix, 'services', service, 'versions', version)}/{_CONFIG}"
+
+
+def instance_config(prefix: str, service: str, instance: str) -> str:
+    return f"{_join(prefix, 'services', service, 'instances', instance)}/{_CONFIG}"
+
+
+def agent_status(prefix: str, server: str) -> str:
+    return _join(prefix, "servers", server, "status", "agent")
+
+
+def instance_status_prefix(prefix: str, server: str) -> str:
+    return _join(prefix, "servers", server, "status", "instances") + "/"
+
+
+def instance_status(prefix: str, server: str, service: str, instance: str) -> str:
+    return _join(prefix, "servers", server, "status", "instances", service, instance)
+
+
+def _checked(key: str, **names: str) -> dict[str, str]:
+    for field, value in names.items():
+        reason = segment_error(value)
+        if reason is not None:
+            raise InvalidDocument(key, field, f"{value!r} is not a valid name: {reason}")
+    return names
+
+
+def parse(prefix: str, key: str) -> Key | None:
+    """Which document `key` holds.
+
+    None for keys outside the schema (they are ignored, so other writers can
+    share the prefix). A key that has the schema's shape but a bad name, or a
+    config key that fits no shape, raises InvalidDocument naming it.
+    """
+    root = normalize_prefix(prefix) + "/"
+    if not key.startswith(root):
+        return None
+    parts = key[len(root) :].split("/")
+    match parts:
+        case ["servers", server, "config", "details"]:
+            return Key(Kind.SERVER, **_checked(key, server=server))
+        case ["services", service, "versions", version, "config", "details"]:
+            return Key(Kind.VERSION, **_checked(key, service=service, version=version))
+        case ["services", service, "instances", instance, "config", "details"]:
+            return Key(Kind.INSTANCE, **_checked(key, service=service, instance=instance))
+        case ["servers", server, "status", "agent"]:
+            return Key(Kind.AGENT_STATUS, **_checked(key, server=server))
+        case ["servers", server, "status", "instances", service, instance]:
+            return Key(Kind.INSTANCE_STATUS, **_checked(key, server=server, service=service, instance=instance))
+        case [("servers" | "services"), *_, "config", "details"]:
+            raise InvalidDocument(key, "", "not a discoverd configuration key (a name with '/' in it?)")
+    return None

@@ -1,0 +1,1 @@
+"""The only code that talks to etcd: connection, typed documents, watches, leases."""

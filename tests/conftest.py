@@ -1,0 +1,57 @@
+"""Fixtures shared by every test: a real etcd on a free loopback port, a prefix per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from discoverd.config import EtcdOptions
+from discoverd.store import client, documents, server
+from support.etcd import RawEtcd
+
+
+@pytest.fixture(scope="session")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[server.EtcdServer]:
+    """One etcd for the session; tests keep apart by prefix."""
+    etcd = server.EtcdServer(tmp_path_factory.mktemp("etcd") / "data").start()
+    try:
+        yield etcd
+    finally:
+        etcd.stop()
+
+
+@pytest.fixture
+def private_etcd(tmp_path: Path) -> Iterator[server.EtcdServer]:
+    """An etcd for this test alone, for tests that stop, pause or compact it."""
+    etcd = server.EtcdServer(tmp_path / "etcd-data").start()
+    try:
+        yield etcd
+    finally:
+        etcd.stop()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"/t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def etcd_options(etcd_server: server.EtcdServer, prefix: str) -> EtcdOptions:
+    return EtcdOptions(endpoints=etcd_server.endpoint, prefix=prefix)
+
+
+@pytest.fixture
+def raw_etcd(etcd_server: server.EtcdServer) -> RawEtcd:
+    return RawEtcd(etcd_server.endpoint)
+
+
+@pytest.fixture
+async def store(etcd_options: EtcdOptions) -> AsyncIterator[documents.Store]:
+    s = documents.Store(await client.connect(etcd_options))
+    try:
+        yield s
+    finally:
+        await s.close()

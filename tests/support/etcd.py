@@ -1,0 +1,59 @@
+"""A plain etcd client for tests: the "other writer" whose raw bytes discoverd must read."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aetcd
+
+__all__ = ["RawEtcd"]
+
+
+class RawEtcd:
+    """Synchronous put/get/delete of raw bytes through aetcd (no discoverd code in the way)."""
+
+    def __init__(self, endpoint: str) -> None:
+        host, port = endpoint.removeprefix("http://").rsplit(":", 1)
+        self.host, self.port = host, int(port)
+
+    def _run(self, operation: str, *args: Any) -> Any:
+        async def go() -> Any:
+            async with aetcd.Client(host=self.host, port=self.port) as client:
+                return await getattr(client, operation)(*args)
+
+        return asyncio.run(go()) if not _in_loop() else _thread_run(go)
+
+    def put(self, key: str, value: bytes | str) -> int:
+        data = value.encode() if isinstance(value, str) else value
+        return int(self._run("put", key.encode(), data).header.revision)
+
+    def get(self, key: str) -> bytes | None:
+        result = self._run("get", key.encode())
+        return None if result is None else bytes(result.value)
+
+    def mod_revision(self, key: str) -> int | None:
+        result = self._run("get", key.encode())
+        return None if result is None else int(result.mod_revision)
+
+    def delete(self, key: str) -> None:
+        self._run("delete", key.encode())
+
+    def keys(self, prefix: str) -> dict[str, bytes]:
+        result = self._run("get_prefix", prefix.encode())
+        return {kv.key.decode(): bytes(kv.value) for kv in result}
+
+
+def _in_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _thread_run(factory: Any) -> Any:
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(factory())).result()
