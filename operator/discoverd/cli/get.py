@@ -1,0 +1,235 @@
+"""`discoverd get servers|versions|instances`: configuration joined with agent status.
+
+Reads the whole prefix at one revision. Tables for people; `-o json|yaml`
+gives the documents in the custom-resource format (what `apply -f` takes),
+with the status agents reported. Invalid keys are listed on standard error
+with the reason, and the rest is shown.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import click
+import yaml
+
+from discoverd.cli import main
+from discoverd.schema import documents, keys, names, resources
+from discoverd.store import client
+from discoverd.store import documents as store_documents
+
+__all__ = ["View", "build_view", "get"]
+
+
+@dataclass
+class View:
+    """Everything under the prefix, sorted by kind."""
+
+    revision: int
+    servers: dict[str, documents.Server] = field(default_factory=dict)
+    versions: dict[tuple[str, str], documents.Version] = field(default_factory=dict)
+    instances: dict[tuple[str, str], documents.Instance] = field(default_factory=dict)
+    agents: dict[str, documents.AgentStatus] = field(default_factory=dict)
+    statuses: dict[tuple[str, str, str], documents.InstanceStatus] = field(default_factory=dict)
+    revisions: dict[keys.Key, int] = field(default_factory=dict)
+    invalid: list[str] = field(default_factory=list)
+
+
+def build_view(snapshot: store_documents.Snapshot) -> View:
+    view = View(snapshot.revision)
+    for entry in snapshot.entries.values():
+        if entry.error is not None:
+            view.invalid.append(str(entry.error))
+            continue
+        key, doc = entry.parsed, entry.document
+        if key is None or doc is None:
+            continue
+        view.revisions[key] = entry.mod_revision
+        if isinstance(doc, documents.Server):
+            view.servers[key.server] = doc
+        elif isinstance(doc, documents.Version):
+            view.versions[(key.service, key.version)] = doc
+        elif isinstance(doc, documents.Instance):
+            view.instances[(key.service, key.instance)] = doc
+        elif isinstance(doc, documents.AgentStatus):
+            view.agents[key.server] = doc
+        elif isinstance(doc, documents.InstanceStatus):
+            view.statuses[(key.server, key.service, key.instance)] = doc
+    return view
+
+
+def age(since: dt.datetime | None, now: dt.datetime) -> str:
+    """Kubernetes-style age: 42s, 5m, 3h, 2d."""
+    if since is None:
+        return "-"
+    seconds = max(0, int((now - since).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size * (2 if unit != "m" else 1):
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _table(header: list[str], rows: Iterable[list[str]]) -> str:
+    body = [header, *rows]
+    widths = [max(len(row[i]) for row in body) for i in range(len(header))]
+    return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in body)
+
+
+def _text(value: object) -> str:
+    return "-" if value is None or value == "" else str(value)
+
+
+def _assignments(view: View) -> dict[tuple[str, str], list[str]]:
+    """Which servers list each instance."""
+    where: dict[tuple[str, str], list[str]] = {}
+    for server_id, server in sorted(view.servers.items()):
+        for ref in server.service_instances:
+            where.setdefault((ref.name, ref.id), []).append(server_id)
+    return where
+
+
+def instance_rows(view: View, now: dt.datetime) -> list[list[str]]:
+    rows = []
+    where = _assignments(view)
+    for service, instance_id in sorted(set(view.instances) | set(where)):
+        instance = view.instances.get((service, instance_id))
+        desired = instance.service_version if instance else None
+        servers: list[str | None] = list(where.get((service, instance_id), [])) or [None]
+        for server_id in servers:
+            status = view.statuses.get((server_id, service, instance_id)) if server_id else None
+            if status is not None:
+                phase, version = status.phase.value, status.version or desired
+            elif server_id is None:
+                phase, version = "Unassigned", desired
+            elif instance is None:
+                phase, version = "NoDocument", None
+            else:
+                phase, version = ("Pending" if server_id in view.agents else "Unknown"), desired
+            rows.append(
+                [
+                    service,
+                    instance_id,
+                    _text(server_id),
+                    _text(version),
+                    phase,
+                    _text(status.pid if status else None),
+                    _text(status.restarts if status else None),
+                    age(status.since if status else None, now),
+                    _text(status.message if status else None),
+                ]
+            )
+    return rows
+
+
+def version_rows(view: View) -> list[list[str]]:
+    using: dict[tuple[str, str], int] = {}
+    for (service, _), instance in view.instances.items():
+        using[(service, instance.service_version)] = using.get((service, instance.service_version), 0) + 1
+    rows = []
+    for (service, version), doc in sorted(view.versions.items()):
+        run = " ".join([doc.run_script.command, *doc.run_script.argv]) or "-"
+        rows.append([service, version, str(using.get((service, version), 0)), run[:60]])
+    return rows
+
+
+def server_rows(view: View, now: dt.datetime) -> list[list[str]]:
+    rows = []
+    for server_id in sorted(set(view.servers) | set(view.agents)):
+        server = view.servers.get(server_id)
+        agent = view.agents.get(server_id)
+        listed = len(server.service_instances) if server else 0
+        running = sum(
+            1 for (s, _, _), st in view.statuses.items() if s == server_id and st.phase == documents.Phase.RUNNING
+        )
+        rows.append(
+            [
+                server_id,
+                "Online" if agent else "Offline",
+                str(listed),
+                str(running),
+                _text(agent.agent_version if agent else None),
+                age(agent.started_at if agent else None, now),
+            ]
+        )
+    return rows
+
+
+def _status_list(items: Iterable[tuple[str, documents.InstanceStatus]]) -> list[dict[str, Any]]:
+    return [{"server": server, **documents.dump(status)} for server, status in items]
+
+
+def objects(view: View, what: str, prefix: str) -> list[dict[str, Any]]:
+    """The custom-resource form of each document, with agent status."""
+    out = []
+    kinds = {"servers": keys.Kind.SERVER, "versions": keys.Kind.VERSION, "instances": keys.Kind.INSTANCE}
+    for key, revision in sorted(view.revisions.items()):
+        if key.kind != kinds[what]:
+            continue
+        doc: documents.Document
+        status: dict[str, Any]
+        if key.kind == keys.Kind.SERVER:
+            doc = view.servers[key.server]
+            agent = view.agents.get(key.server)
+            status = {"online": agent is not None}
+            if agent is not None:
+                status["agent"] = documents.dump(agent)
+        elif key.kind == keys.Kind.VERSION:
+            doc = view.versions[(key.service, key.version)]
+            status = {}
+        else:
+            doc = view.instances[(key.service, key.instance)]
+            found = (
+                (s, st) for (s, sv, i), st in sorted(view.statuses.items()) if (sv, i) == (key.service, key.instance)
+            )
+            status = {"servers": _status_list(found)}
+        out.append(
+            {
+                "apiVersion": resources.API_VERSION,
+                "kind": key.kind.value,
+                "metadata": {"name": names.object_name(key)},
+                "spec": resources.to_spec(key, doc),
+                "status": {"etcdKey": key.build(prefix), "modRevision": revision, **status},
+            }
+        )
+    return out
+
+
+@click.command()
+@click.argument("what", type=click.Choice(["servers", "versions", "instances"]))
+@click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+@click.pass_context
+def get(ctx: click.Context, what: str, output: str) -> None:
+    """Show servers, versions or instances with the status agents reported."""
+    options = main.etcd_options(ctx)
+
+    async def read() -> store_documents.Snapshot:
+        store = store_documents.Store(await client.connect(options))
+        try:
+            return await store.snapshot()
+        finally:
+            await store.close()
+
+    view = build_view(main.run_async(read()))
+    for problem in view.invalid:
+        click.echo(f"warning: invalid: {problem}", err=True)
+    if output != "table":
+        items = objects(view, what, options.prefix)
+        document = {"apiVersion": "v1", "kind": "List", "items": items}
+        click.echo(json.dumps(document, indent=2) if output == "json" else yaml.safe_dump(document, sort_keys=False))
+        return
+    now = dt.datetime.now(dt.UTC)
+    if what == "instances":
+        header = ["SERVICE", "ID", "SERVER", "VERSION", "PHASE", "PID", "RESTARTS", "AGE", "MESSAGE"]
+        rows = instance_rows(view, now)
+    elif what == "versions":
+        header, rows = ["SERVICE", "VERSION", "INSTANCES", "RUN"], version_rows(view)
+    else:
+        header, rows = ["SERVER", "AGENT", "INSTANCES", "RUNNING", "AGENT-VERSION", "AGE"], server_rows(view, now)
+    if not rows:
+        click.echo(f"No {what} under {options.prefix} in etcd at {options.describe()}.", err=True)
+        return
+    click.echo(_table(header, rows))

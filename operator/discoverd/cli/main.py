@@ -1,0 +1,169 @@
+"""The `discoverd` command: one entry point, shared connection options, one-line errors.
+
+Each subcommand lives in its own module and is wired here. Every command takes
+the etcd options, also from `DISCOVERD_*` environment variables. Bad input
+ends with one line naming what is wrong and a non-zero exit, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import click
+import pydantic
+
+from discoverd import __version__
+from discoverd.config import DEFAULT_ENDPOINT, EtcdOptions
+from discoverd.errors import DiscoverdError
+from discoverd.schema import keys
+
+__all__ = ["cli", "etcd_options", "fail", "main", "run_async"]
+
+T = TypeVar("T")
+
+
+class Failure(click.ClickException):
+    """A one-line error with exit code 1."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.message}", err=True)
+
+
+def fail(message: str) -> Failure:
+    return Failure(message)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; DiscoverdError becomes a one-line error."""
+    try:
+        return asyncio.run(coro)
+    except DiscoverdError as error:
+        raise fail(str(error)) from None
+
+
+_FLAGS = {
+    "endpoints": "etcd-endpoints",
+    "ca_file": "etcd-cacert",
+    "cert_file": "etcd-cert",
+    "key_file": "etcd-key",
+    "user": "etcd-user",
+    "password": "etcd-password",
+    "timeout": "etcd-timeout",
+}
+
+
+def etcd_options(ctx: click.Context) -> EtcdOptions:
+    """The connection options given to the top-level command."""
+    params = ctx.find_root().params
+    try:
+        return EtcdOptions(
+            endpoints=params["etcd_endpoints"],
+            prefix=params["prefix"],
+            ca_file=params["etcd_cacert"],
+            cert_file=params["etcd_cert"],
+            key_file=params["etcd_key"],
+            user=params["etcd_user"],
+            password=params["etcd_password"],
+            timeout=params["etcd_timeout"],
+        )
+    except pydantic.ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        flag = _FLAGS.get(field, field.replace("_", "-"))
+        raise fail(f"--{flag}: {first['msg'].removeprefix('Value error, ')}") from None
+
+
+def _configure_logging(verbose: int, log_format: str) -> None:
+    from discoverd import logs
+
+    logs.configure(level=logging.DEBUG if verbose else logging.INFO, json_format=log_format == "json")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "DISCOVERD"})
+@click.version_option(__version__, prog_name="discoverd")
+@click.option(
+    "--etcd-endpoints",
+    default=DEFAULT_ENDPOINT,
+    show_default=True,
+    envvar="DISCOVERD_ETCD_ENDPOINTS",
+    help="Comma-separated etcd URLs (http:// or https://).",
+)
+@click.option(
+    "--prefix", default=keys.DEFAULT_PREFIX, show_default=True, envvar="DISCOVERD_PREFIX", help="etcd key prefix."
+)
+@click.option("--etcd-cacert", envvar="DISCOVERD_ETCD_CACERT", help="CA bundle that signed etcd's certificate.")
+@click.option("--etcd-cert", envvar="DISCOVERD_ETCD_CERT", help="Client certificate for etcd (TLS client auth).")
+@click.option("--etcd-key", envvar="DISCOVERD_ETCD_KEY", help="Key of the client certificate.")
+@click.option("--etcd-user", envvar="DISCOVERD_ETCD_USER", help="etcd user name (auth enabled).")
+@click.option("--etcd-password", envvar="DISCOVERD_ETCD_PASSWORD", help="etcd password.")
+@click.option(
+    "--etcd-timeout",
+    default=5.0,
+    show_default=True,
+    envvar="DISCOVERD_ETCD_TIMEOUT",
+    type=float,
+    help="Seconds to wait for etcd to answer.",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    envvar="DISCOVERD_LOG_FORMAT",
+    show_default=True,
+)
+@click.option("-v", "--verbose", count=True, help="More detail in logs.")
+@click.pass_context
+def cli(ctx: click.Context, /, verbose: int, log_format: str, **_: Any) -> None:
+    """discoverd deploys and upgrades services on servers from configuration in etcd."""
+    _configure_logging(verbose, log_format)
+
+
+def _register() -> None:
+    from discoverd.cli import apply, get
+
+    cli.add_command(apply.apply)
+    cli.add_command(apply.validate)
+    cli.add_command(get.get)
+    # Commands of the agent and the operator are added by their own modules when present.
+    for module, names in (("agent", ("agent",)), ("up", ("up",)), ("operator", ("operator",))):
+        try:
+            imported = __import__(f"discoverd.cli.{module}", fromlist=["_"])
+        except ModuleNotFoundError as error:
+            if error.name != f"discoverd.cli.{module}":
+                raise
+            continue
+        for name in names:
+            cli.add_command(getattr(imported, name))
+
+
+def _one_line_errors(entry: Callable[[], None]) -> Callable[[], None]:
+    @functools.wraps(entry)
+    def wrapped() -> None:
+        try:
+            entry()
+        except KeyboardInterrupt:
+            sys.exit(130)
+        except Exception as error:  # the last line of defence: one line, not a traceback
+            if os.environ.get("DISCOVERD_DEBUG"):
+                raise
+            click.echo(
+                f"error: unexpected {type(error).__name__}: {error} (DISCOVERD_DEBUG=1 shows the traceback)", err=True
+            )
+            sys.exit(1)
+
+    return wrapped
+
+
+@_one_line_errors
+def main() -> None:
+    _register()
+    cli(prog_name="discoverd")
