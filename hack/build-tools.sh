@@ -67,7 +67,7 @@ build() {
 	step "build $name ($pkg)" \
 		env -C "$dir" CGO_ENABLED=0 go build -trimpath -ldflags="-s -w $ldflags" -o "$tmp" "$pkg"
 	mv -f "$tmp" "$BIN/$name"
-	printf '%s' "$stamp" >"$BIN/.$name.stamp"
+	printf '%s\n' "$stamp" >"$BIN/.$name.stamp"
 	trap - EXIT
 	log "$name -> $BIN/$name ($(du -h "$BIN/$name" | cut -f1))"
 }
