@@ -108,6 +108,13 @@ start() {
 	echo $! >"$DIR/$name.pid"
 }
 
+show_log() { # NAME: the error lines (klog E/F) of DIR/NAME.log, else its tail
+	local file="$DIR/$1.log"
+	log "last lines of $file:"
+	{ grep -E '^[EF][0-9]{4} |level=(error|fatal)|"level":"(error|fatal|panic)"' "$file" || tail -n 25 "$file"; } |
+		tail -n 25 >&2 || true
+}
+
 # wait_for NAME SECONDS CMD...: poll CMD until it succeeds; fail if the process exits or time runs out.
 wait_for() {
 	local name="$1" timeout="$2"
@@ -116,13 +123,13 @@ wait_for() {
 	pid="$(cat "$DIR/$name.pid")"
 	until "$@" >/dev/null 2>&1; do
 		if ! alive "$pid"; then
-			log "$name exited; last lines of $DIR/$name.log:"
-			tail -n 25 "$DIR/$name.log" >&2 || true
+			log "$name exited"
+			show_log "$name"
 			return 1
 		fi
 		if ((SECONDS >= deadline)); then
-			log "$name not ready after ${timeout}s; last lines of $DIR/$name.log:"
-			tail -n 25 "$DIR/$name.log" >&2 || true
+			log "$name not ready after ${timeout}s"
+			show_log "$name"
 			return 1
 		fi
 		sleep 0.2
@@ -262,6 +269,8 @@ try_up() {
 	# Flags as envtest sets them, plus TLS, RBAC and service-account tokens.
 	# ServiceAccount admission is off as in envtest: with no controller-manager
 	# no "default" ServiceAccount is ever created, so it would refuse every Pod.
+	# No endpoint reconciler: it refuses a loopback advertise address, and
+	# nothing here could reach the "kubernetes" Service's endpoints anyway.
 	start kube-apiserver "$apiserver_bin" \
 		--bind-address=127.0.0.1 \
 		--advertise-address=127.0.0.1 \
@@ -279,6 +288,7 @@ try_up() {
 		--service-account-key-file="$pki/sa.pub" \
 		--service-account-signing-key-file="$pki/sa.key" \
 		--disable-admission-plugins=ServiceAccount \
+		--endpoint-reconciler-type=none \
 		--profiling=false \
 		--v=1
 	local curl_auth=(--cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key")
@@ -333,7 +343,10 @@ do_up() {
 			print_env
 			return 0
 		fi
-		log "attempt $attempt failed"
+		if ! grep -qs "address already in use" "$DIR/etcd.log" "$DIR/kube-apiserver.log"; then
+			break # not a port race: retrying would fail the same way
+		fi
+		log "attempt $attempt lost a port race; retrying with new ports"
 	done
 	local keep="$DIR.failed.$$"
 	cp -r "$DIR" "$keep" 2>/dev/null || true
