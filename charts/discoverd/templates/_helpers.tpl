@@ -1,0 +1,171 @@
+{{/*
+Helpers shared by every template. All are namespaced "discoverd." so they
+never clash with a parent chart's.
+*/}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "discoverd.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The name prefix of every object: fullnameOverride, or "<release>-<name>", or
+just "<release>" when it already contains the name. Truncated to 63 characters
+(DNS-1123 label), leaving room for the "-operator" / "-agent" suffixes below.
+*/}}
+{{- define "discoverd.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 54 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 54 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 54 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "name-version" as used by the helm.sh/chart label. */}}
+{{- define "discoverd.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "discoverd.labels" -}}
+helm.sh/chart: {{ include "discoverd.chart" . }}
+app.kubernetes.io/name: {{ include "discoverd.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: discoverd
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Selector labels of one component; call with (dict "context" $ "component" "operator").
+Selectors are immutable, so they hold only the name, the instance and the component.
+*/}}
+{{- define "discoverd.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "discoverd.name" .context }}
+app.kubernetes.io/instance: {{ .context.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Labels of one component's objects; same argument as discoverd.selectorLabels. */}}
+{{- define "discoverd.componentLabels" -}}
+{{ include "discoverd.labels" .context }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{/* Object names of the components. */}}
+{{- define "discoverd.operator.fullname" -}}
+{{- printf "%s-operator" (include "discoverd.fullname" .) -}}
+{{- end -}}
+
+{{- define "discoverd.agent.fullname" -}}
+{{- printf "%s-agent" (include "discoverd.fullname" .) -}}
+{{- end -}}
+
+{{/* ServiceAccount names: the given name, else the component's full name when created, else "default". */}}
+{{- define "discoverd.operator.serviceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create -}}
+{{- default (include "discoverd.operator.fullname" .) .Values.operator.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.operator.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "discoverd.agent.serviceAccountName" -}}
+{{- if .Values.agent.serviceAccount.create -}}
+{{- default (include "discoverd.agent.fullname" .) .Values.agent.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.agent.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The image reference: repository@digest, or repository:tag (tag defaults to appVersion). */}}
+{{- define "discoverd.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where the etcd TLS Secret is mounted. */}}
+{{- define "discoverd.etcdTLSDir" -}}
+/etc/discoverd/etcd-tls
+{{- end -}}
+
+{{/*
+The etcd connection as DISCOVERD_* environment variables, read by every
+discoverd command (see `discoverd --help`); the password never appears in
+the pod spec, only a reference to its Secret.
+*/}}
+{{- define "discoverd.etcdEnv" -}}
+- name: DISCOVERD_ETCD_ENDPOINTS
+  value: {{ join "," .Values.etcd.endpoints | quote }}
+- name: DISCOVERD_PREFIX
+  value: {{ .Values.etcd.prefix | quote }}
+- name: DISCOVERD_ETCD_TIMEOUT
+  value: {{ .Values.etcd.timeout | toString | quote }}
+{{- if .Values.etcd.tls.enabled }}
+{{- $dir := include "discoverd.etcdTLSDir" . }}
+{{- if .Values.etcd.tls.caKey }}
+- name: DISCOVERD_ETCD_CACERT
+  value: {{ printf "%s/%s" $dir .Values.etcd.tls.caKey | quote }}
+{{- end }}
+{{- if .Values.etcd.tls.certKey }}
+- name: DISCOVERD_ETCD_CERT
+  value: {{ printf "%s/%s" $dir .Values.etcd.tls.certKey | quote }}
+{{- end }}
+{{- if .Values.etcd.tls.keyKey }}
+- name: DISCOVERD_ETCD_KEY
+  value: {{ printf "%s/%s" $dir .Values.etcd.tls.keyKey | quote }}
+{{- end }}
+{{- end }}
+{{- if .Values.etcd.auth.enabled }}
+- name: DISCOVERD_ETCD_USER
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.etcd.auth.secretName | quote }}
+      key: {{ .Values.etcd.auth.usernameKey | quote }}
+- name: DISCOVERD_ETCD_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.etcd.auth.secretName | quote }}
+      key: {{ .Values.etcd.auth.passwordKey | quote }}
+{{- end }}
+- name: DISCOVERD_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+{{- end -}}
+
+{{/* The volume and the mount of the etcd TLS Secret; include them only when etcd.tls.enabled. */}}
+{{- define "discoverd.etcdTLSVolume" -}}
+- name: etcd-tls
+  secret:
+    secretName: {{ .Values.etcd.tls.secretName | quote }}
+    defaultMode: 0444
+{{- end -}}
+
+{{- define "discoverd.etcdTLSVolumeMount" -}}
+- name: etcd-tls
+  mountPath: {{ include "discoverd.etcdTLSDir" . }}
+  readOnly: true
+{{- end -}}
+
+{{/* Fail early, with a message naming the value, on settings that cannot work together. */}}
+{{- define "discoverd.validate" -}}
+{{- if and .Values.etcd.tls.enabled (not .Values.etcd.tls.secretName) -}}
+{{- fail "etcd.tls.secretName is required when etcd.tls.enabled is true" -}}
+{{- end -}}
+{{- if and .Values.etcd.auth.enabled (not .Values.etcd.auth.secretName) -}}
+{{- fail "etcd.auth.secretName is required when etcd.auth.enabled is true" -}}
+{{- end -}}
+{{- if and .Values.etcd.tls.enabled (ne (empty .Values.etcd.tls.certKey) (empty .Values.etcd.tls.keyKey)) -}}
+{{- fail "etcd.tls.certKey and etcd.tls.keyKey go together: set both (client certificate) or neither" -}}
+{{- end -}}
+{{- end -}}
