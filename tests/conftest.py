@@ -7,10 +7,15 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from discoverd.config import EtcdOptions
 from discoverd.store import client, documents, server
 from support.etcd import RawEtcd
+
+# Timing is not what property tests check; a busy 2-core CI machine must not fail them.
+settings.register_profile("discoverd", deadline=None, max_examples=100)
+settings.load_profile("discoverd")
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,10 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+# gRPC's C core prints its own lines to stderr (a failed TLS handshake, say); we say it in one
+# line ourselves. Set before grpc is first imported.
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+
 import click
 import pydantic
 
