@@ -1,0 +1,344 @@
+"""charts/discoverd rendered with the real helm (no cluster): lint, schema, and the YAML it produces."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kube import chart, controlplane
+
+VALUES_FILES = {"default": (), "tls-auth": (chart.TLS_AUTH_VALUES,)}
+
+
+def _container(workload: dict[str, Any]) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = workload["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+# --- lint, render, schema ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=list(VALUES_FILES))
+def test_lint_passes(values: str) -> None:
+    files = [a for f in VALUES_FILES[values] for a in ("--values", str(f))]
+    proc = chart.helm("lint", "--strict", str(chart.CHART), *files)
+    assert "0 chart(s) failed" in proc.stdout
+
+
+@pytest.mark.parametrize("values", VALUES_FILES, ids=list(VALUES_FILES))
+def test_template_renders_every_component(values: str) -> None:
+    objects = chart.render(values_files=VALUES_FILES[values])
+    kinds = sorted({(o["kind"], o["metadata"]["name"]) for o in objects})
+    assert kinds == [
+        ("CustomResourceDefinition", "servers.discoverd.io"),
+        ("CustomResourceDefinition", "serviceinstances.discoverd.io"),
+        ("CustomResourceDefinition", "serviceversions.discoverd.io"),
+        ("DaemonSet", "dd-discoverd-agent"),
+        ("Deployment", "dd-discoverd-operator"),
+        ("Pod", "dd-discoverd-test-operator-health"),
+        ("Role", "dd-discoverd-operator"),
+        ("RoleBinding", "dd-discoverd-operator"),
+        ("Service", "dd-discoverd-operator"),
+        ("ServiceAccount", "dd-discoverd-agent"),
+        ("ServiceAccount", "dd-discoverd-operator"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("agent.hostPid=true", "at '/agent': additional properties 'hostPid' not allowed"),
+        ("logFormat=xml", "at '/logFormat': value must be one of 'json', 'text'"),
+        ("operator.healthPort=http", "at '/operator/healthPort': got string, want integer"),
+        ("etcd.prefix=discoverd", "at '/etcd/prefix'"),
+    ],
+)
+def test_schema_rejects_bad_value_naming_it(setting: str, message: str) -> None:
+    proc = chart.helm("template", "dd", str(chart.CHART), "--set", setting, check=False)
+    assert proc.returncode != 0
+    assert "values don't meet the specifications of the schema" in proc.stderr
+    assert message in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (["etcd.tls.enabled=true"], "etcd.tls.secretName is required when etcd.tls.enabled is true"),
+        (["etcd.auth.enabled=true"], "etcd.auth.secretName is required when etcd.auth.enabled is true"),
+        (
+            ["etcd.tls.enabled=true", "etcd.tls.secretName=s", "etcd.tls.keyKey="],
+            "etcd.tls.certKey and etcd.tls.keyKey go together",
+        ),
+    ],
+)
+def test_incomplete_etcd_security_fails_with_the_value_named(settings: list[str], message: str) -> None:
+    args = [a for s in settings for a in ("--set", s)]
+    proc = chart.helm("template", "dd", str(chart.CHART), *args, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+
+
+def _value_paths(schema: dict[str, Any], prefix: str = "") -> list[str]:
+    """Every value the schema declares, dotted; maps and Kubernetes objects count as one."""
+    paths: list[str] = []
+    for name, child in schema.get("properties", {}).items():
+        dotted = f"{prefix}{name}"
+        nested = "properties" in child and "Kubernetes" not in child.get("description", "")
+        paths += _value_paths(child, f"{dotted}.") if nested else [dotted]
+    return paths
+
+
+def test_every_value_is_documented_by_a_comment_starting_with_its_name() -> None:
+    schema = yaml.safe_load((chart.CHART / "values.schema.json").read_text())
+    text = (chart.CHART / "values.yaml").read_text()
+    values = yaml.safe_load(text)
+    undocumented = [p for p in _value_paths(schema) if p != "global" and f"# {p} " not in text]
+    assert undocumented == []
+    missing = [p for p in _value_paths(schema) if p != "global" and not _has(values, p)]
+    assert missing == [], "declared in values.schema.json but without a default in values.yaml"
+
+
+def _has(values: dict[str, Any], dotted: str) -> bool:
+    node: Any = values
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def test_schema_forbids_unknown_keys_everywhere() -> None:
+    schema = yaml.safe_load((chart.CHART / "values.schema.json").read_text())
+    open_objects: list[str] = []
+
+    def walk(node: dict[str, Any], where: str) -> None:
+        if "properties" in node:
+            if node.get("additionalProperties") is not False:
+                open_objects.append(where or "/")
+            for name, child in node["properties"].items():
+                walk(child, f"{where}/{name}")
+
+    walk(schema, "")
+    assert open_objects == []
+
+
+# --- the agent --------------------------------------------------------------------------------
+
+
+def test_agent_runs_privileged_in_the_host_pid_namespace() -> None:
+    daemonset = chart.find(chart.render(), "DaemonSet", "-agent")
+    pod = daemonset["spec"]["template"]["spec"]
+    container = _container(daemonset)
+    assert pod["hostPID"] is True
+    assert container["securityContext"]["privileged"] is True
+    assert container["securityContext"]["runAsUser"] == 0
+    assert "--host-namespaces" in container["args"]
+
+
+def test_agent_server_id_is_the_node_name_from_the_downward_api() -> None:
+    container = _container(chart.find(chart.render(), "DaemonSet", "-agent"))
+    assert "--server-id=$(DISCOVERD_NODE_NAME)" in container["args"]
+    assert _env(container)["DISCOVERD_NODE_NAME"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    # The variable must be defined before anything that refers to it.
+    assert container["env"][0]["name"] == "DISCOVERD_NODE_NAME"
+
+
+def test_agent_state_dir_is_a_host_path_at_the_same_path() -> None:
+    daemonset = chart.find(chart.render("agent.stateDir=/srv/discoverd"), "DaemonSet", "-agent")
+    container = _container(daemonset)
+    volumes = {v["name"]: v for v in daemonset["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert volumes["state"]["hostPath"] == {"path": "/srv/discoverd", "type": "DirectoryOrCreate"}
+    assert mounts["state"]["mountPath"] == "/srv/discoverd"
+    assert "--state-dir=/srv/discoverd" in container["args"]
+
+
+def test_agent_has_no_kubernetes_credentials_or_rights() -> None:
+    objects = chart.render()
+    daemonset = chart.find(objects, "DaemonSet", "-agent")
+    account = chart.find(objects, "ServiceAccount", "-agent")
+    assert daemonset["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert daemonset["spec"]["template"]["spec"]["serviceAccountName"] == account["metadata"]["name"]
+    assert account["automountServiceAccountToken"] is False
+    subjects = [s["name"] for o in objects if o["kind"].endswith("Binding") for s in o["subjects"]]
+    assert account["metadata"]["name"] not in subjects
+
+
+def test_agent_without_host_namespaces_leaves_the_host_pid_namespace() -> None:
+    daemonset = chart.find(chart.render("agent.hostNamespaces=false"), "DaemonSet", "-agent")
+    assert daemonset["spec"]["template"]["spec"]["hostPID"] is False
+    assert "--host-namespaces" not in _container(daemonset)["args"]
+
+
+def test_agent_tolerations_node_selector_and_resources_come_from_values() -> None:
+    daemonset = chart.find(chart.render(values_files=[chart.TLS_AUTH_VALUES]), "DaemonSet", "-agent")
+    pod = daemonset["spec"]["template"]["spec"]
+    assert pod["tolerations"] == [{"operator": "Exists"}]
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux", "discoverd.io/server": "true"}
+    assert _container(daemonset)["resources"]["limits"] == {"memory": "2Gi"}
+
+
+# --- the operator -----------------------------------------------------------------------------
+
+
+def test_operator_is_one_replica_replaced_by_recreate() -> None:
+    deployment = chart.find(chart.render(), "Deployment", "-operator")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_operator_runs_as_non_root_in_the_release_namespace() -> None:
+    deployment = chart.find(chart.render(namespace="shop"), "Deployment", "-operator")
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["args"][:2] == ["operator", "--namespace=shop"]
+    assert pod["serviceAccountName"] == "dd-discoverd-operator"
+
+
+# Exactly what the operator uses (docs/kubernetes.md): Kopf lists, watches and patches the
+# objects; the mirror lists, creates, patches and deletes them and patches their status; both
+# post Events. No ClusterRole: Kopf's resource and namespace scanning is off.
+OPERATOR_RULES = [
+    {
+        "apiGroups": ["discoverd.io"],
+        "resources": ["servers", "serviceversions", "serviceinstances"],
+        "verbs": ["list", "watch", "create", "patch", "delete"],
+    },
+    {
+        "apiGroups": ["discoverd.io"],
+        "resources": ["servers/status", "serviceversions/status", "serviceinstances/status"],
+        "verbs": ["patch"],
+    },
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+]
+
+
+def test_operator_rbac_is_exactly_what_it_uses() -> None:
+    objects = chart.render(namespace="shop")
+    role = chart.find(objects, "Role", "-operator")
+    binding = chart.find(objects, "RoleBinding", "-operator")
+    assert role["metadata"]["namespace"] == "shop"
+    assert role["rules"] == OPERATOR_RULES
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "dd-discoverd-operator",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "dd-discoverd-operator", "namespace": "shop"}]
+    assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+
+
+def test_rbac_create_false_renders_no_role() -> None:
+    objects = chart.render("rbac.create=false")
+    assert not [o for o in objects if o["kind"] in ("Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding")]
+
+
+def test_existing_service_accounts_are_used_when_not_created() -> None:
+    objects = chart.render(
+        "operator.serviceAccount.create=false",
+        "operator.serviceAccount.name=ops",
+        "agent.serviceAccount.create=false",
+        "agent.serviceAccount.name=node-agent",
+    )
+    assert not [o for o in objects if o["kind"] == "ServiceAccount"]
+    assert chart.find(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
+    assert chart.find(objects, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == "node-agent"
+    assert chart.find(objects, "RoleBinding")["subjects"][0]["name"] == "ops"
+
+
+# --- etcd connection --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "DaemonSet"])
+def test_etcd_tls_files_and_password_come_from_secrets(kind: str) -> None:
+    workload = chart.find(chart.render(values_files=[chart.TLS_AUTH_VALUES]), kind)
+    container = _container(workload)
+    env = _env(container)
+    assert (
+        env["DISCOVERD_ETCD_ENDPOINTS"]
+        == "https://etcd-0.etcd.discoverd.svc:2379,https://etcd-1.etcd.discoverd.svc:2379"
+    )
+    assert env["DISCOVERD_PREFIX"] == "/discoverd-prod"
+    assert env["DISCOVERD_ETCD_CACERT"] == "/etc/discoverd/etcd-tls/ca.crt"
+    assert env["DISCOVERD_ETCD_CERT"] == "/etc/discoverd/etcd-tls/tls.crt"
+    assert env["DISCOVERD_ETCD_KEY"] == "/etc/discoverd/etcd-tls/tls.key"
+    assert env["DISCOVERD_ETCD_USER"] == {"secretKeyRef": {"name": "discoverd-etcd-auth", "key": "username"}}
+    assert env["DISCOVERD_ETCD_PASSWORD"] == {"secretKeyRef": {"name": "discoverd-etcd-auth", "key": "password"}}
+    volumes = {v["name"]: v for v in workload["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert volumes["etcd-tls"]["secret"]["secretName"] == "discoverd-etcd-client"
+    assert mounts["etcd-tls"] == {"name": "etcd-tls", "mountPath": "/etc/discoverd/etcd-tls", "readOnly": True}
+
+
+def test_no_tls_or_auth_by_default() -> None:
+    for kind in ("Deployment", "DaemonSet"):
+        workload = chart.find(chart.render(), kind)
+        env = _env(_container(workload))
+        assert env["DISCOVERD_ETCD_ENDPOINTS"] == "http://etcd:2379"
+        assert not {"DISCOVERD_ETCD_CACERT", "DISCOVERD_ETCD_USER", "DISCOVERD_ETCD_PASSWORD"} & env.keys()
+        assert "etcd-tls" not in {v["name"] for v in workload["spec"]["template"]["spec"]["volumes"]}
+
+
+# --- CRDs -------------------------------------------------------------------------------------
+
+
+def test_chart_crd_templates_are_generated_from_crds() -> None:
+    script = controlplane.REPO / "hack" / "gen-chart-crds.py"
+    proc = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_rendered_crds_equal_the_repository_crds() -> None:
+    source = {
+        doc["metadata"]["name"]: doc
+        for path in sorted(Path(chart.CRDS).glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    }
+    assert source, "crds/ is empty: run hack/gen-crds.py"
+    rendered = {o["metadata"]["name"]: o for o in chart.render() if o["kind"] == "CustomResourceDefinition"}
+    assert rendered.keys() == source.keys()
+    for name, crd in rendered.items():
+        assert crd["spec"] == source[name]["spec"], name
+
+
+def test_crds_are_kept_on_uninstall_by_default() -> None:
+    for crd in (o for o in chart.render() if o["kind"] == "CustomResourceDefinition"):
+        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+        assert crd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+
+
+def test_crds_keep_false_lets_uninstall_delete_them() -> None:
+    for crd in (o for o in chart.render("crds.keep=false") if o["kind"] == "CustomResourceDefinition"):
+        assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
+
+
+def test_crds_enabled_false_renders_no_crd() -> None:
+    assert not [o for o in chart.render("crds.enabled=false") if o["kind"] == "CustomResourceDefinition"]
+
+
+# --- helm test --------------------------------------------------------------------------------
+
+
+def test_helm_test_hook_calls_the_operator_health_endpoint() -> None:
+    objects = chart.render(namespace="shop")
+    pod = chart.find(objects, "Pod", "-test-operator-health")
+    service = chart.find(objects, "Service", "-operator")
+    deployment = chart.find(objects, "Deployment", "-operator")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["containers"][0]["args"][-1] == "http://dd-discoverd-operator.shop.svc:8080/healthz"
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    probe = _container(deployment)["livenessProbe"]["httpGet"]
+    assert probe == {"path": "/healthz", "port": "health"}
