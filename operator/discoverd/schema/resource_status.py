@@ -1,0 +1,89 @@
+"""The `status` of each custom resource: agent status keys, summarised per object (camelCase).
+
+The operator rebuilds these from the status keys agents keep in etcd
+(DESIGN section 2) and writes them to the status subresource; the CRD's
+status schema is generated from these models (`crd`). Only fields that
+change when something happens are here (no heartbeats or `updated_at`), so
+an agent rewriting the same status never causes an API write.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "InstanceOnServer",
+    "ServerStatus",
+    "ServiceInstanceStatus",
+    "ServiceVersionStatus",
+    "Status",
+]
+
+_CAMEL = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class InstanceOnServer(BaseModel):
+    """What one server's agent reports about an instance."""
+
+    model_config = _CAMEL
+
+    server: str
+    phase: str
+    version: str | None = None
+    previous_version: str | None = None
+    pid: int | None = None
+    restarts: int = 0
+    last_exit_code: int | None = None
+    message: str = ""
+    since: str | None = None
+
+
+class ServiceInstanceStatus(BaseModel):
+    """Per server, how the instance runs; summary fields feed the printer columns."""
+
+    model_config = _CAMEL
+
+    phase: str | None = None
+    """The phase on its server; with several servers, the least advanced one, or Mixed."""
+    version: str | None = None
+    server: str | None = None
+    """The servers reporting the instance, comma-separated."""
+    restarts: int = 0
+    """Restarts summed over servers."""
+    message: str = ""
+    servers: list[InstanceOnServer] = []
+
+
+class ServerStatus(BaseModel):
+    """Whether the server's agent is online (its lease-held status key exists) and what it runs."""
+
+    model_config = _CAMEL
+
+    online: bool = False
+    phase: str = "Offline"
+    """Online or Offline (the printer column)."""
+    hostname: str | None = None
+    agent_version: str | None = None
+    started_at: str | None = None
+    instances: int = 0
+    """Instances assigned in the server's configuration."""
+    reported: int = 0
+    """Instances the agent reports a status for."""
+    running: int = 0
+    """Reported instances in phase Running."""
+
+
+class ServiceVersionStatus(BaseModel):
+    """How many instances run this version, over all servers."""
+
+    model_config = _CAMEL
+
+    instances: int = 0
+    """Instance statuses whose current version is this one."""
+    running: int = 0
+    """Of those, the ones in phase Running."""
+    servers: list[str] = []
+
+
+Status = ServiceInstanceStatus | ServerStatus | ServiceVersionStatus
