@@ -1,0 +1,129 @@
+"""The operator's own calls to the Kubernetes API: our custom resources in one namespace, and Events.
+
+Kopf watches the objects; the mirror also needs to list, create, patch and
+delete them itself (from the etcd watch, and inside handlers so annotations
+land before the next etcd event is looked at). The `kubernetes` client is
+synchronous, so each call runs in a thread. Every write is counted in
+`writes`, which the tests use to show a quiet mirror writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from discoverd.schema import keys, resources
+
+__all__ = ["Api", "NotFound", "load_config"]
+
+logger = logging.getLogger(__name__)
+
+
+class NotFound(Exception):
+    """The object is gone (404)."""
+
+
+def load_config() -> client.ApiClient:
+    """In a pod: the service account; elsewhere: $KUBECONFIG or ~/.kube/config."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config()  # type: ignore[no-untyped-call]
+    return client.ApiClient()
+
+
+class Api:
+    """Custom resources of one namespace, plus Events about them."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+        self.writes = 0
+
+    async def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(function, *args, **kwargs)
+        except ApiException as error:
+            if error.status == 404:
+                raise NotFound(str(error.reason)) from None
+            raise
+
+    def _where(self, kind: keys.Kind) -> tuple[str, str, str, str]:
+        return resources.GROUP, resources.VERSION, self.namespace, resources.PLURALS[kind]
+
+    async def list(self, kind: keys.Kind) -> list[dict[str, Any]]:
+        result = await self._call(self.custom.list_namespaced_custom_object, *self._where(kind))
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    async def create(self, kind: keys.Kind, body: dict[str, Any]) -> dict[str, Any]:
+        self.writes += 1
+        created: dict[str, Any] = await self._call(
+            self.custom.create_namespaced_custom_object, *self._where(kind), body
+        )
+        return created
+
+    async def patch(self, kind: keys.Kind, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch (None deletes a field)."""
+        self.writes += 1
+        patched: dict[str, Any] = await self._call(
+            self.custom.patch_namespaced_custom_object,
+            *self._where(kind),
+            name,
+            patch,
+            _content_type="application/merge-patch+json",
+        )
+        return patched
+
+    async def patch_status(self, kind: keys.Kind, name: str, status: dict[str, Any]) -> None:
+        self.writes += 1
+        await self._call(
+            self.custom.patch_namespaced_custom_object_status,
+            *self._where(kind),
+            name,
+            {"status": status},
+            _content_type="application/merge-patch+json",
+        )
+
+    async def delete(self, kind: keys.Kind, name: str) -> None:
+        self.writes += 1
+        with contextlib.suppress(NotFound):
+            await self._call(self.custom.delete_namespaced_custom_object, *self._where(kind), name)
+
+    async def warn(self, body: dict[str, Any], reason: str, message: str) -> None:
+        """A Warning event about the object (kubectl describe shows it); failures are logged, not raised."""
+        metadata = body.get("metadata", {})
+        now = dt.datetime.now(dt.UTC)
+        event = client.CoreV1Event(
+            metadata=client.V1ObjectMeta(
+                generate_name=f"{metadata.get('name', 'discoverd')}.", namespace=self.namespace
+            ),
+            involved_object=client.V1ObjectReference(
+                api_version=resources.API_VERSION,
+                kind=body.get("kind"),
+                name=metadata.get("name"),
+                namespace=self.namespace,
+                uid=metadata.get("uid"),
+                resource_version=metadata.get("resourceVersion"),
+            ),
+            type="Warning",
+            reason=reason,
+            message=message[:1024],
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+            source=client.V1EventSource(component="discoverd-operator"),
+            reporting_component="discoverd-operator",
+        )
+        self.writes += 1
+        try:
+            await self._call(self.core.create_namespaced_event, self.namespace, event)
+        except (ApiException, NotFound) as error:
+            logger.warning("Failed to post event reason=%s: %s", reason, error)

@@ -1,0 +1,289 @@
+"""Object <-> document mapping and the conflict rule (etcd wins); pure, no I/O.
+
+Each object carries three annotations: the etcd key it mirrors, the key's
+`mod_revision` it was last synced with, and a digest of its spec as of that
+sync. A spec whose digest differs from the recorded one was changed by a
+user; an etcd key whose revision differs from the recorded one was changed
+in etcd. `decide()` turns (object, etcd entry) into one `Decision`:
+
+| object                  | etcd                    | decision                                  |
+| ----------------------- | ----------------------- | ----------------------------------------- |
+| none                    | valid document          | create the object                         |
+| unchanged by the user   | same revision           | nothing                                   |
+| unchanged by the user   | newer revision          | update the object (or only annotations)   |
+| unchanged by the user   | key gone                | delete the object                         |
+| new (never synced)      | key absent              | create the key (must not exist)           |
+| new or changed          | same content            | record the revision (adopt)               |
+| changed by the user     | same revision           | write the key, guarded by that revision   |
+| changed by the user     | newer revision / gone   | etcd wins: reset or delete, Warning event |
+| being deleted, synced   | same revision           | delete the key, guarded, then release     |
+| being deleted           | otherwise               | release (the key stays; Warning if newer) |
+
+Digests are of normalized documents (the spec pruned as the API server
+prunes it, validated into the model with every default filled in), so a
+reformatted or re-sent spec that means the same never causes a write.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+
+from discoverd.errors import InvalidDocument
+from discoverd.schema import crd, documents, keys, resources
+
+__all__ = [
+    "ANNOTATION_DIGEST",
+    "ANNOTATION_KEY",
+    "ANNOTATION_REVISION",
+    "Create",
+    "Decision",
+    "DeleteKey",
+    "DeleteObject",
+    "EtcdSide",
+    "ObjectSide",
+    "Patch",
+    "Refuse",
+    "Release",
+    "Skip",
+    "WriteKey",
+    "decide",
+    "digest",
+    "etcd_side",
+    "key_of_spec",
+    "object_side",
+    "spec_of",
+    "value_of",
+]
+
+ANNOTATION_KEY = f"{resources.GROUP}/key"
+ANNOTATION_REVISION = f"{resources.GROUP}/mod-revision"
+ANNOTATION_DIGEST = f"{resources.GROUP}/spec-digest"
+
+_KINDS = {model.kind: kind for kind, model in resources.KINDS.items()}
+
+
+@functools.cache
+def _spec_schema(kind: str) -> dict[str, Any]:
+    return crd.spec_schema(kind)
+
+
+def _validate_spec(kind: str, spec: dict[str, Any]) -> resources.Spec:
+    try:
+        return resources.spec_for(kind).model_validate(crd.prune(spec, _spec_schema(kind)))
+    except pydantic.ValidationError as error:
+        raise documents.validation_error(f"{kind} spec", error) from None
+
+
+def digest(kind: str, spec: dict[str, Any]) -> str:
+    """A short hash of the spec's normalized document; InvalidDocument when the spec does not validate."""
+    model = _validate_spec(kind, spec)
+    canonical = json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def key_of_spec(kind: str, spec: dict[str, Any]) -> keys.Key:
+    """The etcd key a spec names; InvalidDocument when it does not validate."""
+    return resources.to_document(_validate_spec(kind, spec)).key
+
+
+def spec_of(key: keys.Key, doc: documents.Document) -> dict[str, Any]:
+    """The spec an object gets for the document at `key`, as the API server will store it."""
+    kind = _KINDS[key.kind]
+    return dict(crd.prune(resources.to_spec(key, doc), _spec_schema(kind)))
+
+
+def value_of(kind: str, spec: dict[str, Any], current: documents.Document | None) -> bytes:
+    """The etcd value for a spec; top-level fields etcd has and the spec does not know are kept."""
+    doc = resources.to_document(_validate_spec(kind, spec)).document
+    extra = dict(current.model_extra or {}) if current is not None else {}
+    if extra:
+        doc = type(doc).model_validate({**extra, **documents.dump(doc)})
+    return documents.dumps(doc)
+
+
+@dataclass(frozen=True)
+class EtcdSide:
+    """One configuration key as etcd has it."""
+
+    revision: int
+    spec: dict[str, Any] | None
+    """The object's spec for this document; None when the document is invalid."""
+    digest: str | None
+    document: documents.Document | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ObjectSide:
+    """One custom resource as the API server has it."""
+
+    name: str
+    digest: str | None
+    """Of the current spec; None when it does not validate (see `error`)."""
+    revision: int | None
+    """The annotated mod_revision it was last synced with, if any."""
+    synced_digest: str | None
+    deleting: bool = False
+    error: str | None = None
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def synced(self) -> bool:
+        return self.synced_digest is not None and self.revision is not None
+
+    @property
+    def changed(self) -> bool:
+        """Changed by a user since the last sync (or never synced)."""
+        return not self.synced or self.digest != self.synced_digest
+
+
+def etcd_side(key: keys.Key, entry_revision: int, doc: documents.Document | None, error: str | None) -> EtcdSide:
+    if doc is None:
+        return EtcdSide(entry_revision, None, None, error=error or "invalid document")
+    spec = spec_of(key, doc)
+    try:
+        return EtcdSide(entry_revision, spec, digest(_KINDS[key.kind], spec), doc)
+    except InvalidDocument as problem:
+        return EtcdSide(entry_revision, None, None, doc, error=str(problem))
+
+
+def object_side(kind: str, body: dict[str, Any], key: keys.Key, prefix: str) -> ObjectSide:
+    """Read a custom resource's body; annotations for another key count as absent."""
+    metadata = body.get("metadata", {})
+    annotations = metadata.get("annotations") or {}
+    spec = body.get("spec") or {}
+    try:
+        current: str | None = digest(kind, spec)
+        error = None
+    except InvalidDocument as problem:
+        current, error = None, str(problem)
+    ours = annotations.get(ANNOTATION_KEY) == key.build(prefix)
+    revision_text = annotations.get(ANNOTATION_REVISION, "") if ours else ""
+    return ObjectSide(
+        name=metadata.get("name", ""),
+        digest=current,
+        revision=int(revision_text) if revision_text.isdigit() else None,
+        synced_digest=annotations.get(ANNOTATION_DIGEST) if ours else None,
+        deleting=bool(metadata.get("deletionTimestamp")),
+        error=error,
+        spec=spec,
+    )
+
+
+# Decisions ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Nothing to write."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Create:
+    """Create the object from etcd."""
+
+    spec: dict[str, Any]
+    revision: int
+    digest: str
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Set the object to etcd's value (`spec` None: only the annotations); Warning when etcd won."""
+
+    spec: dict[str, Any] | None
+    revision: int
+    digest: str
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class DeleteObject:
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class WriteKey:
+    """Write the object's spec to etcd if the key's mod_revision is still `expect` (0: absent)."""
+
+    expect: int
+
+
+@dataclass(frozen=True)
+class DeleteKey:
+    expect: int
+
+
+@dataclass(frozen=True)
+class Release:
+    """Let a deleted object go without touching etcd."""
+
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """The object cannot be mirrored (invalid spec): a permanent error until it changes."""
+
+    reason: str
+
+
+Decision = Skip | Create | Patch | DeleteObject | WriteKey | DeleteKey | Release | Refuse
+
+CONFLICT = "etcd changed {key} (now revision {revision}) after this object was made from revision {base}; etcd wins: the object was reset to etcd's value"
+EXISTS = "{key} already exists in etcd with other content; etcd wins: the object was set to etcd's value"
+GONE = "{key} was deleted from etcd while this object was changed; etcd wins: the object is deleted"
+KEPT = "etcd changed {key} (now revision {revision}) after this object was made from revision {base}; the key was kept and the object will be re-created from etcd"
+
+
+def _deleting(obj: ObjectSide, etcd: EtcdSide | None, key: str) -> Decision:
+    if etcd is None or not obj.synced:
+        return Release()
+    if etcd.revision == obj.revision:
+        return DeleteKey(obj.revision)
+    return Release(KEPT.format(key=key, revision=etcd.revision, base=obj.revision))
+
+
+def _changed(obj: ObjectSide, etcd: EtcdSide | None, key: str) -> Decision:
+    """The user created or changed the object."""
+    if etcd is None:
+        return WriteKey(0) if not obj.synced else DeleteObject(GONE.format(key=key))
+    if etcd.digest is not None and etcd.digest == obj.digest:
+        return Patch(None, etcd.revision, etcd.digest)
+    if obj.synced and etcd.revision == obj.revision:
+        return WriteKey(etcd.revision)
+    if etcd.spec is None or etcd.digest is None:
+        return Skip(f"{key} holds an invalid document ({etcd.error}); the object is left as it is")
+    template = EXISTS if not obj.synced else CONFLICT
+    return Patch(
+        etcd.spec, etcd.revision, etcd.digest, template.format(key=key, revision=etcd.revision, base=obj.revision)
+    )
+
+
+def decide(obj: ObjectSide | None, etcd: EtcdSide | None, key: str) -> Decision:
+    """What to do so the object and the etcd key agree (see the table in the module docstring)."""
+    if obj is None:
+        if etcd is None or etcd.spec is None or etcd.digest is None:
+            return Skip("no object and no valid document")
+        return Create(etcd.spec, etcd.revision, etcd.digest)
+    if obj.deleting:
+        return _deleting(obj, etcd, key)
+    if obj.error is not None:
+        return Refuse(obj.error)
+    if obj.changed:
+        return _changed(obj, etcd, key)
+    if etcd is None:
+        return DeleteObject()
+    if etcd.revision == obj.revision:
+        return Skip()
+    if etcd.spec is None or etcd.digest is None:
+        return Skip(f"{key} holds an invalid document ({etcd.error}); the object keeps the last valid one")
+    return Patch(None if etcd.digest == obj.digest else etcd.spec, etcd.revision, etcd.digest)

@@ -1,0 +1,45 @@
+"""Kopf's registry and settings, set in one startup function (our API group for everything Kopf stores).
+
+Kopf keeps a finalizer, its progress and the last handled configuration on
+each object; all of them are named under `discoverd.io` so nothing of
+Kopf's defaults (`kopf.zalando.org`) appears on our objects. The operator
+runs standalone (one replica, `strategy: Recreate`: Kopf's peering is not
+leader election) and with cluster scanning off, so it needs no cluster-wide
+rights (docs/kubernetes.md lists the RBAC).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from discoverd.schema import resources
+
+__all__ = ["FINALIZER", "configure", "registry"]
+
+FINALIZER = f"{resources.GROUP}/mirror"
+registry = kopf.OperatorRegistry()
+
+
+@kopf.on.startup(registry=registry)
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Every Kopf setting the operator changes, with why."""
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=resources.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=resources.GROUP, key="last-handled-configuration"
+    )
+    settings.peering.standalone = True
+    # Only our own namespace: no CRD or namespace scanning, hence no cluster-wide RBAC.
+    settings.scanning.disabled = True
+    # Events only for problems: an INFO event per handled change would be API writes for nothing.
+    settings.posting.level = logging.WARNING
+    # Ask the API server to end idle watches after 5 minutes and reconnect, so a watch silently
+    # dropped by a proxy or load balancer is noticed; the client gives up a little later.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    # A user's change reaches etcd within a second: retry temporary failures quickly.
+    settings.execution.max_workers = 8

@@ -1,0 +1,144 @@
+"""Status of each custom resource, rebuilt from the agent status keys in etcd; pure, no I/O.
+
+`View` holds the latest valid document of every key under the prefix (fed by
+the etcd watch). `status_for(key)` summarises the status keys that concern
+one configuration key: a ServiceInstance gets one entry per server reporting
+it, a Server is online while its lease-held `status/agent` key exists, a
+ServiceVersion counts the instances whose current version it is. Rebuilt
+whole each time, never patched from the last status.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from discoverd.schema import documents, keys, resource_status
+
+__all__ = ["View", "affected", "normalized"]
+
+_ORDER = list(documents.Phase)
+_STATUS_MODELS: dict[keys.Kind, type[resource_status.Status]] = {
+    keys.Kind.INSTANCE: resource_status.ServiceInstanceStatus,
+    keys.Kind.SERVER: resource_status.ServerStatus,
+    keys.Kind.VERSION: resource_status.ServiceVersionStatus,
+}
+
+
+def normalized(kind: keys.Kind, status: dict[str, Any] | None) -> dict[str, Any]:
+    """A status as a complete dict (defaults filled in, unknown fields dropped), for comparing."""
+    model = _STATUS_MODELS[kind]
+    known = {k: v for k, v in (status or {}).items() if k in model.model_fields or _is_alias(model, k)}
+    try:
+        return model.model_validate(known).model_dump(mode="json", by_alias=True)
+    except ValueError:
+        return {}
+
+
+def _is_alias(model: type[resource_status.Status], name: str) -> bool:
+    return any(f.alias == name for f in model.model_fields.values())
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value.isoformat() if hasattr(value, "isoformat") else value)
+
+
+class View:
+    """Every valid document under the prefix, by parsed key."""
+
+    def __init__(self) -> None:
+        self.documents: dict[keys.Key, documents.Document] = {}
+
+    def put(self, key: keys.Key, doc: documents.Document | None) -> None:
+        if doc is None:
+            self.documents.pop(key, None)
+        else:
+            self.documents[key] = doc
+
+    def _reports(self) -> list[tuple[keys.Key, documents.InstanceStatus]]:
+        return sorted(
+            (k, d) for k, d in self.documents.items() if isinstance(d, documents.InstanceStatus)
+        )  # sorted by key: server, service, instance
+
+    def status_for(self, key: keys.Key) -> dict[str, Any]:
+        match key.kind:
+            case keys.Kind.INSTANCE:
+                model: resource_status.Status = self._instance(key)
+            case keys.Kind.SERVER:
+                model = self._server(key)
+            case _:
+                model = self._version(key)
+        return model.model_dump(mode="json", by_alias=True)
+
+    def _instance(self, key: keys.Key) -> resource_status.ServiceInstanceStatus:
+        servers = [
+            resource_status.InstanceOnServer(
+                server=k.server,
+                phase=d.phase.value,
+                version=d.version,
+                previous_version=d.previous_version,
+                pid=d.pid,
+                restarts=d.restarts,
+                last_exit_code=d.last_exit_code,
+                message=d.message,
+                since=_text(d.since),
+            )
+            for k, d in self._reports()
+            if (k.service, k.instance) == (key.service, key.instance)
+        ]
+        if not servers:
+            return resource_status.ServiceInstanceStatus()
+        phases = {s.phase for s in servers}
+        versions = {s.version for s in servers if s.version}
+        return resource_status.ServiceInstanceStatus(
+            phase=servers[0].phase if len(phases) == 1 else min(phases, key=lambda p: _ORDER.index(documents.Phase(p))),
+            version=", ".join(sorted(versions)) or None,
+            server=",".join(s.server for s in servers),
+            restarts=sum(s.restarts for s in servers),
+            message="; ".join(f"{s.server}: {s.message}" for s in servers if s.message)
+            if len(servers) > 1
+            else servers[0].message,
+            servers=servers,
+        )
+
+    def _server(self, key: keys.Key) -> resource_status.ServerStatus:
+        agent = self.documents.get(keys.Key(keys.Kind.AGENT_STATUS, server=key.server))
+        config = self.documents.get(key)
+        reports = [d for k, d in self._reports() if k.server == key.server]
+        out = resource_status.ServerStatus(
+            instances=len(config.service_instances) if isinstance(config, documents.Server) else 0,
+            reported=len(reports),
+            running=sum(1 for d in reports if d.phase is documents.Phase.RUNNING),
+        )
+        if isinstance(agent, documents.AgentStatus):
+            out.online, out.phase = True, "Online"
+            out.hostname, out.agent_version, out.started_at = (
+                agent.hostname,
+                agent.agent_version,
+                _text(agent.started_at),
+            )
+        return out
+
+    def _version(self, key: keys.Key) -> resource_status.ServiceVersionStatus:
+        reports = [(k, d) for k, d in self._reports() if k.service == key.service and d.version == key.version]
+        return resource_status.ServiceVersionStatus(
+            instances=len(reports),
+            running=sum(1 for _, d in reports if d.phase is documents.Phase.RUNNING),
+            servers=sorted({k.server for k, _ in reports}),
+        )
+
+    def versions_of(self, service: str) -> list[keys.Key]:
+        return [k for k in self.documents if k.kind is keys.Kind.VERSION and k.service == service]
+
+
+def affected(view: View, key: keys.Key) -> set[keys.Key]:
+    """The configuration keys whose object status depends on `key`."""
+    match key.kind:
+        case keys.Kind.AGENT_STATUS:
+            return {keys.Key(keys.Kind.SERVER, server=key.server)}
+        case keys.Kind.INSTANCE_STATUS:
+            return {
+                keys.Key(keys.Kind.INSTANCE, service=key.service, instance=key.instance),
+                keys.Key(keys.Kind.SERVER, server=key.server),
+                *view.versions_of(key.service),
+            }
+    return {key}
