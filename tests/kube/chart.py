@@ -68,3 +68,45 @@ def find(objects: Iterable[dict[str, Any]], kind: str, name_suffix: str = "") ->
     matches = [o for o in objects if o["kind"] == kind and o["metadata"]["name"].endswith(name_suffix)]
     assert len(matches) == 1, f"expected one {kind} *{name_suffix}, got {[o['metadata']['name'] for o in matches]}"
     return matches[0]
+
+
+# --- installing into the test control plane ------------------------------------------------------
+
+CRD_NAMES = ("servers.discoverd.io", "serviceinstances.discoverd.io", "serviceversions.discoverd.io")
+
+
+def adopt_crds(cp: controlplane.ControlPlane, release: str, namespace: str) -> None:
+    """Let ``release`` take over CRDs that already exist (another test or release made them).
+
+    The control plane is shared by the session and the CRDs are cluster-wide
+    and kept on uninstall, so a second release would otherwise stop with
+    "invalid ownership metadata". Helm adopts an existing object that carries
+    its release's labels and annotations, which is also how a user moves CRDs
+    under a new release.
+    """
+    for name in CRD_NAMES:
+        if cp.kubectl_run("get", "crd", name, check=False).returncode != 0:
+            continue
+        cp.kubectl_run("label", "--overwrite", "crd", name, "app.kubernetes.io/managed-by=Helm")
+        cp.kubectl_run(
+            "annotate",
+            "--overwrite",
+            "crd",
+            name,
+            f"meta.helm.sh/release-name={release}",
+            f"meta.helm.sh/release-namespace={namespace}",
+        )
+
+
+def install(
+    cp: controlplane.ControlPlane,
+    namespace: str,
+    *values: str,
+    release: str = "dd",
+    values_files: Sequence[Path] = (),
+) -> subprocess.CompletedProcess[str]:
+    """`helm install` the chart (CRDs included) into ``namespace``; no --wait: no kubelet runs pods here."""
+    adopt_crds(cp, release, namespace)
+    return cp.helm_run(
+        "install", release, str(CHART), "--namespace", namespace, *_set_args(values, values_files), timeout=180
+    )
