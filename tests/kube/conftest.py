@@ -35,21 +35,30 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixt
         # e.g. Ctrl-C while starting: leave no process behind.
         controlplane.stop_control_plane(directory)
         raise
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    over = cp.startup_seconds >= STARTUP_TARGET_SECONDS
-    note = f" (over the {STARTUP_TARGET_SECONDS:.0f}s target)" if over else ""
-    line = f"control plane up in {cp.startup_seconds:.1f}s{note}: {cp.server}, etcd {cp.etcd_endpoints}"
-    if reporter is not None:
-        reporter.write_line(f"\n{line}")
+    _report(request, cp)
     try:
         yield cp
     finally:
         controlplane.stop_control_plane(directory)
 
 
+def _report(request: pytest.FixtureRequest, cp: ControlPlane) -> None:
+    """Print the start-up time on the terminal, past pytest's output capture."""
+    over = cp.startup_seconds >= STARTUP_TARGET_SECONDS
+    note = f" (over the {STARTUP_TARGET_SECONDS:.0f}s target)" if over else ""
+    line = f"control plane up in {cp.startup_seconds:.1f}s{note}: {cp.server}, etcd {cp.etcd_endpoints}"
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
+        print(line)
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(f"\n{line}")
+
+
 @pytest.fixture(scope="session")
 def kube_api(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
-    api = config.new_client_from_config(config_file=str(control_plane.kubeconfig))
+    api = config.new_client_from_config(config_file=str(control_plane.kubeconfig))  # type: ignore[no-untyped-call]
     try:
         yield api
     finally:

@@ -13,12 +13,14 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
+
+from support.wait import wait_until
 
 __all__ = [
     "REPO",
@@ -37,8 +39,6 @@ __all__ = [
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "hack" / "control-plane.sh"
 BUILD_HINT = "run `make tools` (or `bash hack/build-tools.sh`) to build kube-apiserver, kubectl and helm"
-
-T = TypeVar("T")
 
 
 class ControlPlaneError(RuntimeError):
@@ -68,30 +68,6 @@ def require_tool(name: str) -> Path:
     if path is None:
         raise ControlPlaneError(f"{name} not found in $KUBEBUILDER_ASSETS, {tools_bin_dir()} or PATH: {BUILD_HINT}")
     return path
-
-
-def wait_until(
-    predicate: Callable[[], T | None],
-    timeout: float,
-    *,
-    interval: float = 0.05,
-    message: str = "condition",
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; return it, or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while True:
-        try:
-            result = predicate()
-        except Exception as exc:  # polled condition may fail transiently
-            last_error = exc
-            result = None
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {last_error!r})" if last_error else ""
-            raise TimeoutError(f"{message} not met within {timeout}s{detail}")
-        time.sleep(interval)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -158,11 +158,16 @@ def test_status_subresource_ignores_status_in_main_resource_updates(
     plural = widget_crd["spec"]["names"]["plural"]
     body = json.loads(_widget(widget_crd, "w", {"replicas": 1}))
     body["status"] = {"phase": "Ignored"}
-    created = custom.create_namespaced_custom_object(CRD_GROUP, "v1alpha1", namespace, plural, body)
+    created = cast(
+        dict[str, Any], custom.create_namespaced_custom_object(CRD_GROUP, "v1alpha1", namespace, plural, body)
+    )
     assert "status" not in created
 
     created["status"] = {"phase": "Ready"}
-    updated = custom.replace_namespaced_custom_object_status(CRD_GROUP, "v1alpha1", namespace, plural, "w", created)
+    updated = cast(
+        dict[str, Any],
+        custom.replace_namespaced_custom_object_status(CRD_GROUP, "v1alpha1", namespace, plural, "w", created),
+    )
     assert updated["status"] == {"phase": "Ready"}
 
 
@@ -171,13 +176,16 @@ def test_python_client_watch_sees_a_change_within_a_second(kube_api: client.ApiC
     core.create_namespaced_config_map(
         namespace, client.V1ConfigMap(metadata=client.V1ObjectMeta(name="watched"), data={"n": "0"})
     )
-    resource_version = core.list_namespaced_config_map(namespace).metadata.resource_version
+    listing = core.list_namespaced_config_map(namespace).metadata
+    assert listing is not None
+    resource_version = listing.resource_version
 
     events: queue.Queue[tuple[float, str, str]] = queue.Queue()
-    watcher = watch.Watch()
+    watcher = watch.Watch()  # type: ignore[no-untyped-call]
 
     def run() -> None:
-        for event in watcher.stream(
+        # Ends on the first event (closing the connection) or when the server ends the watch.
+        for event in watcher.stream(  # type: ignore[no-untyped-call]
             core.list_namespaced_config_map,
             namespace,
             resource_version=resource_version,
@@ -185,6 +193,7 @@ def test_python_client_watch_sees_a_change_within_a_second(kube_api: client.ApiC
         ):
             obj = event["object"]
             events.put((time.monotonic(), event["type"], (obj.data or {}).get("n", "")))
+            break
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -195,7 +204,6 @@ def test_python_client_watch_sees_a_change_within_a_second(kube_api: client.ApiC
         assert (kind, value) == ("MODIFIED", "1")
         assert seen_at - changed_at < 1.0
     finally:
-        watcher.stop()
         thread.join(timeout=15)
     assert not thread.is_alive()
 
@@ -253,7 +261,8 @@ def test_python_client_with_service_account_token_is_refused_secrets(
     namespace: str, control_plane: ControlPlane, sa_kubeconfig: Callable[[str, str], Path]
 ) -> None:
     _limited_service_account(control_plane, namespace)
-    api = config.new_client_from_config(config_file=str(sa_kubeconfig(namespace, "reader")))
+    kubeconfig = str(sa_kubeconfig(namespace, "reader"))
+    api = config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
     try:
         core = client.CoreV1Api(api)
         assert core.read_namespaced_config_map("visible", namespace).data == {"a": "b"}
@@ -288,7 +297,11 @@ def test_server_side_apply_records_field_manager_and_detects_conflicts(
     control_plane.kubectl_run(
         "apply", "--server-side", "--field-manager=first", "-n", namespace, "-f", "-", input=manifest
     )
-    got = json.loads(control_plane.kubectl_run("get", "configmap", "applied", "-n", namespace, "-o", "json").stdout)
+    got = json.loads(
+        control_plane.kubectl_run(
+            "get", "configmap", "applied", "-n", namespace, "-o", "json", "--show-managed-fields"
+        ).stdout
+    )
     managers = {(m["manager"], m["operation"]) for m in got["metadata"]["managedFields"]}
     assert ("first", "Apply") in managers
 
@@ -323,7 +336,7 @@ def test_server_side_apply_records_field_manager_and_detects_conflicts(
             control_plane.kubectl_run("get", "configmap", "applied", "-n", namespace, "-o", "json").stdout
         )["data"],
         timeout=5,
-        message="configmap data readable",
+        what="configmap data readable",
     )
     assert data == {"owner": "second"}
 
@@ -343,7 +356,7 @@ def test_no_control_plane_process_outlives_down(tmp_path: Path, control_plane: C
     def gone() -> bool:
         return not any(_is_running(pid) for pid in pids)
 
-    wait_until(gone, timeout=10, message="control plane pids gone")
+    wait_until(gone, timeout=10, what="control plane pids gone")
     assert not directory.exists()
 
 
