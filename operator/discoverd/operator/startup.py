@@ -17,10 +17,17 @@ import kopf
 
 from discoverd.schema import resources
 
-__all__ = ["FINALIZER", "configure", "registry"]
+__all__ = ["FINALIZER", "configure", "login", "registry"]
 
 FINALIZER = f"{resources.GROUP}/mirror"
 registry = kopf.OperatorRegistry()
+
+
+@kopf.on.login(registry=registry)
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: the service account; elsewhere: $KUBECONFIG (Kopf's own readers, no client library)."""
+    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    return info
 
 
 @kopf.on.startup(registry=registry)
