@@ -45,12 +45,14 @@ def test_template_renders_every_component(values: str) -> None:
         ("CustomResourceDefinition", "serviceversions.discoverd.io"),
         ("DaemonSet", "dd-discoverd-agent"),
         ("Deployment", "dd-discoverd-operator"),
-        ("Pod", "dd-discoverd-test-operator-health"),
+        ("Pod", "dd-discoverd-test-mirror"),
         ("Role", "dd-discoverd-operator"),
+        ("Role", "dd-discoverd-test"),
         ("RoleBinding", "dd-discoverd-operator"),
-        ("Service", "dd-discoverd-operator"),
+        ("RoleBinding", "dd-discoverd-test"),
         ("ServiceAccount", "dd-discoverd-agent"),
         ("ServiceAccount", "dd-discoverd-operator"),
+        ("ServiceAccount", "dd-discoverd-test"),
     ]
 
 
@@ -59,7 +61,10 @@ def test_template_renders_every_component(values: str) -> None:
     [
         ("agent.hostPid=true", "at '/agent': additional properties 'hostPid' not allowed"),
         ("logFormat=xml", "at '/logFormat': value must be one of 'json', 'text'"),
-        ("operator.healthPort=http", "at '/operator/healthPort': got string, want integer"),
+        (
+            "agent.terminationGracePeriodSeconds=soon",
+            "at '/agent/terminationGracePeriodSeconds': got string, want integer",
+        ),
         ("etcd.prefix=discoverd", "at '/etcd/prefix'"),
     ],
 )
@@ -252,10 +257,10 @@ def test_existing_service_accounts_are_used_when_not_created() -> None:
         "agent.serviceAccount.create=false",
         "agent.serviceAccount.name=node-agent",
     )
-    assert not [o for o in objects if o["kind"] == "ServiceAccount"]
+    assert [o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount"] == ["dd-discoverd-test"]
     assert chart.find(objects, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
     assert chart.find(objects, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == "node-agent"
-    assert chart.find(objects, "RoleBinding")["subjects"][0]["name"] == "ops"
+    assert chart.find(objects, "RoleBinding", "-operator")["subjects"][0]["name"] == "ops"
 
 
 # --- etcd connection --------------------------------------------------------------------------
@@ -332,13 +337,25 @@ def test_crds_enabled_false_renders_no_crd() -> None:
 # --- helm test --------------------------------------------------------------------------------
 
 
-def test_helm_test_hook_calls_the_operator_health_endpoint() -> None:
-    objects = chart.render(namespace="shop")
-    pod = chart.find(objects, "Pod", "-test-operator-health")
-    service = chart.find(objects, "Service", "-operator")
-    deployment = chart.find(objects, "Deployment", "-operator")
-    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
-    assert pod["spec"]["containers"][0]["args"][-1] == "http://dd-discoverd-operator.shop.svc:8080/healthz"
-    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
-    probe = _container(deployment)["livenessProbe"]["httpGet"]
-    assert probe == {"path": "/healthz", "port": "health"}
+def test_helm_test_hook_runs_after_its_identity_and_is_cleaned_up() -> None:
+    hooks = [o for o in chart.render() if "helm.sh/hook" in o["metadata"].get("annotations", {})]
+    weights = {(o["kind"], int(o["metadata"]["annotations"]["helm.sh/hook-weight"])) for o in hooks}
+    assert weights == {("ServiceAccount", -5), ("Role", -5), ("RoleBinding", -5), ("Pod", 0)}
+    for hook in hooks:
+        assert hook["metadata"]["annotations"]["helm.sh/hook"] == "test"
+        assert hook["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+
+
+def test_helm_test_identity_may_only_handle_service_versions() -> None:
+    objects = chart.render()
+    role = chart.find(objects, "Role", "-test")
+    assert role["rules"] == [
+        {"apiGroups": ["discoverd.io"], "resources": ["serviceversions"], "verbs": ["create", "get", "delete"]}
+    ]
+    pod = chart.find(objects, "Pod", "-test-mirror")
+    assert pod["spec"]["serviceAccountName"] == chart.find(objects, "ServiceAccount", "-test")["metadata"]["name"]
+
+
+def test_tests_enabled_false_renders_no_hook() -> None:
+    objects = chart.render("tests.enabled=false")
+    assert not [o for o in objects if "helm.sh/hook" in o["metadata"].get("annotations", {})]
