@@ -92,7 +92,14 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 
-alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
+# Running, not just a zombie waiting for its (re)parent to reap it.
+alive() {
+	[[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null || return 1
+	local stat
+	stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+	stat="${stat##*) }"
+	[[ "${stat:0:1}" != Z ]]
+}
 
 # Is PID still the process this DIR started (guards against pid reuse)?
 ours() {
@@ -141,6 +148,7 @@ stop_pid() { # NAME: TERM the recorded pid, KILL after 10 s, only if it is still
 	[[ -f "$DIR/$name.pid" ]] || return 0
 	pid="$(cat "$DIR/$name.pid")"
 	if ours "$pid"; then
+		local t0=$EPOCHREALTIME
 		kill -TERM "$pid" 2>/dev/null || true
 		local deadline=$((SECONDS + 10))
 		while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
@@ -149,10 +157,12 @@ stop_pid() { # NAME: TERM the recorded pid, KILL after 10 s, only if it is still
 			kill -KILL "$pid" 2>/dev/null || true
 			while alive "$pid"; do sleep 0.1; done
 		fi
-		log "stopped $name (pid $pid)"
+		log "stopped $name (pid $pid) in $(elapsed "$t0")s"
 	fi
 	rm -f "$DIR/$name.pid"
 }
+
+elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
 
 b64() { base64 -w0 <"$1"; }
 
@@ -320,10 +330,6 @@ do_up() {
 		print_env
 		return 0
 	fi
-	do_down # leftovers of a crashed run in the same DIR
-	mkdir -p "$DIR"
-	touch "$DIR/$MARKER"
-
 	local apiserver_bin etcd_bin
 	apiserver_bin="$(find_tool kube-apiserver)"
 	[[ -n "$apiserver_bin" ]] ||
@@ -334,6 +340,9 @@ do_up() {
 	command -v openssl >/dev/null || die "openssl not found"
 	command -v curl >/dev/null || die "curl not found"
 	log "etcd: $etcd_bin; kube-apiserver: $apiserver_bin; dir: $DIR"
+	do_down # leftovers of a crashed run in the same DIR
+	mkdir -p "$DIR"
+	touch "$DIR/$MARKER"
 
 	local start_time=$SECONDS attempt
 	make_pki

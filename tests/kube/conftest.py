@@ -26,15 +26,18 @@ STARTUP_TARGET_SECONDS = 15.0
 @pytest.fixture(scope="session")
 def control_plane(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
     directory = tmp_path_factory.mktemp("control-plane")
+    error: ControlPlaneError | None = None
     try:
         cp = controlplane.start_control_plane(directory)
     except ControlPlaneError as exc:
-        controlplane.stop_control_plane(directory)
-        pytest.fail(str(exc), pytrace=False)
+        error = exc
     except BaseException:
         # e.g. Ctrl-C while starting: leave no process behind.
         controlplane.stop_control_plane(directory)
         raise
+    if error is not None:
+        controlplane.stop_control_plane(directory)
+        pytest.fail(str(error), pytrace=False)
     _report(request, cp)
     try:
         yield cp
