@@ -37,7 +37,11 @@ step() {
 	log "$name done in $((SECONDS - start))s"
 }
 
-command -v go >/dev/null 2>&1 || die "go not found on PATH (Go >= 1.26 is needed to build the tools)"
+# Go is needed only when something has to be built.
+need_go() {
+	command -v go >/dev/null 2>&1 || die "go not found on PATH (Go >= 1.26 is needed to build the tools)"
+	log "building with $(go version)"
+}
 
 # Version of a module required by the go.mod in DIR, e.g. v1.37.2.
 mod_version() {
@@ -78,7 +82,7 @@ from_assets() {
 
 total_start=$SECONDS
 mkdir -p "$BIN"
-log "tools dir: $BIN ($(go version))"
+log "tools dir: $BIN"
 
 # --- kube-apiserver and kubectl from k8s.io/kubernetes -----------------------
 K8S_VERSION="$(mod_version "$TOOLS_SRC" k8s.io/kubernetes)"
@@ -104,6 +108,7 @@ for name in kube-apiserver kubectl; do
 	fi
 done
 if ((${#need_k8s[@]})); then
+	need_go
 	step "download k8s.io/kubernetes $K8S_VERSION modules" env -C "$TOOLS_SRC" go mod download
 	for name in "${need_k8s[@]}"; do
 		build "$name" "$TOOLS_SRC" "k8s.io/kubernetes/cmd/$name" "$K8S_STAMP" "$K8S_LDFLAGS"
@@ -127,6 +132,7 @@ else
 	for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
 		HELM_LDFLAGS+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$helm_k8s_minor"
 	done
+	need_go
 	step "download helm.sh/helm/v3 $HELM_VERSION modules" env -C "$HELM_SRC" go mod download
 	build helm "$HELM_SRC" helm.sh/helm/v3/cmd/helm "$HELM_STAMP" "$HELM_LDFLAGS"
 fi
