@@ -7,10 +7,12 @@ RBAC with ServiceAccount tokens and impersonation, and server-side apply.
 
 from __future__ import annotations
 
+import base64
 import json
 import queue
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -118,6 +120,22 @@ def test_configmap_round_trips_through_etcd(control_plane: ControlPlane, namespa
     got = json.loads(control_plane.kubectl_run("get", "configmap", "settings", "-n", namespace, "-o", "json").stdout)
     assert got["data"] == {"color": "blue"}
     assert got["metadata"]["namespace"] == namespace
+
+
+def test_api_server_keeps_its_data_under_registry_in_the_exported_etcd(
+    control_plane: ControlPlane, namespace: str
+) -> None:
+    control_plane.kubectl_run("create", "configmap", "stored", "-n", namespace, "--from-literal=a=b")
+    key = f"/registry/configmaps/{namespace}/stored"
+    # etcd's JSON gateway: keys are base64; the value is protobuf, so only ask for the key.
+    request = urllib.request.Request(
+        f"{control_plane.etcd_endpoints}/v3/kv/range",
+        data=json.dumps({"key": base64.b64encode(key.encode()).decode(), "keys_only": True}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        kvs = json.load(response).get("kvs", [])
+    assert [base64.b64decode(kv["key"]).decode() for kv in kvs] == [key]
 
 
 def test_custom_object_matching_schema_is_stored(
