@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Write crds/*.yaml from the pydantic models (discoverd.schema.crd); `--check` fails when they are stale.
 
-    .venv/bin/python hack/gen-crds.py           # regenerate
-    .venv/bin/python hack/gen-crds.py --check   # exit 1 if crds/ differs from the models
+.venv/bin/python hack/gen-crds.py           # regenerate
+.venv/bin/python hack/gen-crds.py --check   # exit 1 if crds/ differs from the models
 """
 
 from __future__ import annotations
