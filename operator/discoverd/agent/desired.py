@@ -1,0 +1,72 @@
+"""What this server should run: etcd entries -> one `plan.Target` (or `plan.Broken`) per instance.
+
+First stage of the agent's flow after the store: `loop` keeps the entries
+under the prefix up to date from the watch and calls `resolve` whenever they
+change. The server document names the instances; each instance names its
+version; the instance's run script overrides the version's ("overwrite or
+improve", DESIGN section 1). An invalid or missing document makes that one
+instance `Broken` (its message names the key and the field); an invalid
+server document keeps the instance list that was valid before and is
+reported on the agent status.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from discoverd.agent import plan
+from discoverd.schema import documents, keys
+from discoverd.store.documents import Entry
+
+__all__ = ["Desired", "merge_run", "resolve"]
+
+
+@dataclass(frozen=True)
+class Desired:
+    instances: Mapping[plan.Ref, plan.Target | plan.Broken] = field(default_factory=dict)
+    refs: tuple[plan.Ref, ...] = ()
+    """The instances the server document lists (the last valid list when it is invalid now)."""
+    server_error: str | None = None
+
+
+def merge_run(version: documents.Script, instance: documents.Script) -> documents.Script:
+    """The instance's run script: a command replaces the version's; argv alone is appended to it."""
+    env = {**(version.env or {}), **(instance.env or {})} or None
+    if not instance.empty:
+        return documents.Script(command=instance.command, argv=list(instance.argv), env=env)
+    return documents.Script(command=version.command, argv=[*version.argv, *instance.argv], env=env)
+
+
+def _resolve_one(entries: Mapping[str, Entry], prefix: str, ref: plan.Ref) -> plan.Target | plan.Broken:
+    instance_key = keys.instance_config(prefix, ref.service, ref.instance)
+    entry = entries.get(instance_key)
+    if entry is None:
+        return plan.Broken(ref, f"{instance_key}: the instance document does not exist")
+    if entry.error is not None or not isinstance(entry.document, documents.Instance):
+        return plan.Broken(ref, str(entry.error or f"{instance_key}: not an instance document"))
+    instance = entry.document
+    version_key = keys.version_config(prefix, ref.service, instance.service_version)
+    ventry = entries.get(version_key)
+    if ventry is None:
+        return plan.Broken(ref, f"{version_key}: the version document does not exist")
+    if ventry.error is not None or not isinstance(ventry.document, documents.Version):
+        return plan.Broken(ref, str(ventry.error or f"{version_key}: not a version document"))
+    version = ventry.document
+    return plan.Target(ref, instance.service_version, version, merge_run(version.run_script, instance.run_script))
+
+
+def resolve(entries: Mapping[str, Entry], prefix: str, server_id: str, last_refs: tuple[plan.Ref, ...] = ()) -> Desired:
+    """The desired state of server `server_id` from the entries under `prefix`."""
+    server_key = keys.server_config(prefix, server_id)
+    entry = entries.get(server_key)
+    server_error: str | None = None
+    if entry is None:
+        refs: tuple[plan.Ref, ...] = ()
+    elif entry.error is not None or not isinstance(entry.document, documents.Server):
+        server_error = str(entry.error or f"{server_key}: not a server document")
+        refs = last_refs
+    else:
+        refs = tuple(plan.Ref(r.name, r.id) for r in entry.document.service_instances)
+    instances = {ref: _resolve_one(entries, prefix, ref) for ref in refs}
+    return Desired(instances, refs, server_error)

@@ -1,0 +1,127 @@
+"""Carry out the plan: each instance's actions in its own task, so none waits for another.
+
+`loop` calls `execute(actions)` after every `plan`. Actions are grouped by
+instance and handed to that instance's `Supervisor` in a task of its own; an
+instance with a task under way is `busy` and gets no new actions until it is
+done. The executor acts, never decides: it also owns what is shared between
+instances (one install at a time per version, pruning old installs) and the
+shutdown of every task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Callable
+
+from discoverd import logs
+from discoverd.agent import layout as layout_
+from discoverd.agent import plan, steps, supervisor
+
+__all__ = ["Executor"]
+
+log = logging.getLogger(__name__)
+
+_BUSY = {
+    plan.Install: "Downloading",
+    plan.Start: "Starting",
+    plan.Stop: "Stopping",
+    plan.Remove: "Stopping",
+}
+
+
+class Executor:
+    def __init__(self, layout: layout_.Layout, ctx: steps.Context, notify: Callable[[], None]) -> None:
+        self.layout = layout
+        self.ctx = ctx
+        self.notify = notify
+        self.supervisors: dict[plan.Ref, supervisor.Supervisor] = {}
+        self.tasks: dict[plan.Ref, asyncio.Task[None]] = {}
+        self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._rng = random.Random()
+
+    def _supervisor(self, ref: plan.Ref) -> supervisor.Supervisor:
+        sup = self.supervisors.get(ref)
+        if sup is None:
+            sup = supervisor.Supervisor(
+                ref, self.layout, self.ctx, self.notify, self._lock, self._prune, random.Random(self._rng.random())
+            )
+            self.supervisors[ref] = sup
+        return sup
+
+    def _lock(self, service: str, version: str) -> asyncio.Lock:
+        return self._locks[(service, version)]
+
+    def adopt_all(self) -> None:
+        """Supervise again every instance with a record on disk (after an agent restart)."""
+        for ref in self.layout.recorded():
+            sup = self._supervisor(ref)
+            if not sup.adopt():
+                del self.supervisors[ref]
+
+    def observed(self) -> dict[plan.Ref, plan.Observed]:
+        return {ref: sup.observed() for ref, sup in self.supervisors.items()}
+
+    def execute(self, actions: list[plan.Action]) -> None:
+        """Start a task per instance for its actions (Wait actions are the loop's business)."""
+        by_ref: dict[plan.Ref, list[plan.Action]] = defaultdict(list)
+        for action in actions:
+            if not isinstance(action, plan.Wait):
+                by_ref[action.ref].append(action)
+        for ref, todo in by_ref.items():
+            if ref in self.tasks:
+                continue  # plan gives no actions to a busy instance; this is only a guard
+            sup = self._supervisor(ref)
+            sup.busy = _BUSY.get(type(todo[0]))  # None for the instant ones (Promote, Reject)
+            task = asyncio.create_task(self._run(sup, todo), name=f"instance {ref}")
+            self.tasks[ref] = task
+
+    async def _run(self, sup: supervisor.Supervisor, todo: list[plan.Action]) -> None:
+        try:
+            await sup.execute(todo)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("Failed an action", extra=logs.kv(service=sup.ref.service, instance=sup.ref.instance))
+        finally:
+            self.tasks.pop(sup.ref, None)
+            if any(isinstance(a, plan.Remove) for a in todo) and sup.process is None:
+                await sup.close(stop=False)
+                self.supervisors.pop(sup.ref, None)
+                log.info("Removed instance", extra=logs.kv(service=sup.ref.service, instance=sup.ref.instance))
+            self.notify()
+
+    def _prune(self, ref: plan.Ref, previous: str | None) -> None:
+        """After `ref` counted as started: remove the service's installs that no instance uses any more.
+
+        Kept: versions any instance of the service runs, ran last or may roll back to, the
+        version `ref` ran before (its rollback point until the next upgrade), and any
+        version being installed right now.
+        """
+        keep = {previous} if previous else set()
+        for other in self.supervisors.values():
+            if other.ref.service != ref.service:
+                continue
+            for target in (other.current, other.good):
+                if target is not None:
+                    keep.add(target.version)
+            if other.process is not None:
+                keep.add(other.process.version)
+        for version in self.layout.service_versions(ref.service):
+            if version in keep or self._locks[(ref.service, version)].locked():
+                continue
+            self.layout.remove_version(ref.service, version)
+            log.info("Removed old install", extra=logs.kv(service=ref.service, version=version))
+
+    async def shutdown(self, stop_instances: bool) -> None:
+        """Cancel every step under way (killing its process group); stop the run processes if asked."""
+        tasks = list(self.tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.gather(*(sup.close(stop_instances) for sup in self.supervisors.values()))

@@ -1,0 +1,206 @@
+"""Status documents rebuilt from observation and written to etcd under the agent's lease.
+
+Last stage of the agent's flow: after each pass `loop` calls `summarize` for
+every instance (a pure function of desired and observed state) and hands the
+results to the `Writer`. The writer holds one lease (kept alive every third
+of its TTL), writes `status/agent` when it gets a lease, and writes an
+instance's status only when its summary changed, so an idle agent sends
+nothing but keep-alives. When the lease is lost (etcd was away longer than the
+TTL) it takes a new one and writes everything again. A status key whose
+instance is gone is deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from discoverd import __version__, logs
+from discoverd.agent import plan
+from discoverd.errors import StoreUnavailable
+from discoverd.schema import documents, keys
+from discoverd.schema.documents import Phase
+from discoverd.store import leases
+from discoverd.store.documents import Store
+
+__all__ = ["Summary", "Writer", "summarize"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """An instance's status without its timestamps: what is compared to decide whether to write."""
+
+    phase: Phase
+    version: str | None = None
+    previous_version: str | None = None
+    pid: int | None = None
+    restarts: int = 0
+    last_exit_code: int | None = None
+    message: str = ""
+
+
+def summarize(
+    want: plan.Target | plan.Broken | None, o: plan.Observed, backoff_base: float = plan.BACKOFF_BASE
+) -> Summary:
+    """The status of one instance, from what is wanted and what is observed."""
+    p = o.process
+    base = Summary(
+        Phase.PENDING,
+        version=p.version if p else (o.current.version if o.current else None),
+        previous_version=o.previous_version,
+        pid=p.pid if p else None,
+        restarts=o.restarts,
+        last_exit_code=o.last_exit.code if o.last_exit else None,
+        message=o.message,
+    )
+    if o.busy is not None:
+        return replace(base, phase=Phase(o.busy))
+    if want is None:
+        return replace(base, phase=Phase.STOPPING, message="removed from the server")
+    if isinstance(want, plan.Broken):
+        running = f"; still running version {p.version}, its last valid configuration" if p else ""
+        return replace(base, phase=Phase.FAILED, message=want.message + running)
+    reason = o.rejected.get(want.config_hash)
+    if reason is not None:
+        if p is not None and o.good is not None and p.config_hash == o.good.config_hash:
+            message = f"rolled back from version {want.version} to {o.good.version}: {reason}"
+            return replace(base, phase=Phase.ROLLED_BACK, previous_version=want.version, message=message)
+        return replace(base, phase=Phase.FAILED, message=reason)
+    if p is not None:
+        threshold = want.health_threshold
+        if threshold and o.health_failures >= threshold:
+            return replace(base, phase=Phase.UNHEALTHY)
+        if o.good is None or o.good.config_hash != p.config_hash:
+            return replace(base, phase=Phase.STARTING)
+        return replace(base, phase=Phase.RUNNING)
+    if o.failures and o.last_exit is not None:
+        delay = plan.backoff_delay(o.failures, o.jitter, backoff_base)
+        return replace(base, phase=Phase.BACK_OFF, message=f"{o.message}; restarting in {delay:.1f} s")
+    return base
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Writer:
+    """Writes status to etcd under one lease; retries while etcd is away."""
+
+    def __init__(self, store: Store, server_id: str, ttl: int = 15) -> None:
+        self.store = store
+        self.server_id = server_id
+        self.ttl = ttl
+        self.started_at = _now()
+        self.lease: int | None = None
+        self.agent_message = ""
+        self._wanted: dict[plan.Ref, Summary] = {}
+        self._since: dict[plan.Ref, tuple[Phase, dt.datetime]] = {}
+        self._written: dict[plan.Ref, Summary] = {}
+        self._written_agent_message: str | None = None
+        self._dirty = asyncio.Event()
+        self._down_since: float | None = None
+
+    def update(self, summaries: Mapping[plan.Ref, Summary], agent_message: str) -> None:
+        """The statuses to have in etcd now; written by `run` when they differ from what was written."""
+        now = _now()
+        for ref, summary in summaries.items():
+            old = self._since.get(ref)
+            if old is None or old[0] != summary.phase:
+                self._since[ref] = (summary.phase, now)
+        for ref in set(self._since) - set(summaries):
+            del self._since[ref]
+        self._wanted = dict(summaries)
+        self.agent_message = agent_message
+        if self._wanted != self._written or agent_message != self._written_agent_message:
+            self._dirty.set()
+
+    async def _grant(self) -> None:
+        self.lease = await leases.grant(self.store, self.ttl)
+        self._written.clear()
+        self._written_agent_message = None
+        log.info("Granted lease", extra=logs.kv(server=self.server_id, lease=f"{self.lease:x}", ttl=self.ttl))
+
+    async def _flush(self) -> None:
+        assert self.lease is not None
+        prefix = self.store.prefix
+        if self.agent_message != self._written_agent_message:
+            now = _now()
+            doc = documents.AgentStatus(
+                hostname=socket.gethostname(),
+                agent_version=__version__,
+                started_at=self.started_at,
+                heartbeat=now,
+                lease_ttl=self.ttl,
+                message=self.agent_message,
+            )
+            await self.store.put(keys.agent_status(prefix, self.server_id), doc, lease=self.lease)
+            self._written_agent_message = self.agent_message
+        for ref, summary in list(self._wanted.items()):
+            if self._written.get(ref) == summary:
+                continue
+            _, since = self._since.get(ref, (summary.phase, _now()))
+            status = documents.InstanceStatus(
+                phase=summary.phase,
+                version=summary.version,
+                previous_version=summary.previous_version,
+                pid=summary.pid,
+                restarts=summary.restarts,
+                last_exit_code=summary.last_exit_code,
+                message=summary.message,
+                since=since,
+                updated_at=_now(),
+            )
+            key = keys.instance_status(prefix, self.server_id, ref.service, ref.instance)
+            await self.store.put(key, status, lease=self.lease)
+            self._written[ref] = summary
+        for ref in list(set(self._written) - set(self._wanted)):
+            await self.store.delete(keys.instance_status(prefix, self.server_id, ref.service, ref.instance))
+            del self._written[ref]
+
+    async def run(self) -> None:
+        """Hold the lease and keep etcd's status equal to the wanted one; never returns."""
+        loop = asyncio.get_running_loop()
+        keepalive_every = max(1.0, self.ttl / 3)
+        next_keepalive = loop.time() + keepalive_every
+        retry = 0.5
+        while True:
+            try:
+                if self.lease is None:
+                    await self._grant()
+                    next_keepalive = loop.time() + keepalive_every
+                self._dirty.clear()
+                await self._flush()
+                if loop.time() >= next_keepalive:
+                    await leases.keep_alive_once(self.store, self.lease)  # type: ignore[arg-type]
+                    next_keepalive = loop.time() + keepalive_every
+                if self._down_since is not None:
+                    log.info("Reached etcd again", extra=logs.kv(after=f"{loop.time() - self._down_since:.1f}s"))
+                    self._down_since = None
+                retry = 0.5
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), max(0.0, next_keepalive - loop.time()))
+            except leases.LeaseExpired:
+                log.warning("Lost lease", extra=logs.kv(server=self.server_id, lease=f"{self.lease or 0:x}"))
+                self.lease = None
+            except StoreUnavailable as error:
+                if self._down_since is None:
+                    self._down_since = loop.time()
+                    log.warning("Failed to write status", extra=logs.kv(reason=str(error)))
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, 5.0)
+
+    async def close(self) -> None:
+        """Revoke the lease: the status keys go at once and the server shows offline."""
+        if self.lease is not None:
+            try:
+                await asyncio.wait_for(leases.revoke(self.store, self.lease), self.store.client.etcd_options.timeout)
+            except (StoreUnavailable, TimeoutError) as error:
+                log.info("Left the lease to expire", extra=logs.kv(ttl=self.ttl, reason=str(error)))
+            self.lease = None

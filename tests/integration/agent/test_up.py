@@ -1,0 +1,65 @@
+"""`discoverd up` as a user runs it: serves the sample, stops everything on Ctrl-C (SIGINT)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from discoverd.store.server import free_port
+from support.wait import wait_until
+
+DISCOVERD = str(Path(sys.executable).parent / "discoverd")
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            if text.encode() in cmdline.read_bytes() and int(cmdline.parent.name) != os.getpid():
+                stat = (cmdline.parent / "stat").read_text()
+                if stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                    found.append(int(cmdline.parent.name))
+    return found
+
+
+def _get(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return str(response.read().decode())
+    except OSError:
+        return ""
+
+
+def test_up_serves_the_sample_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+    state = tmp_path / "up-state"
+    port = free_port()
+    out = tmp_path / "up.out"
+    with open(out, "wb") as f:
+        up = subprocess.Popen(
+            [DISCOVERD, "up", "--state-dir", str(state), "--port", str(port)], stdout=f, stderr=subprocess.STDOUT
+        )
+    try:
+        body = wait_until(lambda: _get(f"http://127.0.0.1:{port}/"), 60, interval=0.2, what="the sample answering")
+        assert "version 1.0" in body
+        text = wait_until(lambda: "Try it" in out.read_text() and out.read_text(), 10)
+        assert f"curl http://127.0.0.1:{port}/" in text
+        assert "downloading" in text and "installing" in text and "running" in text
+        assert _processes_mentioning(str(state))  # etcd and the sample run under the state directory
+
+        up.send_signal(signal.SIGINT)
+        assert up.wait(30) == 0, out.read_text()
+        wait_until(lambda: not _processes_mentioning(str(state)), 10, what="nothing left behind")
+        assert _get(f"http://127.0.0.1:{port}/") == ""
+        assert "Stopped etcd" in out.read_text()
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        for pid in _processes_mentioning(str(state)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
