@@ -359,3 +359,14 @@ def test_helm_test_identity_may_only_handle_service_versions() -> None:
 def test_tests_enabled_false_renders_no_hook() -> None:
     objects = chart.render("tests.enabled=false")
     assert not [o for o in objects if "helm.sh/hook" in o["metadata"].get("annotations", {})]
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "DaemonSet"])
+@pytest.mark.parametrize("verbose", ["false", "true"])
+def test_rendered_command_line_is_accepted_by_discoverd(kind: str, verbose: str) -> None:
+    """Flags the chart passes exist in the real CLI (unknown options fail even with --help)."""
+    container = _container(chart.find(chart.render(f"verbose={verbose}"), kind))
+    args = [a.replace("$(DISCOVERD_NODE_NAME)", "node-1") for a in container["args"]]
+    discoverd = Path(sys.executable).with_name("discoverd")
+    proc = subprocess.run([str(discoverd), *args, "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
