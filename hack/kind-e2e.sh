@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# End-to-end test of discoverd on a real Kubernetes cluster made with kind:
+#
+#   1. create a kind cluster (one control plane, two workers);
+#   2. build the image from the Dockerfile and load it into the nodes;
+#   3. run a one-member etcd in the cluster (namespace discoverd);
+#   4. helm install charts/discoverd (CRDs, operator, agent DaemonSet);
+#   5. kubectl apply examples/service.yaml, its servers node-1 and node-2
+#      renamed to the two worker nodes (the agent's server ID is the node name);
+#   6. wait until both instances are Running on their nodes, and answer on the node;
+#   7. `helm test` (a round trip through the operator);
+#   8. move instance i1 to version 2.0 and wait until it runs 2.0;
+#   9. delete the cluster (also on failure), unless KEEP_CLUSTER=1.
+#
+# Needs docker (a running engine), kind, kubectl and helm on PATH (kubectl and
+# helm also from ${DISCOVERD_TOOLS_DIR:-~/.cache/discoverd/tools}/bin).
+# The kind nodes need python3 for the example's scripts (they run on the node
+# through nsenter); it is installed with apt in each worker if missing.
+#
+# Environment: CLUSTER (default discoverd-e2e), IMAGE (default discoverd:e2e),
+# NAMESPACE (default discoverd), TIMEOUT seconds per wait (default 300),
+# KEEP_CLUSTER=1 to keep the cluster for debugging, KIND_NODE_IMAGE to pin the
+# node image.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CLUSTER="${CLUSTER:-discoverd-e2e}"
+IMAGE="${IMAGE:-discoverd:e2e}"
+NAMESPACE="${NAMESPACE:-discoverd}"
+TIMEOUT="${TIMEOUT:-300}"
+TOOLS_BIN="${DISCOVERD_TOOLS_DIR:-$HOME/.cache/discoverd/tools}/bin"
+PATH="$PATH:$TOOLS_BIN"
+
+log() { printf '[kind-e2e %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() {
+	log "FAIL: $*"
+	exit 1
+}
+
+for tool in docker kind kubectl helm; do
+	command -v "$tool" >/dev/null 2>&1 || die "$tool not found on PATH"
+done
+docker info >/dev/null 2>&1 || die "docker is installed but its engine does not answer (docker info failed)"
+
+# A kubeconfig of its own: the user's ~/.kube/config is never touched.
+KUBECONFIG_FILE="$(mktemp -t "kind-$CLUSTER.XXXXXX")"
+export KUBECONFIG="$KUBECONFIG_FILE"
+created=0
+cleanup() {
+	local rc=$?
+	if ((rc != 0 && created)); then
+		log "diagnostics after failure:"
+		kubectl get nodes -o wide >&2 || true
+		kubectl -n "$NAMESPACE" get pods,servers,serviceversions,serviceinstances -o wide >&2 || true
+		kubectl -n "$NAMESPACE" logs deployment/discoverd-operator --tail=100 >&2 || true
+		kubectl -n "$NAMESPACE" logs daemonset/discoverd-agent --tail=100 --all-containers >&2 || true
+	fi
+	if ((created)) && [[ "${KEEP_CLUSTER:-0}" != 1 ]]; then
+		log "deleting cluster $CLUSTER"
+		kind delete cluster --name "$CLUSTER" >&2 || true
+	elif ((created)); then
+		log "keeping cluster $CLUSTER (KUBECONFIG=$KUBECONFIG_FILE)"
+		return
+	fi
+	rm -f "$KUBECONFIG_FILE"
+	exit "$rc"
+}
+trap cleanup EXIT
+
+# wait_for WHAT CMD...: run CMD every 2 s until it succeeds, at most $TIMEOUT s.
+wait_for() {
+	local what="$1" deadline=$((SECONDS + TIMEOUT))
+	shift
+	until "$@" >/dev/null 2>&1; do
+		((SECONDS < deadline)) || die "timed out after ${TIMEOUT}s waiting for $what"
+		sleep 2
+	done
+	log "ok: $what"
+}
+
+# --- 1. cluster -----------------------------------------------------------------------------
+log "creating kind cluster $CLUSTER"
+kind create cluster --name "$CLUSTER" --kubeconfig "$KUBECONFIG_FILE" --wait 120s \
+	${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"} --config - <<'EOF' >&2
+kind: Cluster
+apiVersion: kind.x-k8s.io/v1alpha4
+nodes:
+  - role: control-plane
+  - role: worker
+  - role: worker
+EOF
+created=1
+mapfile -t WORKERS < <(kubectl get nodes -l '!node-role.kubernetes.io/control-plane' -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}' | sort)
+((${#WORKERS[@]} == 2)) || die "expected 2 worker nodes, got: ${WORKERS[*]}"
+log "workers: ${WORKERS[*]}"
+
+# The example's scripts run on the node itself (nsenter into the node's namespaces).
+for node in "${WORKERS[@]}"; do
+	docker exec "$node" sh -c 'command -v python3 >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 >/dev/null; }' >&2 ||
+		die "could not install python3 on $node"
+done
+
+# --- 2. image -------------------------------------------------------------------------------
+log "building $IMAGE"
+docker build -t "$IMAGE" "$REPO" >&2
+kind load docker-image "$IMAGE" --name "$CLUSTER" >&2
+
+# --- 3. etcd in the cluster -----------------------------------------------------------------
+kubectl create namespace "$NAMESPACE" >&2
+kubectl -n "$NAMESPACE" apply -f - >&2 <<'EOF'
+apiVersion: v1
+kind: Service
+metadata: {name: etcd}
+spec:
+  selector: {app: etcd}
+  ports: [{name: client, port: 2379}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: etcd}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: etcd}}
+  template:
+    metadata: {labels: {app: etcd}}
+    spec:
+      containers:
+        - name: etcd
+          image: registry.k8s.io/etcd:3.5.21-0
+          command:
+            - etcd
+            - --data-dir=/var/lib/etcd
+            - --listen-client-urls=http://0.0.0.0:2379
+            - --advertise-client-urls=http://etcd:2379
+          ports: [{containerPort: 2379}]
+          volumeMounts: [{name: data, mountPath: /var/lib/etcd}]
+      volumes: [{name: data, emptyDir: {}}]
+EOF
+kubectl -n "$NAMESPACE" rollout status deployment/etcd --timeout="${TIMEOUT}s" >&2
+
+# --- 4. the chart ---------------------------------------------------------------------------
+log "installing the chart"
+helm install discoverd "$REPO/charts/discoverd" --namespace "$NAMESPACE" \
+	--set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" --set image.pullPolicy=Never \
+	--set "etcd.endpoints[0]=http://etcd.$NAMESPACE.svc:2379" \
+	--set logFormat=text --wait --timeout "${TIMEOUT}s" >&2
+kubectl -n "$NAMESPACE" rollout status daemonset/discoverd-agent --timeout="${TIMEOUT}s" >&2
+
+# --- 5. the example service -----------------------------------------------------------------
+example="$(sed -e "s/node-1/${WORKERS[0]}/g" -e "s/node-2/${WORKERS[1]}/g" "$REPO/examples/service.yaml")"
+kubectl -n "$NAMESPACE" apply -f - <<<"$example" >&2
+
+# instance_is INSTANCE PHASE VERSION SERVER: the agent's status, mirrored by the operator into the
+# ServiceInstance (status.phase, status.version, status.server), says so.
+instance_is() {
+	local instance="$1" want_phase="$2" want_version="$3" want_server="$4" got
+	got="$(kubectl -n "$NAMESPACE" get serviceinstances -o json |
+		python3 -c '
+import json, sys
+instance = sys.argv[1]
+for item in json.load(sys.stdin)["items"]:
+    if item["spec"].get("id") == instance:
+        status = item.get("status") or {}
+        print(status.get("phase", ""), status.get("version", ""), status.get("server", ""))
+' "$instance")"
+	[[ "$got" == "$want_phase $want_version $want_server" ]]
+}
+
+# served_on NODE PORT TEXT: the instance answers on the node itself (it runs in the node's namespaces).
+served_on() {
+	docker exec "$1" python3 -c 'import sys, urllib.request; sys.exit(sys.argv[2] not in urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
+		"http://127.0.0.1:$2/" "$3"
+}
+
+# --- 6. running -----------------------------------------------------------------------------
+wait_for "instance i1 Running version 1.0 on ${WORKERS[0]}" instance_is i1 Running 1.0 "${WORKERS[0]}"
+wait_for "instance i2 Running version 2.0 on ${WORKERS[1]}" instance_is i2 Running 2.0 "${WORKERS[1]}"
+wait_for "i1 serving web 1.0 on ${WORKERS[0]}:18081" served_on "${WORKERS[0]}" 18081 "web 1.0"
+wait_for "i2 serving web 2.0 on ${WORKERS[1]}:18082" served_on "${WORKERS[1]}" 18082 "web 2.0"
+
+# --- 7. helm test ---------------------------------------------------------------------------
+helm test discoverd --namespace "$NAMESPACE" --logs --timeout "${TIMEOUT}s" >&2
+
+# --- 8. upgrade i1 to 2.0 -------------------------------------------------------------------
+log "upgrading instance i1 to version 2.0"
+kubectl -n "$NAMESPACE" patch serviceinstance web.i1 --type=merge -p '{"spec":{"serviceVersion":"2.0"}}' >&2
+wait_for "instance i1 Running version 2.0 on ${WORKERS[0]}" instance_is i1 Running 2.0 "${WORKERS[0]}"
+wait_for "i1 serving web 2.0 on ${WORKERS[0]}:18081" served_on "${WORKERS[0]}" 18081 "web 2.0"
+
+log "PASS"
