@@ -99,6 +99,7 @@ def test_operator_with_the_chart_rbac_mirrors_both_ways(
     cp.kubectl_run("create", "-n", ns, "-f", "-", input=json.dumps(instance))
     instance_key = f"{prefix}/services/web/instances/i1/config/details"
     stored = wait_until(lambda: raw_etcd.get(instance_key), timeout=30, what="the ServiceInstance written to etcd")
+    assert stored is not None
     assert json.loads(stored)["service_version"] == "1.0"
 
     # Agent status -> the objects' status subresource (patch on */status).
