@@ -60,6 +60,9 @@ def summarize(
         last_exit_code=o.last_exit.code if o.last_exit else None,
         message=o.message,
     )
+    unhealthy = isinstance(want, plan.Target) and 0 < want.health_threshold <= o.health_failures
+    if o.busy == "Stopping" and unhealthy and p is not None:
+        return replace(base, phase=Phase.UNHEALTHY, message=f"{o.message}; stopping it")
     if o.busy is not None:
         return replace(base, phase=Phase(o.busy))
     if want is None:
@@ -74,8 +77,7 @@ def summarize(
             return replace(base, phase=Phase.ROLLED_BACK, previous_version=want.version, message=message)
         return replace(base, phase=Phase.FAILED, message=reason)
     if p is not None:
-        threshold = want.health_threshold
-        if threshold and o.health_failures >= threshold:
+        if unhealthy:
             return replace(base, phase=Phase.UNHEALTHY)
         if o.good is None or o.good.config_hash != p.config_hash:
             return replace(base, phase=Phase.STARTING)
@@ -175,11 +177,17 @@ class Writer:
                 if self.lease is None:
                     await self._grant()
                     next_keepalive = loop.time() + keepalive_every
-                self._dirty.clear()
-                await self._flush()
-                if loop.time() >= next_keepalive:
-                    await leases.keep_alive_once(self.store, self.lease)  # type: ignore[arg-type]
+                elif self._down_since is not None or loop.time() >= next_keepalive:
+                    # After an outage, learn first whether the lease outlived it.
+                    await leases.keep_alive_once(self.store, self.lease)
                     next_keepalive = loop.time() + keepalive_every
+                self._dirty.clear()
+                try:
+                    await self._flush()
+                except StoreUnavailable as error:
+                    if "lease not found" in str(error):
+                        raise leases.LeaseExpired(str(error)) from error
+                    raise
                 if self._down_since is not None:
                     log.info("Reached etcd again", extra=logs.kv(after=f"{loop.time() - self._down_since:.1f}s"))
                     self._down_since = None

@@ -48,14 +48,19 @@ class StepResult:
     reason: str
 
 
-def argv_for(script: documents.Script, ctx: Context, version_dir: Path) -> list[str]:
-    """The argv to exec. A relative command with a '/' (`./web`) is looked up in the version directory first."""
+def argv_for(script: documents.Script, ctx: Context, version_dir: Path, cwd: Path) -> list[str]:
+    """The argv to exec in `cwd`. A relative command with a '/' (`./web`) is looked up in the version directory first.
+
+    Entering a mount namespace resets the working directory to its root, so nsenter is told
+    to change back to `cwd` (`--wd`); the state directory must have the same path on the host.
+    """
     command = script.command
     if "/" in command and not os.path.isabs(command) and (version_dir / command).exists():
         command = str(version_dir / command)
     argv = [command, *script.argv]
     if ctx.host_namespaces:
-        argv = ["nsenter", f"--target={ctx.host_pid}", "--mount", "--uts", "--ipc", "--net", "--pid", "--", *argv]
+        namespaces = ["--mount", "--uts", "--ipc", "--net", "--pid"]
+        argv = ["nsenter", f"--target={ctx.host_pid}", *namespaces, f"--wd={cwd}", "--", *argv]
     return argv
 
 

@@ -167,7 +167,7 @@ class Supervisor:
                 log.info(f"Running {name} script", extra=self._kv(version))
                 result = await steps.run_step(
                     f"the {name} script",
-                    steps.argv_for(script, self.ctx, vdir),
+                    steps.argv_for(script, self.ctx, vdir, vdir),
                     steps.environment(target, self.ctx, vdir, idir, script.env),
                     vdir,
                     self.layout.log_path(self.ref, name),
@@ -187,7 +187,7 @@ class Supervisor:
         self.busy = "Starting"
         vdir = self.layout.version_dir(self.ref.service, target.version)
         idir = self.layout.instance_dir(self.ref)
-        argv = steps.argv_for(target.run, self.ctx, vdir)
+        argv = steps.argv_for(target.run, self.ctx, vdir, idir)
         if self.last_exit is not None and self.last_exit.config_hash == target.config_hash:
             self.restarts += 1
         self.current = target
@@ -307,7 +307,7 @@ class Supervisor:
                 await asyncio.sleep(check.interval)
                 result = await steps.run_step(
                     "the health check",
-                    steps.argv_for(check, self.ctx, vdir),
+                    steps.argv_for(check, self.ctx, vdir, idir),
                     steps.environment(target, self.ctx, vdir, idir, check.env),
                     idir,
                     self.layout.log_path(self.ref, "health"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,16 @@ def test_stop_instances_on_exit(node: Any) -> None:
     pid, _ = node.wait_process("web", "i1")
     assert agent.terminate() == 0
     assert not node.group_alive(pid)
+
+
+def test_idle_agent_writes_nothing_but_keepalives(node: Any) -> None:
+    seed(node)
+    node.server(("web", "i1"))
+    node.agent("--lease-ttl", "3")  # a keep-alive every second
+    node.wait_phase("web", "i1", "Running")
+    keys = [f"{node.prefix}/servers/node-1/status/agent", f"{node.prefix}/servers/node-1/status/instances/web/i1"]
+    before = [node.etcd.mod_revision(k) for k in keys]
+    deadline = time.monotonic() + 4  # several keep-alives, no status writes
+    while time.monotonic() < deadline:
+        assert [node.etcd.mod_revision(k) for k in keys] == before
+        time.sleep(0.2)
