@@ -1,0 +1,319 @@
+"""Figure 4: operator mirror throughput, footprint and quiet writes.
+
+One run, side by side, on the test control plane (a real kube-apiserver):
+
+1. raw: a plain Python client (the `kubernetes` package, `--concurrency`
+   threads) creates N ServiceInstance objects, built exactly as the operator
+   builds them, in namespace `bench-raw`; the create rate is the baseline;
+2. operator: `discoverd operator` runs as a real process (its own etcd, prefix
+   `/bench`, namespace `bench-mirror`); N instance documents are written to
+   etcd in one transaction (the bench etcd runs with a larger --max-txn-ops);
+   the time until the N objects exist (ADDED events on a watch of the
+   namespace) gives the operator's rate;
+3. the operator's peak RSS with N objects, then a quiet period (`--quiet`
+   seconds, 60 by default) in which every watch event on the three kinds and
+   on Events counts as an API write (there should be none).
+
+    .venv/bin/python bench/operator_mirror.py            # 5,000 objects, 60 s quiet
+    .venv/bin/python bench/operator_mirror.py --quick    # 500 objects, 10 s quiet
+
+JSON lines on stdout, a summary on stderr. Everything started is stopped by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import common
+from kubernetes import client, config, watch
+
+from discoverd.config import EtcdOptions
+from discoverd.operator import kube, mirror
+from discoverd.schema import documents, keys, names, resources
+from discoverd.store import client as etcd_client
+from discoverd.store import documents as store_documents
+
+BENCH = "operator_mirror"
+PREFIX = "/bench"
+RAW_NS = "bench-raw"
+MIRROR_NS = "bench-mirror"
+KINDS = [keys.Kind.SERVER, keys.Kind.VERSION, keys.Kind.INSTANCE]
+
+
+def instance_documents(count: int) -> dict[keys.Key, documents.Instance]:
+    """`count` instances spread over 50 services, each with a small run-script override."""
+    docs: dict[keys.Key, documents.Instance] = {}
+    for i in range(count):
+        service = f"svc{i % 50}"
+        doc = documents.Instance(
+            name=service,
+            service_version="1.0",
+            run_script=documents.Script(command="", argv=["--port", str(10000 + i)]),
+        )
+        docs[keys.Key(keys.Kind.INSTANCE, service=service, instance=f"i{i}")] = doc
+    return docs
+
+
+def object_body(key: keys.Key, doc: documents.Document, revision: int) -> dict[str, Any]:
+    """The object the operator would create for `key` (same spec and annotations)."""
+    kind = resources.KINDS[key.kind].kind
+    spec = mirror.spec_of(key, doc)
+    return {
+        "apiVersion": resources.API_VERSION,
+        "kind": kind,
+        "metadata": {
+            "name": names.object_name(key),
+            "annotations": {
+                mirror.ANNOTATION_KEY: key.build(PREFIX),
+                mirror.ANNOTATION_REVISION: str(revision),
+                mirror.ANNOTATION_DIGEST: mirror.digest(kind, spec),
+            },
+        },
+        "spec": spec,
+    }
+
+
+def api_client(cp: common.ControlPlane, concurrency: int) -> client.ApiClient:
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=str(cp.kubeconfig), client_configuration=configuration)  # type: ignore[no-untyped-call]
+    configuration.connection_pool_maxsize = max(concurrency, 4)
+    return client.ApiClient(configuration)
+
+
+def raw_creates(cp: common.ControlPlane, bodies: list[dict[str, Any]], concurrency: int) -> float:
+    """Create `bodies` in RAW_NS with `concurrency` threads; seconds taken."""
+    custom = client.CustomObjectsApi(api_client(cp, concurrency))
+    plural = resources.PLURALS[keys.Kind.INSTANCE]
+
+    def create(body: dict[str, Any]) -> None:
+        custom.create_namespaced_custom_object(resources.GROUP, resources.VERSION, RAW_NS, plural, body)
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        for future in [pool.submit(create, b) for b in bodies]:
+            future.result()
+    return time.monotonic() - started
+
+
+class Watcher:
+    """Watch events on the three kinds and on Events in one namespace, with arrival times."""
+
+    def __init__(self, cp: common.ControlPlane, namespace: str) -> None:
+        self.namespace = namespace
+        self.api = api_client(cp, 8)
+        self.lock = threading.Lock()
+        self.events: list[tuple[float, str, str, str]] = []  # (time, what, type, name)
+        self.added: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(what,), daemon=True, name=f"watch-{what}")
+            for what in [*(resources.PLURALS[k] for k in KINDS), "events"]
+        ]
+
+    def _list(self, what: str) -> tuple[Any, str]:
+        if what == "events":
+            core = client.CoreV1Api(self.api)
+
+            def events(**kw: Any) -> Any:
+                return core.list_namespaced_event(self.namespace, **kw)
+
+            return events, str(events().metadata.resource_version)
+        custom = client.CustomObjectsApi(self.api)
+
+        def lister(**kw: Any) -> Any:
+            return custom.list_namespaced_custom_object(resources.GROUP, resources.VERSION, self.namespace, what, **kw)
+
+        return lister, lister()["metadata"]["resourceVersion"]
+
+    def _run(self, what: str) -> None:
+        lister, rv = self._list(what)
+        while not self._stop.is_set():
+            w = watch.Watch()  # type: ignore[no-untyped-call]
+            for event in w.stream(  # type: ignore[no-untyped-call]
+                lister, resource_version=rv, timeout_seconds=2, allow_watch_bookmarks=False
+            ):
+                obj = event["object"]
+                meta = obj["metadata"] if isinstance(obj, dict) else obj.metadata.to_dict()
+                rv = meta.get("resource_version") or meta.get("resourceVersion") or rv
+                now = time.monotonic()
+                with self.lock:
+                    self.events.append((now, what, event["type"], meta["name"]))
+                    if event["type"] == "ADDED" and what != "events":
+                        self.added.setdefault(meta["name"], now)
+                if self._stop.is_set():
+                    w.stop()  # type: ignore[no-untyped-call]
+
+    def start(self) -> Watcher:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=10)
+
+    def since(self, t: float) -> list[tuple[float, str, str, str]]:
+        with self.lock:
+            return [e for e in self.events if e[0] >= t]
+
+    def last_event(self) -> float:
+        with self.lock:
+            return self.events[-1][0] if self.events else 0.0
+
+
+async def write_batch(endpoint: str, docs: dict[keys.Key, documents.Instance]) -> tuple[float, int]:
+    """All documents in one etcd transaction; (time just before it was sent, revision)."""
+    store = store_documents.Store(await etcd_client.connect(EtcdOptions(endpoints=[endpoint], prefix=PREFIX)))
+    try:
+        writes = [store_documents.Write(k.build(PREFIX), documents.dumps(d)) for k, d in docs.items()]
+        sent = time.monotonic()
+        revision = await store.apply(writes)
+        return sent, revision
+    finally:
+        await store.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=5000, help="documents in the batch (default 5000)")
+    parser.add_argument("--quiet", type=float, default=60.0, help="quiet period in seconds (default 60)")
+    parser.add_argument("--quick", action="store_true", help="500 documents and a 10 s quiet period")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=getattr(kube, "CONCURRENCY", 1),
+        help="threads of the raw client: the operator's API concurrency (default: kube.CONCURRENCY)",
+    )
+    parser.add_argument("--timeout", type=float, default=900.0, help="give up waiting for the mirror after this")
+    parser.add_argument("--profile", choices=["py-spy"], help="record the operator with py-spy (flame graph SVG)")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, profile)")
+    args = parser.parse_args()
+    if args.quick:
+        args.count, args.quiet = 500, 10.0
+
+    docs = instance_documents(args.count)
+    notes: list[str] = []
+    with common.scratch_dir(keep=args.keep or bool(args.profile)) as tmp:
+        txn_ops = ["--max-txn-ops", str(args.count + 16), "--max-request-bytes", str(64 * 2**20)]
+        with common.etcd_server(tmp, txn_ops) as etcd, common.control_plane(tmp / "cp") as cp:
+            common.log(f"control plane at {cp.server}, bench etcd at {etcd.endpoint}")
+            cp.kubectl("apply", "-f", str(common.REPO / "crds"))
+            cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+            for ns in (RAW_NS, MIRROR_NS):
+                cp.kubectl("create", "namespace", ns)
+
+            # 1. the baseline: raw creates with the same concurrency
+            bodies = [object_body(k, d, 1) for k, d in docs.items()]
+            common.log(f"raw: creating {len(bodies)} objects with {args.concurrency} threads")
+            raw_seconds = raw_creates(cp, bodies, args.concurrency)
+            raw_rate = args.count / raw_seconds
+            common.log(f"raw: {raw_seconds:.1f} s, {raw_rate:.0f} objects/s")
+
+            # 2. the operator
+            env = {**cp.env(), "KUBECONFIG": str(cp.kubeconfig)}
+            argv = [str(common.DISCOVERD), "--etcd-endpoints", etcd.endpoint, "--prefix", PREFIX]
+            argv += ["operator", "--namespace", MIRROR_NS]
+            if args.profile:
+                spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+                argv = [spy, "record", "-o", str(tmp / "operator.svg"), "--rate", "50", "--subprocesses", "--", *argv]
+            op = common.Child(argv, tmp / "operator.log", env=env).start()
+            watcher = Watcher(cp, MIRROR_NS).start()
+            try:
+                op.wait_for_log("Resynced etcd and Kubernetes", timeout=120)
+                op_pid = operator_pid(op)
+                with common.Sampler(op_pid) as rss:
+                    cpu0 = common.cpu_seconds(op_pid)
+                    sent, _revision = asyncio.run(write_batch(etcd.endpoint, docs))
+                    common.log(f"operator: {args.count} documents written in one transaction")
+                    try:
+                        common.wait_until(
+                            lambda: len(watcher.added) >= args.count,
+                            args.timeout,
+                            f"{args.count} objects",
+                            interval=0.2,
+                        )
+                        all_added = max(watcher.added.values())
+                        op_seconds: float | None = all_added - sent
+                    except TimeoutError:
+                        op_seconds = None
+                        notes.append(f"only {len(watcher.added)} of {args.count} objects after {args.timeout:g} s")
+                    # settled: no watch event for 5 s (Kopf's finalizers and annotations are done)
+                    common.wait_until(
+                        lambda: time.monotonic() - watcher.last_event() > 5, args.timeout, "the mirror to settle", 0.5
+                    )
+                    settled = watcher.last_event() - sent
+                    writes = Counter((what, kind) for _, what, kind, _ in watcher.since(sent))
+                    cpu_mirror = common.cpu_seconds(op_pid) - cpu0
+                    rss_with = rss.last
+                    common.log(f"operator: settled after {settled:.1f} s; watch events {dict(writes)}")
+
+                    # 3. the quiet period
+                    quiet_start = time.monotonic()
+                    cpu1 = common.cpu_seconds(op_pid)
+                    time.sleep(args.quiet)
+                    quiet_events = watcher.since(quiet_start)
+                    quiet_cpu = common.cpu_seconds(op_pid) - cpu1
+                    peak = rss.peak
+            finally:
+                watcher.stop()
+                op.stop()
+            stopped = re.findall(r"Stopped operator.*", op.log_text())
+            notes.append(f"operator: {stopped[-1] if stopped else 'no stop line'}")
+
+    op_rate = args.count / op_seconds if op_seconds else None
+    n = args.count
+    common.emit(BENCH, "raw_create_rate", raw_rate, "objects/s", note=f"{n} objects, {args.concurrency} threads")
+    common.emit(
+        BENCH,
+        "operator_mirror_rate",
+        op_rate,
+        "objects/s",
+        raw_rate,
+        target=">= 70 % of raw",
+        note=f"{n} documents in one etcd txn -> {n} objects exist",
+    )
+    common.emit(BENCH, "operator_vs_raw", None if op_rate is None else 100 * op_rate / raw_rate, "%", 100)
+    common.emit(BENCH, "operator_time_to_all_objects", op_seconds, "s", raw_seconds)
+    common.emit(BENCH, "operator_time_to_settle", settled, "s", note="until no watch event for 5 s")
+    common.emit(BENCH, "operator_api_writes_per_object", sum(writes.values()) / n, "writes", 1)
+    common.emit(BENCH, "operator_cpu_during_mirror", cpu_mirror, "s")
+    common.emit(BENCH, "operator_rss", rss_with, "MiB", target="<= 300 MiB", note=f"with {n} objects")
+    common.emit(BENCH, "operator_rss_peak", peak, "MiB")
+    common.emit(BENCH, "quiet_api_writes", len(quiet_events), "writes", 0, target="0", note=f"{args.quiet:g} s quiet")
+    common.emit(BENCH, "quiet_cpu", 100 * quiet_cpu / args.quiet, "% of one core")
+    if args.profile:
+        notes.append(f"profile: {tmp / 'operator.svg'}")
+    common.summary(f"operator mirror, {n} objects", [*notes, f"watch events during the mirror: {dict(writes)}"])
+    return 0
+
+
+def operator_pid(op: common.Child) -> int:
+    """The operator's pid (py-spy's child when profiling)."""
+    if "py-spy" not in Path(op.argv[0]).name:
+        return op.pid
+
+    def child() -> int | None:
+        out = subprocess.run(["ps", "--ppid", str(op.pid), "-o", "pid="], capture_output=True, text=True).stdout
+        pids = [int(p) for p in out.split()]
+        return pids[0] if pids else None
+
+    found: int = common.wait_until(child, 30, "the profiled operator")
+    return found
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
