@@ -4,8 +4,8 @@ Three tasks share one event loop:
 
 - the watch keeps every configuration entry under the prefix current: a full
   read at one revision, then a watch from the next; when etcd goes away it
-  reconnects with back-off and resumes from the last revision seen; when that
-  revision was compacted, or a watch stalls, it reads everything again;
+  reconnects with back-off and reads everything again at one revision before
+  watching from there (a stalled or compacted watch may have missed events);
 - the reconcile pass resolves the desired state, asks `plan` what to do, and
   hands the actions to the `executor`; it runs whenever the configuration
   changes, an instance's task finishes or its process exits, and when a
@@ -132,8 +132,12 @@ class Agent:
                 revision = None
             except StoreUnavailable as error:
                 log.warning(
-                    "Lost the etcd watch", extra=self._kv(reason=str(error), revision=revision, retry_in=f"{delay:g}s")
+                    "Lost the etcd watch; reading everything again once etcd answers",
+                    extra=self._kv(reason=str(error), revision=revision, retry_in=f"{delay:g}s"),
                 )
+                # A stalled or broken watch may have missed events silently: start again from a full
+                # read at one revision (DESIGN section 3), not from the last revision seen.
+                revision = None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

@@ -62,28 +62,27 @@ async def watch(
     """Events under `under` (default: the prefix) from `start_revision` on, in batches."""
     c = store.client
     key = (under or store.prefix + "/").encode()
-    queue: asyncio.Queue[rpc.WatchRequest] = asyncio.Queue()
-    queue.put_nowait(
-        rpc.WatchRequest(
-            create_request=rpc.WatchCreateRequest(
-                key=key, range_end=keys.prefix_range_end(key), start_revision=start_revision
-            )
+    create = rpc.WatchRequest(
+        create_request=rpc.WatchCreateRequest(
+            key=key, range_end=keys.prefix_range_end(key), start_revision=start_revision
         )
     )
-
-    async def requests() -> AsyncIterator[rpc.WatchRequest]:
-        while True:
-            yield await queue.get()
-
-    async def ask_progress() -> None:
-        while True:
-            await asyncio.sleep(progress_every)
-            queue.put_nowait(rpc.WatchRequest(progress_request=rpc.WatchProgressRequest()))
+    progress = rpc.WatchRequest(progress_request=rpc.WatchProgressRequest())
 
     async with client_.translated(c):
         await c.connect()
-        stream = c.watchstub.Watch(requests(), metadata=c.metadata)
-    ticker = asyncio.create_task(ask_progress(), name="etcd-watch-progress")
+        # No request iterator: we write on the stream ourselves, so nothing is left pending in
+        # gRPC's own request-consuming task when the stream is cancelled.
+        stream = c.watchstub.Watch(metadata=c.metadata)
+
+    async def ask_progress() -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+            await stream.write(create)
+            while True:
+                await asyncio.sleep(progress_every)
+                await stream.write(progress)
+
+    writer = asyncio.create_task(ask_progress(), name="etcd-watch-requests")
     try:
         while True:
             try:
@@ -116,7 +115,7 @@ async def watch(
                     batch.append(Put(store._decode(event.kv)))
             yield batch
     finally:
-        ticker.cancel()
+        writer.cancel()
         stream.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await ticker
+            await writer
