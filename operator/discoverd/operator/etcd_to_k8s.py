@@ -4,7 +4,8 @@ On start (and after compaction or a lost watch) every key under the prefix
 and every object in the namespace is looked at once, so whatever changed on
 either side while the operator was away converges by `mirror.decide`. Then
 each watch batch updates the status view, syncs the configuration keys it
-touched, and rewrites the status of the objects it affects. etcd outages are
+touched, and rewrites the status of the objects it affects, up to
+`kube.CONCURRENCY` keys at once. etcd outages are
 waited out with back-off, never fatal.
 """
 
@@ -12,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 
 from kubernetes.client.exceptions import ApiException
 
 from discoverd import logs
 from discoverd.errors import Compacted, DiscoverdError, InvalidDocument, StoreUnavailable
 from discoverd.operator import kube, status, sync
-from discoverd.schema import keys, resources
+from discoverd.schema import keys
 from discoverd.store import watch
 
 __all__ = ["CONFIG_KINDS", "resync", "retry_keys", "run"]
@@ -26,7 +28,6 @@ __all__ = ["CONFIG_KINDS", "resync", "retry_keys", "run"]
 logger = logging.getLogger(__name__)
 
 CONFIG_KINDS = (keys.Kind.SERVER, keys.Kind.VERSION, keys.Kind.INSTANCE)
-_KINDS = {model.kind: kind for kind, model in resources.KINDS.items()}
 _MAX_BACKOFF = 10.0
 
 
@@ -42,14 +43,23 @@ async def _sync(m: sync.Mirror, key: keys.Key, *, config: bool) -> None:
 
 
 async def _object_keys(m: sync.Mirror) -> set[keys.Key]:
-    found: set[keys.Key] = set()
+    """The keys the objects name, reloading the index from one list per kind."""
     for kind in CONFIG_KINDS:
-        for body in await m.api.list(kind):
-            try:
-                found.add(m.key_of(_KINDS[kind], body))
-            except InvalidDocument:
-                continue
-    return found
+        await m.load(kind)
+    return m.index.named_keys()
+
+
+async def _sync_all(m: sync.Mirror, todo: Iterable[keys.Key], *, config: bool) -> None:
+    """Sync keys concurrently, at most kube.CONCURRENCY at once (each key under its own lock)."""
+    limit = asyncio.Semaphore(kube.CONCURRENCY)
+
+    async def one(key: keys.Key) -> None:
+        async with limit:
+            await _sync(m, key, config=config)
+
+    async with asyncio.TaskGroup() as group:
+        for key in sorted(todo):
+            group.create_task(one(key))
 
 
 async def resync(m: sync.Mirror) -> int:
@@ -66,8 +76,7 @@ async def resync(m: sync.Mirror) -> int:
         if entry.error is not None:
             logger.warning("Ignored invalid document: %s", entry.error, extra=logs.kv(key=entry.key))
     config |= await _object_keys(m)
-    for key in sorted(config):
-        await _sync(m, key, config=True)
+    await _sync_all(m, config, config=True)
     logger.info("Resynced etcd and Kubernetes", extra=logs.kv(revision=snapshot.revision, keys=len(config)))
     return snapshot.revision
 
@@ -93,10 +102,8 @@ async def _apply(m: sync.Mirror, batch: list[watch.Event]) -> None:
         if parsed.kind in CONFIG_KINDS:
             touched.add(parsed)
         statuses |= status.affected(m.view, parsed)
-    for key in sorted(touched):
-        await _sync(m, key, config=True)
-    for key in sorted(statuses - touched):
-        await _sync(m, key, config=False)
+    await _sync_all(m, touched, config=True)
+    await _sync_all(m, statuses - touched, config=False)
 
 
 async def run(m: sync.Mirror) -> None:

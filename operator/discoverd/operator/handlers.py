@@ -1,6 +1,8 @@
 """Thin Kopf handlers: a user's create, change or delete of an object goes to `sync.Mirror`.
 
-The same two functions serve all three kinds. Errors are translated here:
+The same two functions serve all three kinds, and `on_event` keeps the
+mirror's index of objects (`objects.Index`) current from Kopf's watch, so
+finding the object for a key never lists. Errors are translated here:
 an invalid or duplicate object is permanent (Kopf stops retrying until it
 changes), an unreachable etcd or a lost compare-and-swap is temporary.
 """
@@ -16,11 +18,14 @@ from discoverd.errors import Conflict, InvalidDocument, StoreUnavailable
 from discoverd.operator import mirror, startup, sync
 from discoverd.schema import resources
 
-__all__ = ["on_change", "on_delete"]
+_KINDS = {name: model.kind for name, model in resources.KINDS.items()}
+
+__all__ = ["on_change", "on_delete", "on_event"]
 
 
 async def _sync(body: kopf.Body, memo: Any, *, deleting: bool) -> mirror.Decision | None:
     m: sync.Mirror = memo["mirror"]
+    m.observe(_KINDS[body["kind"]], dict(body))
     try:
         key = m.key_of(body["kind"], dict(body))
         return (await m.sync_key(key, name=body.metadata.name, handler=True)).decision
@@ -46,9 +51,21 @@ async def on_delete(body: kopf.Body, memo: Any, logger: logging.Logger | logging
     await _sync(body, memo, deleting=True)
 
 
+async def on_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
+    """Every object Kopf's watch sees (listed, added, changed, deleted) goes into the index."""
+    m: sync.Mirror = memo["mirror"]
+    body = event["object"]
+    kind = _KINDS[body["kind"]]
+    if event["type"] == "DELETED":
+        m.index.forget(kind, body["metadata"]["name"])
+    else:
+        m.observe(kind, dict(body))
+
+
 for _model in resources.KINDS.values():
     _where = (resources.GROUP, resources.VERSION, resources.PLURALS[_model.kind])
     kopf.on.create(*_where, registry=startup.registry, id="mirror")(on_change)
     kopf.on.update(*_where, registry=startup.registry, id="mirror", field="spec")(on_change)
     kopf.on.resume(*_where, registry=startup.registry, id="mirror")(on_change)
     kopf.on.delete(*_where, registry=startup.registry, id="mirror")(on_delete)
+    kopf.on.event(*_where, registry=startup.registry, id="index")(on_event)

@@ -3,15 +3,19 @@
 Kopf watches the objects; the mirror also needs to list, create, patch and
 delete them itself (from the etcd watch, and inside handlers so annotations
 land before the next etcd event is looked at). The `kubernetes` client is
-synchronous, so each call runs in a thread. Every write is counted in
-`writes`, which the tests use to show a quiet mirror writes nothing.
+synchronous, so each call runs in a thread of our own pool of `CONCURRENCY`
+threads, each with its own connection (asyncio's default pool has only
+cpu + 4 threads, and the client's connection pool 5 x cpu). Every write is
+counted in `writes`, which the tests use to show a quiet mirror writes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import datetime as dt
+import functools
 import logging
 from typing import Any
 
@@ -20,9 +24,13 @@ from kubernetes.client.exceptions import ApiException
 
 from discoverd.schema import keys, resources
 
-__all__ = ["Api", "NotFound", "load_config"]
+__all__ = ["CONCURRENCY", "Api", "NotFound", "load_config"]
 
 logger = logging.getLogger(__name__)
+
+CONCURRENCY = 16
+"""API calls in flight at once. Measured with bench/operator_mirror.py: a plain client's create
+rate on the test kube-apiserver stops growing past about this many (2 cores)."""
 
 
 class NotFound(Exception):
@@ -35,7 +43,9 @@ def load_config() -> client.ApiClient:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         config.load_kube_config()  # type: ignore[no-untyped-call]
-    return client.ApiClient()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = CONCURRENCY
+    return client.ApiClient(configuration)
 
 
 class Api:
@@ -46,10 +56,15 @@ class Api:
         self.core = client.CoreV1Api(api_client)
         self.namespace = namespace
         self.writes = 0
+        self._pool = concurrent.futures.ThreadPoolExecutor(CONCURRENCY, thread_name_prefix="kube-api")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
         try:
-            return await asyncio.to_thread(function, *args, **kwargs)
+            return await loop.run_in_executor(self._pool, functools.partial(function, *args, **kwargs))
         except ApiException as error:
             if error.status == 404:
                 raise NotFound(str(error.reason)) from None
@@ -58,10 +73,15 @@ class Api:
     def _where(self, kind: keys.Kind) -> tuple[str, str, str, str]:
         return resources.GROUP, resources.VERSION, self.namespace, resources.PLURALS[kind]
 
-    async def list(self, kind: keys.Kind) -> list[dict[str, Any]]:
+    async def list(self, kind: keys.Kind) -> tuple[list[dict[str, Any]], int | None]:
+        """Every object of `kind`, and the list's resourceVersion (None if not a number)."""
         result = await self._call(self.custom.list_namespaced_custom_object, *self._where(kind))
         items: list[dict[str, Any]] = result.get("items", [])
-        return items
+        try:
+            revision: int | None = int(result.get("metadata", {}).get("resourceVersion", ""))
+        except ValueError:
+            revision = None
+        return items, revision
 
     async def create(self, kind: keys.Kind, body: dict[str, Any]) -> dict[str, Any]:
         self.writes += 1
@@ -82,20 +102,27 @@ class Api:
         )
         return patched
 
-    async def patch_status(self, kind: keys.Kind, name: str, status: dict[str, Any]) -> None:
+    async def patch_status(self, kind: keys.Kind, name: str, status: dict[str, Any]) -> dict[str, Any]:
         self.writes += 1
-        await self._call(
+        patched: dict[str, Any] = await self._call(
             self.custom.patch_namespaced_custom_object_status,
             *self._where(kind),
             name,
             {"status": status},
             _content_type="application/merge-patch+json",
         )
+        return patched
 
-    async def delete(self, kind: keys.Kind, name: str) -> None:
+    async def delete(self, kind: keys.Kind, name: str) -> dict[str, Any] | None:
+        """The object as left by the delete (held by its finalizer), or None when it is gone."""
         self.writes += 1
         with contextlib.suppress(NotFound):
-            await self._call(self.custom.delete_namespaced_custom_object, *self._where(kind), name)
+            left: dict[str, Any] = await self._call(
+                self.custom.delete_namespaced_custom_object, *self._where(kind), name
+            )
+            if left.get("kind") != "Status" and left.get("metadata", {}).get("deletionTimestamp"):
+                return left
+        return None
 
     async def warn(self, body: dict[str, Any], reason: str, message: str) -> None:
         """A Warning event about the object (kubectl describe shows it); failures are logged, not raised."""

@@ -58,3 +58,4 @@ async def run(namespace: str, options: EtcdOptions) -> None:
     finally:
         logger.info("Stopped operator", extra=logs.kv(api_writes=api.writes, etcd_writes=m.etcd_writes))
         await store.close()
+        api.close()

@@ -5,6 +5,8 @@ and the etcd watch (etcd changed a key) call `Mirror.sync_key`, so whichever
 runs first does the work and the other finds nothing to do. The lock per key
 keeps a handler's etcd write and its annotation patch together, so the etcd
 event it causes is looked at only after the object records the new revision.
+Objects are found through `objects.Index` (no list per key); every body the
+API server returns is fed back into it.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from discoverd import logs
-from discoverd.errors import Conflict, InvalidDocument
-from discoverd.operator import kube, mirror, status
+from discoverd.errors import Conflict
+from discoverd.operator import kube, mirror, objects, status
 from discoverd.schema import keys, names, resources
 from discoverd.store import documents
 
@@ -66,6 +68,7 @@ class Mirror:
         self.prefix = store.prefix
         self.view = status.View()
         self.etcd_writes = 0
+        self.index = objects.Index()
         self.later: asyncio.Queue[keys.Key] = asyncio.Queue()
         self._locks: defaultdict[keys.Key, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -77,16 +80,27 @@ class Mirror:
         """The etcd key an object's spec names (InvalidDocument when the spec does not validate)."""
         return mirror.key_of_spec(kind, body.get("spec") or {})
 
+    async def load(self, kind: keys.Kind) -> None:
+        """(Re)load the index of `kind` from one list."""
+        async with self.index.lock(kind):
+            items, revision = await self.api.list(kind)
+            self.index.load(kind, items, revision)
+
+    def observe(self, kind: keys.Kind, body: dict[str, Any] | None, name: str | None = None) -> None:
+        """A body the API server returned (None: the object named `name` is gone)."""
+        if body is not None:
+            self.index.observe(kind, body)
+        elif name is not None:
+            self.index.forget(kind, name)
+
     async def find(self, key: keys.Key) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
         """The object mirroring `key`, and any other objects naming it (duplicates)."""
-        kind = _KINDS[key.kind]
-        matching = []
-        for body in await self.api.list(key.kind):
-            try:
-                if self.key_of(kind, body) == key:
-                    matching.append(body)
-            except InvalidDocument:
-                continue
+        if not self.index.loaded(key.kind):
+            async with self.index.lock(key.kind):
+                if not self.index.loaded(key.kind):
+                    items, revision = await self.api.list(key.kind)
+                    self.index.load(key.kind, items, revision)
+        matching = self.index.matching(key)
         if not matching:
             return None, []
         built = key.build(self.prefix)
@@ -138,6 +152,7 @@ class Mirror:
         match decision:
             case mirror.Create(spec=spec, revision=revision, digest=digest):
                 body = await self._create(key, spec, _annotations(built, revision, digest))
+                self.observe(key.kind, body)
                 logger.info("Created object from etcd", extra=context)
             case mirror.Patch(spec=spec, revision=revision, digest=digest, warning=warning):
                 assert body is not None
@@ -147,12 +162,14 @@ class Mirror:
                 patch: dict[str, Any] = {"metadata": {"annotations": _annotations(built, revision, digest)}}
                 if spec is not None:
                     patch["spec"] = merge_patch(body.get("spec") or {}, spec)
-                body = await self.api.patch(key.kind, body["metadata"]["name"], patch)
+                body = await self._patch(key.kind, body["metadata"]["name"], patch)
             case mirror.DeleteObject(warning=warning):
                 assert body is not None
                 if warning:
                     await self.api.warn(body, "EtcdWins", warning)
-                await self.api.delete(key.kind, body["metadata"]["name"])
+                name = body["metadata"]["name"]
+                body = await self.api.delete(key.kind, name)
+                self.observe(key.kind, body, name)
                 logger.info("Deleted object: its etcd key is gone", extra=context)
                 body = None
             case mirror.WriteKey(expect=expect):
@@ -192,7 +209,16 @@ class Mirror:
         revision = await self.store.apply([documents.Write(key.build(self.prefix), value, expect)])
         self.etcd_writes += 1
         annotations = _annotations(key.build(self.prefix), revision, mirror.digest(kind, spec))
-        return await self.api.patch(key.kind, body["metadata"]["name"], {"metadata": {"annotations": annotations}})
+        return await self._patch(key.kind, body["metadata"]["name"], {"metadata": {"annotations": annotations}})
+
+    async def _patch(self, kind: keys.Kind, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        try:
+            patched = await self.api.patch(kind, name, patch)
+        except kube.NotFound:
+            self.index.forget(kind, name)
+            raise
+        self.observe(kind, patched)
+        return patched
 
     async def sync_status(self, key: keys.Key) -> None:
         """Write the object's status if what the agents report changed it."""
@@ -201,7 +227,12 @@ class Mirror:
             return
         wanted = self.view.status_for(key)
         if status.normalized(key.kind, body.get("status")) != wanted:
-            await self.api.patch_status(key.kind, body["metadata"]["name"], wanted)
+            name = body["metadata"]["name"]
+            try:
+                self.observe(key.kind, await self.api.patch_status(key.kind, name, wanted))
+            except kube.NotFound:
+                self.index.forget(key.kind, name)
+                raise
 
 
 def _error(entry: documents.Entry) -> str | None:
