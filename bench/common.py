@@ -247,15 +247,15 @@ class Child:
 
         wait_until(seen, timeout, f"{text!r} in {self.log_path}", interval=0.1)
 
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM (after SIGCONT), SIGKILL after `timeout`; only this pid. Its exit code."""
+    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 20.0) -> int | None:
+        """`sig` (after SIGCONT), SIGKILL after `timeout`; only this pid. Its exit code."""
         proc, self.proc = self.proc, None
         if proc is None:
             return None
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGCONT)
-                os.kill(proc.pid, signal.SIGTERM)
+                os.kill(proc.pid, sig)
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:

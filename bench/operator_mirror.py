@@ -28,7 +28,7 @@ import concurrent.futures
 import os
 import re
 import shutil
-import subprocess
+import signal
 import sys
 import threading
 import time
@@ -40,7 +40,7 @@ import common
 from kubernetes import client, config, watch
 
 from discoverd.config import EtcdOptions
-from discoverd.operator import kube, mirror
+from discoverd.operator import kube, mirror, startup
 from discoverd.schema import documents, keys, names, resources
 from discoverd.store import client as etcd_client
 from discoverd.store import documents as store_documents
@@ -49,6 +49,7 @@ BENCH = "operator_mirror"
 PREFIX = "/bench"
 RAW_NS = "bench-raw"
 MIRROR_NS = "bench-mirror"
+WARMUP_NS = "bench-warmup"
 KINDS = [keys.Kind.SERVER, keys.Kind.VERSION, keys.Kind.INSTANCE]
 
 
@@ -67,22 +68,24 @@ def instance_documents(count: int) -> dict[keys.Key, documents.Instance]:
 
 
 def object_body(key: keys.Key, doc: documents.Document, revision: int) -> dict[str, Any]:
-    """The object the operator would create for `key` (same spec and annotations)."""
-    kind = resources.KINDS[key.kind].kind
+    """The object the operator would create for `key` (same spec, annotations and finalizer)."""
+    kind = next(name for name, model in resources.KINDS.items() if model.kind == key.kind)
     spec = mirror.spec_of(key, doc)
-    return {
-        "apiVersion": resources.API_VERSION,
-        "kind": kind,
-        "metadata": {
-            "name": names.object_name(key),
-            "annotations": {
-                mirror.ANNOTATION_KEY: key.build(PREFIX),
-                mirror.ANNOTATION_REVISION: str(revision),
-                mirror.ANNOTATION_DIGEST: mirror.digest(kind, spec),
+    return startup.as_handled(
+        {
+            "apiVersion": resources.API_VERSION,
+            "kind": kind,
+            "metadata": {
+                "name": names.object_name(key),
+                "annotations": {
+                    mirror.ANNOTATION_KEY: key.build(PREFIX),
+                    mirror.ANNOTATION_REVISION: str(revision),
+                    mirror.ANNOTATION_DIGEST: mirror.digest(kind, spec),
+                },
             },
-        },
-        "spec": spec,
-    }
+            "spec": spec,
+        }
+    )
 
 
 def api_client(cp: common.ControlPlane, concurrency: int) -> client.ApiClient:
@@ -92,13 +95,15 @@ def api_client(cp: common.ControlPlane, concurrency: int) -> client.ApiClient:
     return client.ApiClient(configuration)
 
 
-def raw_creates(cp: common.ControlPlane, bodies: list[dict[str, Any]], concurrency: int) -> float:
-    """Create `bodies` in RAW_NS with `concurrency` threads; seconds taken."""
+def raw_creates(
+    cp: common.ControlPlane, bodies: list[dict[str, Any]], concurrency: int, namespace: str = "bench-raw"
+) -> float:
+    """Create `bodies` in `namespace` with `concurrency` threads; seconds taken."""
     custom = client.CustomObjectsApi(api_client(cp, concurrency))
     plural = resources.PLURALS[keys.Kind.INSTANCE]
 
     def create(body: dict[str, Any]) -> None:
-        custom.create_namespaced_custom_object(resources.GROUP, resources.VERSION, RAW_NS, plural, body)
+        custom.create_namespaced_custom_object(resources.GROUP, resources.VERSION, namespace, plural, body)
 
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
@@ -212,10 +217,13 @@ def main() -> int:
             common.log(f"control plane at {cp.server}, bench etcd at {etcd.endpoint}")
             cp.kubectl("apply", "-f", str(common.REPO / "crds"))
             cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
-            for ns in (RAW_NS, MIRROR_NS):
+            for ns in (WARMUP_NS, RAW_NS, MIRROR_NS):
                 cp.kubectl("create", "namespace", ns)
 
-            # 1. the baseline: raw creates with the same concurrency
+            # 1. the baseline: raw creates with the same concurrency (after a warm-up, as the
+            #    operator's run comes second and finds the API server warm)
+            warm = [object_body(k, d, 1) for k, d in instance_documents(min(200, args.count)).items()]
+            raw_creates(cp, warm, args.concurrency, WARMUP_NS)
             bodies = [object_body(k, d, 1) for k, d in docs.items()]
             common.log(f"raw: creating {len(bodies)} objects with {args.concurrency} threads")
             raw_seconds = raw_creates(cp, bodies, args.concurrency)
@@ -226,14 +234,18 @@ def main() -> int:
             env = {**cp.env(), "KUBECONFIG": str(cp.kubeconfig)}
             argv = [str(common.DISCOVERD), "--etcd-endpoints", etcd.endpoint, "--prefix", PREFIX]
             argv += ["operator", "--namespace", MIRROR_NS]
-            if args.profile:
-                spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-                argv = [spy, "record", "-o", str(tmp / "operator.svg"), "--rate", "50", "--subprocesses", "--", *argv]
             op = common.Child(argv, tmp / "operator.log", env=env).start()
+            profiler: common.Child | None = None
             watcher = Watcher(cp, MIRROR_NS).start()
             try:
                 op.wait_for_log("Resynced etcd and Kubernetes", timeout=120)
-                op_pid = operator_pid(op)
+                op_pid = op.pid
+                if args.profile:
+                    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+                    svg = str(tmp / "operator.svg")
+                    profiler = common.Child([spy, "record", "--pid", str(op_pid), "-o", svg], tmp / "py-spy.log")
+                    profiler.start()
+                    time.sleep(1)  # attached
                 with common.Sampler(op_pid) as rss:
                     cpu0 = common.cpu_seconds(op_pid)
                     sent, _revision = asyncio.run(write_batch(etcd.endpoint, docs))
@@ -259,6 +271,8 @@ def main() -> int:
                     cpu_mirror = common.cpu_seconds(op_pid) - cpu0
                     rss_with = rss.last
                     common.log(f"operator: settled after {settled:.1f} s; watch events {dict(writes)}")
+                    if profiler is not None:
+                        profiler.stop(signal.SIGINT)  # py-spy writes its flame graph on SIGINT
 
                     # 3. the quiet period
                     quiet_start = time.monotonic()
@@ -268,6 +282,8 @@ def main() -> int:
                     quiet_cpu = common.cpu_seconds(op_pid) - cpu1
                     peak = rss.peak
             finally:
+                if profiler is not None:
+                    profiler.stop(signal.SIGINT)
                 watcher.stop()
                 op.stop()
             stopped = re.findall(r"Stopped operator.*", op.log_text())
@@ -298,20 +314,6 @@ def main() -> int:
         notes.append(f"profile: {tmp / 'operator.svg'}")
     common.summary(f"operator mirror, {n} objects", [*notes, f"watch events during the mirror: {dict(writes)}"])
     return 0
-
-
-def operator_pid(op: common.Child) -> int:
-    """The operator's pid (py-spy's child when profiling)."""
-    if "py-spy" not in Path(op.argv[0]).name:
-        return op.pid
-
-    def child() -> int | None:
-        out = subprocess.run(["ps", "--ppid", str(op.pid), "-o", "pid="], capture_output=True, text=True).stdout
-        pids = [int(p) for p in out.split()]
-        return pids[0] if pids else None
-
-    found: int = common.wait_until(child, 30, "the profiled operator")
-    return found
 
 
 if __name__ == "__main__":

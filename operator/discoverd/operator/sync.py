@@ -19,7 +19,7 @@ from typing import Any
 
 from discoverd import logs
 from discoverd.errors import Conflict
-from discoverd.operator import kube, mirror, objects, status
+from discoverd.operator import kube, mirror, objects, startup, status
 from discoverd.schema import keys, names, resources
 from discoverd.store import documents
 
@@ -190,15 +190,13 @@ class Mirror:
 
     async def _create(self, key: keys.Key, spec: dict[str, Any], annotations: dict[str, str]) -> dict[str, Any]:
         kind = _KINDS[key.kind]
-        return await self.api.create(
-            key.kind,
-            {
-                "apiVersion": resources.API_VERSION,
-                "kind": kind,
-                "metadata": {"name": names.object_name(key), "annotations": annotations},
-                "spec": spec,
-            },
-        )
+        body = {
+            "apiVersion": resources.API_VERSION,
+            "kind": kind,
+            "metadata": {"name": names.object_name(key), "annotations": annotations},
+            "spec": spec,
+        }
+        return await self.api.create(key.kind, startup.as_handled(body))
 
     async def _write(
         self, key: keys.Key, body: dict[str, Any], expect: int, entry: documents.Entry | None

@@ -1,0 +1,80 @@
+"""The operator's index of objects by etcd key (`operator.objects`), and objects created as Kopf leaves them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from discoverd.operator import objects, startup
+from discoverd.schema import keys
+
+KIND = keys.Kind.INSTANCE
+WEB_I1 = keys.Key(KIND, service="web", instance="i1")
+
+
+def body(name: str, rv: int, service: str = "web", instance: str = "i1", **meta: Any) -> dict[str, Any]:
+    return {
+        "kind": "ServiceInstance",
+        "metadata": {"name": name, "resourceVersion": str(rv), **meta},
+        "spec": {"service": service, "id": instance, "serviceVersion": "1.0"},
+    }
+
+
+def names(index: objects.Index, key: keys.Key) -> list[str]:
+    return [b["metadata"]["name"] for b in index.matching(key)]
+
+
+def test_objects_are_found_by_the_key_their_spec_names() -> None:
+    index = objects.Index()
+    index.load(KIND, [body("web.i1", 5), body("custom", 6), body("web.i2", 7, instance="i2")], 7)
+    assert names(index, WEB_I1) == ["custom", "web.i1"]
+    assert index.named_keys() == {WEB_I1, keys.Key(KIND, service="web", instance="i2")}
+
+
+def test_an_older_body_never_replaces_a_newer_one() -> None:
+    index = objects.Index()
+    index.load(KIND, [], 1)
+    index.observe(KIND, body("web.i1", 9))
+    index.observe(KIND, body("web.i1", 8, instance="i9"))
+    assert names(index, WEB_I1) == ["web.i1"]
+
+
+def test_a_changed_spec_moves_the_object_to_its_new_key() -> None:
+    index = objects.Index()
+    index.load(KIND, [body("x", 1)], 1)
+    index.observe(KIND, body("x", 2, instance="i2"))
+    assert index.matching(WEB_I1) == []
+    assert names(index, keys.Key(KIND, service="web", instance="i2")) == ["x"]
+
+
+def test_a_list_drops_what_it_lacks_but_keeps_what_was_seen_after_it() -> None:
+    index = objects.Index()
+    index.observe(KIND, body("gone", 3))
+    index.observe(KIND, body("web.i1", 12))
+    index.load(KIND, [], 10)
+    assert names(index, WEB_I1) == ["web.i1"]
+    assert index.named_keys() == {WEB_I1}
+
+
+def test_forgotten_objects_are_not_found() -> None:
+    index = objects.Index()
+    index.load(KIND, [body("web.i1", 1)], 1)
+    index.forget(KIND, "web.i1")
+    assert index.matching(WEB_I1) == []
+    assert len(index) == 0
+
+
+def test_invalid_specs_are_indexed_under_no_key() -> None:
+    index = objects.Index()
+    index.load(KIND, [body("bad", 1, service="a/b")], 1)
+    assert len(index) == 1
+    assert index.named_keys() == set()
+
+
+def test_created_objects_look_handled_to_kopf() -> None:
+    created = startup.as_handled(body("web.i1", 1, annotations={"discoverd.io/key": "/p/k"}))
+    # as the API server returns it: more metadata, same spec
+    stored = kopf.Body({**created, "metadata": {**created["metadata"], "uid": "u", "generation": 1}})
+    assert startup.FINALIZER in stored.metadata["finalizers"]
+    assert startup.DIFFBASE.fetch(body=stored) == startup.DIFFBASE.build(body=stored)
