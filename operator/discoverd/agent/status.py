@@ -18,7 +18,6 @@ import datetime as dt
 import logging
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
 
 from discoverd import __version__, logs
 from discoverd.agent import plan
@@ -33,17 +32,12 @@ __all__ = ["Summary", "Writer", "summarize"]
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Summary:
-    """An instance's status without its timestamps: what is compared to decide whether to write."""
+Summary = documents.InstanceState
+"""An instance's status without its timestamps: what is compared to decide whether to write."""
 
-    phase: Phase
-    version: str | None = None
-    previous_version: str | None = None
-    pid: int | None = None
-    restarts: int = 0
-    last_exit_code: int | None = None
-    message: str = ""
+
+def _with(base: Summary, **changes: object) -> Summary:
+    return base.model_copy(update=changes)
 
 
 def summarize(
@@ -52,7 +46,7 @@ def summarize(
     """The status of one instance, from what is wanted and what is observed."""
     p = o.process
     base = Summary(
-        Phase.PENDING,
+        phase=Phase.PENDING,
         version=p.version if p else (o.current.version if o.current else None),
         previous_version=o.previous_version,
         pid=p.pid if p else None,
@@ -62,29 +56,29 @@ def summarize(
     )
     unhealthy = isinstance(want, plan.Target) and 0 < want.health_threshold <= o.health_failures
     if o.busy == "Stopping" and unhealthy and p is not None:
-        return replace(base, phase=Phase.UNHEALTHY, message=f"{o.message}; stopping it")
+        return _with(base, phase=Phase.UNHEALTHY, message=f"{o.message}; stopping it")
     if o.busy is not None:
-        return replace(base, phase=Phase(o.busy))
+        return _with(base, phase=Phase(o.busy))
     if want is None:
-        return replace(base, phase=Phase.STOPPING, message="removed from the server")
+        return _with(base, phase=Phase.STOPPING, message="removed from the server")
     if isinstance(want, plan.Broken):
         running = f"; still running version {p.version}, its last valid configuration" if p else ""
-        return replace(base, phase=Phase.FAILED, message=want.message + running)
+        return _with(base, phase=Phase.FAILED, message=want.message + running)
     reason = o.rejected.get(want.config_hash)
     if reason is not None:
         if p is not None and o.good is not None and p.config_hash == o.good.config_hash:
             message = f"rolled back from version {want.version} to {o.good.version}: {reason}"
-            return replace(base, phase=Phase.ROLLED_BACK, previous_version=want.version, message=message)
-        return replace(base, phase=Phase.FAILED, message=reason)
+            return _with(base, phase=Phase.ROLLED_BACK, previous_version=want.version, message=message)
+        return _with(base, phase=Phase.FAILED, message=reason)
     if p is not None:
         if unhealthy:
-            return replace(base, phase=Phase.UNHEALTHY)
+            return _with(base, phase=Phase.UNHEALTHY)
         if o.good is None or o.good.config_hash != p.config_hash:
-            return replace(base, phase=Phase.STARTING)
-        return replace(base, phase=Phase.RUNNING)
+            return _with(base, phase=Phase.STARTING)
+        return _with(base, phase=Phase.RUNNING)
     if o.failures and o.last_exit is not None:
         delay = plan.backoff_delay(o.failures, o.jitter, backoff_base)
-        return replace(base, phase=Phase.BACK_OFF, message=f"{o.message}; restarting in {delay:.1f} s")
+        return _with(base, phase=Phase.BACK_OFF, message=f"{o.message}; restarting in {delay:.1f} s")
     return base
 
 
@@ -148,17 +142,7 @@ class Writer:
             if self._written.get(ref) == summary:
                 continue
             _, since = self._since.get(ref, (summary.phase, _now()))
-            status = documents.InstanceStatus(
-                phase=summary.phase,
-                version=summary.version,
-                previous_version=summary.previous_version,
-                pid=summary.pid,
-                restarts=summary.restarts,
-                last_exit_code=summary.last_exit_code,
-                message=summary.message,
-                since=since,
-                updated_at=_now(),
-            )
+            status = documents.InstanceStatus(**summary.model_dump(), since=since, updated_at=_now())
             key = keys.instance_status(prefix, self.server_id, ref.service, ref.instance)
             await self.store.put(key, status, lease=self.lease)
             self._written[ref] = summary

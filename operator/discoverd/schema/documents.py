@@ -33,6 +33,7 @@ __all__ = [
     "Instance",
     "InstanceBody",
     "InstanceRef",
+    "InstanceState",
     "InstanceStatus",
     "Phase",
     "Script",
@@ -201,9 +202,10 @@ class AgentStatus(Document):
     message: str = ""
 
 
-class InstanceStatus(Document):
-    """`<prefix>/servers/<id>/status/instances/<service>/<id>`, held by the agent's lease."""
+class InstanceState(Document):
+    """What an agent reports about an instance, without timestamps: the part compared for changes."""
 
+    model_config = ConfigDict(frozen=True)
     keep_defaults = True
 
     phase: Phase
@@ -213,7 +215,13 @@ class InstanceStatus(Document):
     restarts: int = 0
     last_exit_code: int | None = None
     message: str = ""
+
+
+class InstanceStatus(InstanceState):
+    """`<prefix>/servers/<id>/status/instances/<service>/<id>`, held by the agent's lease."""
+
     since: dt.datetime
+    """When the instance entered its current phase."""
     updated_at: dt.datetime
 
 
