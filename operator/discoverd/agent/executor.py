@@ -42,12 +42,20 @@ class Executor:
         self.tasks: dict[plan.Ref, asyncio.Task[None]] = {}
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._rng = random.Random()
+        self._sweeper = steps.Sweeper()
 
     def _supervisor(self, ref: plan.Ref) -> supervisor.Supervisor:
         sup = self.supervisors.get(ref)
         if sup is None:
             sup = supervisor.Supervisor(
-                ref, self.layout, self.ctx, self.notify, self._lock, self._prune, random.Random(self._rng.random())
+                ref,
+                self.layout,
+                self.ctx,
+                self.notify,
+                self._lock,
+                self._prune,
+                random.Random(self._rng.random()),
+                self._sweeper,
             )
             self.supervisors[ref] = sup
         return sup
@@ -125,3 +133,4 @@ class Executor:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await asyncio.gather(*(sup.close(stop_instances) for sup in self.supervisors.values()))
+        await self._sweeper.close()

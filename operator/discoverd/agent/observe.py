@@ -6,6 +6,12 @@ with the pid is. The supervisor records both when it starts a run script and
 trusts a recorded pid after an agent restart only when both match. `exited`
 waits for any process, child or not, through a pidfd (`os.pidfd_open`) on the
 event loop, so adopted processes are supervised as well as our own children.
+
+A daemon that a run script double-forks and moves into a session of its own
+(`setsid`) leaves the script's process group, and with it the reach of
+`kill_group`; it keeps the environment it inherited, though, and with it the
+`DISCOVERD_*` variables naming its server and instance directory. `tagged`
+finds such processes by those variables (one pass over /proc for many tags).
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Collection
 
-__all__ = ["alive", "exited", "start_time"]
+__all__ = ["Tag", "alive", "exited", "start_time", "tagged"]
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -38,6 +45,39 @@ def start_time(pid: int) -> int | None:
 def alive(pid: int, expected_start_time: int) -> bool:
     """Whether `pid` is still the very process that was recorded."""
     return pid > 0 and start_time(pid) == expected_start_time
+
+
+Tag = frozenset[bytes]
+"""Environment entries (`NAME=value`) a process must all carry to belong to an instance."""
+
+
+def tagged(tags: Collection[Tag]) -> dict[Tag, list[tuple[int, int]]]:
+    """Live processes (other than this one) whose environment holds every entry of a tag: tag -> [(pid, start time)].
+
+    Blocking (reads /proc/<pid>/environ of every process we may read): run it in a thread.
+    """
+    found: dict[Tag, list[tuple[int, int]]] = {tag: [] for tag in tags}
+    if not tags:
+        return found
+    me = os.getpid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                data = f.read()
+        except OSError:  # gone, or not ours to read
+            continue
+        if b"DISCOVERD_" not in data:
+            continue
+        env = set(data.split(b"\0"))
+        for tag in tags:
+            if tag <= env:
+                pid = int(entry.name)
+                started = start_time(pid)
+                if started is not None:
+                    found[tag].append((pid, started))
+    return found
 
 
 async def exited(pid: int) -> None:

@@ -9,6 +9,12 @@ to the agent), so it keeps running when the agent exits or is killed, and
 asyncio's transports never kill it when they are closed. `stop_group` ends a
 run process: stop signal to its group, grace, SIGKILL to the group.
 
+A daemon that left the run script's process group (double fork and
+`setsid`) is out of reach of group signals; the `Sweeper` finds what carries
+an instance's tag (`DISCOVERD_SERVER_ID` and `DISCOVERD_INSTANCE_DIR` in its
+environment, see `observe.tagged`) and kills it, after a stop and before a
+start, so nothing of an earlier run survives it.
+
 With host namespaces every argv is wrapped in `nsenter --target <pid> --mount
 --uts --ipc --net --pid --`, so scripts see and change the host.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import os
 import signal
 import subprocess
@@ -26,10 +33,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from discoverd import logs
 from discoverd.agent import observe, plan
 from discoverd.schema import documents
 
-__all__ = ["Context", "StepResult", "argv_for", "environment", "kill_group", "run_step", "spawn", "stop_group"]
+__all__ = [
+    "Context",
+    "StepResult",
+    "Sweeper",
+    "argv_for",
+    "environment",
+    "instance_tag",
+    "kill_group",
+    "run_step",
+    "spawn",
+    "stop_group",
+]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -160,3 +181,68 @@ async def stop_group(pid: int, start_time: int, stop_signal: str, stop_timeout: 
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(observe.exited(pid), 10)
     kill_group(pid)  # anything the leader left behind in its group
+
+
+def instance_tag(ctx: Context, instance_dir: Path) -> observe.Tag:
+    """The environment entries every script of this instance carries (see `environment`)."""
+    return frozenset(
+        {b"DISCOVERD_SERVER_ID=" + os.fsencode(ctx.server_id), b"DISCOVERD_INSTANCE_DIR=" + os.fsencode(instance_dir)}
+    )
+
+
+def _kill_exact(pid: int, start_time: int) -> None:
+    """SIGKILL `pid` only if it is still the process with that start time (through a pidfd: no reused pid)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        if observe.start_time(pid) == start_time:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class Sweeper:
+    """Kills processes carrying an instance's tag; concurrent requests share one pass over /proc."""
+
+    def __init__(self) -> None:
+        self._pending: dict[observe.Tag, list[asyncio.Future[int]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def sweep(self, tag: observe.Tag) -> int:
+        """Kill every live process carrying `tag`; how many there were."""
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(tag, []).append(future)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="sweeper")
+        return await future
+
+    async def _run(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            try:
+                found = await asyncio.to_thread(observe.tagged, list(batch))
+            except asyncio.CancelledError:
+                for futures in (*batch.values(), *self._pending.values()):
+                    for future in futures:
+                        future.cancel()
+                raise
+            except OSError as error:
+                log.warning("Failed to look for leftover processes", extra=logs.kv(reason=str(error)))
+                found = {}
+            for tag, futures in batch.items():
+                left = found.get(tag, [])
+                for pid, started in left:
+                    _kill_exact(pid, started)
+                for future in futures:
+                    if not future.done():
+                        future.set_result(len(left))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

@@ -45,6 +45,7 @@ class Supervisor:
         install_lock: Callable[[str, str], asyncio.Lock],
         on_promote: Callable[[plan.Ref, str | None], None],
         rng: random.Random | None = None,
+        sweeper: steps.Sweeper | None = None,
     ) -> None:
         self.ref = ref
         self.layout = layout
@@ -53,6 +54,9 @@ class Supervisor:
         self.install_lock = install_lock
         self.on_promote = on_promote
         self.rng = rng or random.Random()
+        self.sweeper = sweeper or steps.Sweeper()
+        self._swept = False
+        """Nothing of an earlier run is left (swept after the last stop, nothing started since)."""
         self.busy: str | None = None
         self.process: plan.Process | None = None
         self.popen: subprocess.Popen[bytes] | None = None
@@ -127,6 +131,8 @@ class Supervisor:
                     case plan.Install(target=target):
                         await self._install(target)
                     case plan.Start(target=target):
+                        if not self._swept:
+                            await self._sweep()
                         self._start(target)
                     case plan.Stop(reason=reason, failure=failure):
                         await self._stop(reason, failure)
@@ -138,6 +144,8 @@ class Supervisor:
                         log.warning("Rejected version", extra=self._kv(version, reason=reason))
                     case plan.Remove():
                         await self._stop("removed from the server", False)
+                        if not self._swept:
+                            await self._sweep()
                         self.layout.delete_record(self.ref)
                     case plan.Wait():
                         pass
@@ -183,8 +191,16 @@ class Supervisor:
             self.message = f"installed version {version}"
             log.info("Installed version", extra=self._kv(version, hash=target.install_hash))
 
+    async def _sweep(self) -> None:
+        """Kill what an earlier run of this instance left outside its process group (a daemon)."""
+        killed = await self.sweeper.sweep(steps.instance_tag(self.ctx, self.layout.instance_dir(self.ref)))
+        self._swept = True
+        if killed:
+            log.warning("Killed leftover processes", extra=self._kv(count=killed))
+
     def _start(self, target: plan.Target) -> None:
         self.busy = "Starting"
+        self._swept = False
         vdir = self.layout.version_dir(self.ref.service, target.version)
         idir = self.layout.instance_dir(self.ref)
         argv = steps.argv_for(target.run, self.ctx, vdir, idir)
@@ -264,6 +280,7 @@ class Supervisor:
             code = self.popen.wait() if self.popen is not None else None
             if self._watch is not None:
                 self._watch.cancel()
+            await self._sweep()
         finally:
             self._stopping = False
         if failure:
