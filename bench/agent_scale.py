@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import os
 import random
-import shutil
 import signal
 import sys
 import time
@@ -58,16 +57,12 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
             }
             await w.version(SERVICE, "1.0", **doc)
             status = await w.status_watch()
-            argv_prefix: list[str] | None = None
-            if args.profile:
-                spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-                argv_prefix = [spy, "record", "-o", str(tmp / "agent.svg"), "--rate", "100", "--"]
-            agent = w.start_agent(argv_prefix=argv_prefix)
+            agent = w.start_agent()
             log_path = agent.log_path
             await agent_world.wait_for(
                 lambda: agent_world.agent_events(log_path, "Read configuration"), 60, "agent up", 0.1
             )
-            pid = agent.pid if not args.profile else _child_pid(agent.pid)
+            pid = agent.pid
             await asyncio.sleep(args.settle)
             rss0 = common.rss_mib(pid)
 
@@ -104,9 +99,10 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
 
             # 1,000 instances
             await asyncio.sleep(args.settle)
+            profile = tmp / "agent-start-all.txt"
             t0 = time.time()
             await w.server(refs)
-            with common.Sampler(pid) as sampler:
+            with common.Sampler(pid) as sampler, agent_world.profiled(pid if args.profile else None, profile):
                 try:
                     await agent_world.wait_for(
                         lambda: status.count("Running") >= args.count, args.timeout, f"{args.count} Running", 0.05
@@ -118,9 +114,10 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                 except TimeoutError:
                     all_running = seen_running = None
                     notes.append(f"only {status.count('Running')} of {args.count} Running after {args.timeout:g} s")
-                await asyncio.sleep(args.settle)
+            await asyncio.sleep(args.settle)
+            with common.Sampler(pid) as sampler2:
                 cpu1k, writes1k, rss1k = await idle_window(w, status, pid, args.idle)
-                peak = sampler.peak
+                peak = max(sampler.peak, sampler2.peak)
             processes = len(w.marked())
 
     n = args.count
@@ -161,7 +158,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
     )
     notes.append(f"{processes} run processes alive at the end")
     if args.profile:
-        notes.append(f"profile: {tmp / 'agent.svg'}")
+        notes.append(f"profile of the start of all {n} (py-spy, inclusive):")
+        notes.extend(agent_world.top_frames(profile))
     common.summary(f"agent scale and footprint, 0/50/{n} instances", notes)
 
 
@@ -169,18 +167,6 @@ def _since(status: dict[str, object]) -> float:
     import datetime as dt
 
     return dt.datetime.fromisoformat(str(status["since"])).timestamp()
-
-
-def _child_pid(parent: int) -> int:
-    import subprocess
-
-    def child() -> int | None:
-        out = subprocess.run(["ps", "--ppid", str(parent), "-o", "pid="], capture_output=True, text=True).stdout
-        pids = [int(p) for p in out.split()]
-        return pids[0] if pids else None
-
-    found: int = common.wait_until(child, 30, "the profiled agent")
-    return found
 
 
 def main() -> int:

@@ -20,10 +20,12 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ import common
 
 from discoverd.store.server import EtcdServer
 
-__all__ = ["MARKER", "StatusWatch", "World", "agent_events", "sh_run", "wait_for"]
+__all__ = ["MARKER", "StatusWatch", "World", "agent_events", "profiled", "sh_run", "top_frames", "wait_for", "world"]
 
 MARKER = "DISCOVERD_BENCH_RUN"
 
@@ -85,12 +87,14 @@ class StatusWatch:
     not key events).
     """
 
-    client: aetcd.Client
+    endpoint: str
     prefix: str
     server_id: str
+    reconnects: int = 0
     status: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     events: list[tuple[float, str, str]] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def _status_key(self, key: str) -> tuple[str, str] | None:
         head = f"{self.prefix}/servers/{self.server_id}/status/instances/"
@@ -99,32 +103,53 @@ class StatusWatch:
         service, _, instance = key[len(head) :].partition("/")
         return service, instance
 
-    async def start(self) -> StatusWatch:
-        got = await self.client.get_prefix(f"{self.prefix}/".encode())
-        revision = 0
+    async def _follow(self, client: aetcd.Client) -> None:
+        got = await client.get_prefix(f"{self.prefix}/".encode())
+        revision = int(got.header.revision) if getattr(got, "header", None) else 0
+        status: dict[tuple[str, str], dict[str, Any]] = {}
         for kv in got:
             ref = self._status_key(kv.key.decode(errors="replace"))
             if ref is not None:
-                self.status[ref] = json.loads(kv.value)
+                with contextlib.suppress(ValueError):
+                    status[ref] = json.loads(kv.value)
             revision = max(revision, kv.mod_revision)
-        watch = await self.client.watch_prefix(f"{self.prefix}/".encode(), start_revision=revision + 1)
+        self.status = status
+        self._ready.set()
+        async for event in await client.watch_prefix(f"{self.prefix}/".encode(), start_revision=revision + 1):
+            now = time.time()
+            key = event.kv.key.decode(errors="replace")
+            kind = "delete" if event.kind == aetcd.EventKind.DELETE else "put"
+            self.events.append((now, kind, key))
+            ref = self._status_key(key)
+            if ref is None:
+                continue
+            if kind == "delete":
+                self.status.pop(ref, None)
+            else:
+                with contextlib.suppress(ValueError):
+                    self.status[ref] = json.loads(event.kv.value)
 
-        async def run() -> None:
-            async for event in watch:
-                now = time.time()
-                key = event.kv.key.decode(errors="replace")
-                kind = "delete" if event.kind == aetcd.EventKind.DELETE else "put"
-                self.events.append((now, kind, key))
-                ref = self._status_key(key)
-                if ref is None:
-                    continue
-                if kind == "delete":
-                    self.status.pop(ref, None)
-                else:
-                    with contextlib.suppress(ValueError):
-                        self.status[ref] = json.loads(event.kv.value)
+    async def _run(self) -> None:
+        """Follow the prefix; when etcd goes away (a fault scenario), list and watch again once it is back."""
+        host, port = self.endpoint.removeprefix("http://").rsplit(":", 1)
+        while True:
+            client = aetcd.Client(host=host, port=int(port), timeout=5)
+            try:
+                await client.connect()
+                await self._follow(client)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.reconnects += 1
+                await asyncio.sleep(0.5)
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.close(), 5)
 
-        self._task = asyncio.create_task(run(), name="status watch")
+    async def start(self) -> StatusWatch:
+        self._ready = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="status watch")
+        await asyncio.wait_for(self._ready.wait(), 30)
         return self
 
     async def stop(self) -> None:
@@ -193,7 +218,7 @@ class World:
         return await self.put(f"services/{service}/instances/{instance}/config/details", body)
 
     async def status_watch(self) -> StatusWatch:
-        return await StatusWatch(self.client, self.prefix, self.server_id).start()
+        return await StatusWatch(self.etcd.endpoint, self.prefix, self.server_id).start()
 
     # agents
 
@@ -227,7 +252,7 @@ class World:
     # what runs
 
     def marked(self) -> dict[int, dict[str, str]]:
-        """Every live process carrying this run's token (agents excluded): pid -> its DISCOVERD_* env."""
+        """Every live process carrying this run's token (agents excluded): pid -> its DISCOVERD_* env and `pgid`."""
         needle = f"{MARKER}={self.token}".encode()
         agents = self.agent_pids()
         found: dict[int, dict[str, str]] = {}
@@ -249,7 +274,7 @@ class World:
             state = stat[stat.rindex(b")") + 2 :].split()[0]
             if state in (b"Z", b"X"):
                 continue
-            fields: dict[str, str] = {}
+            fields: dict[str, str] = {"pgid": stat[stat.rindex(b")") + 2 :].split()[2].decode()}
             for item in env.split(b"\0"):
                 if item.startswith(b"DISCOVERD_"):
                     name, _, value = item.partition(b"=")
@@ -286,6 +311,41 @@ class World:
                     os.kill(pid, signal.SIGCONT)
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def profiled(pid: int | None, out: Path, rate: int = 100) -> Iterator[None]:
+    """py-spy recording `pid` (collapsed stacks in `out`) while the block runs; nothing when `pid` is None."""
+    if pid is None:
+        yield
+        return
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    argv = [spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "-o", str(out), "--nonblocking"]
+    child = common.Child(argv, out.with_suffix(".log")).start()
+    try:
+        yield
+    finally:
+        assert child.proc is not None
+        child.proc.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        try:
+            child.proc.wait(30)
+        finally:
+            child.stop()
+
+
+def top_frames(collapsed: Path, n: int = 25) -> list[str]:
+    """The functions with the most samples anywhere on the stack (inclusive), from py-spy's raw output."""
+    total = 0
+    inclusive: dict[str, int] = {}
+    for line in collapsed.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        for frame in set(stack.split(";")):
+            inclusive[frame] = inclusive.get(frame, 0) + int(count)
+    ranked = sorted(inclusive.items(), key=lambda kv: -kv[1])[:n]
+    return [f"{100 * c / max(total, 1):5.1f}% {f}" for f, c in ranked]
 
 
 @contextlib.asynccontextmanager
