@@ -203,7 +203,11 @@ def main() -> int:
         help="threads of the raw client: the operator's API concurrency (default: kube.CONCURRENCY)",
     )
     parser.add_argument("--timeout", type=float, default=900.0, help="give up waiting for the mirror after this")
-    parser.add_argument("--profile", choices=["py-spy"], help="record the operator with py-spy (flame graph SVG)")
+    parser.add_argument(
+        "--profile",
+        choices=["py-spy"],
+        help="record the operator with py-spy (collapsed stacks, in the kept scratch directory)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, profile)")
     args = parser.parse_args()
     if args.quick:
@@ -226,7 +230,15 @@ def main() -> int:
             raw_creates(cp, warm, args.concurrency, WARMUP_NS)
             bodies = [object_body(k, d, 1) for k, d in docs.items()]
             common.log(f"raw: creating {len(bodies)} objects with {args.concurrency} threads")
-            raw_seconds = raw_creates(cp, bodies, args.concurrency)
+            apiserver = cp.pid("kube-apiserver")
+            raw_watcher = Watcher(cp, RAW_NS).start()  # the same observer as for the operator
+            api_cpu0, client_cpu0 = common.cpu_seconds(apiserver), common.cpu_seconds(os.getpid())
+            try:
+                raw_seconds = raw_creates(cp, bodies, args.concurrency)
+                raw_api_cpu = common.cpu_seconds(apiserver) - api_cpu0
+                raw_client_cpu = common.cpu_seconds(os.getpid()) - client_cpu0
+            finally:
+                raw_watcher.stop()
             raw_rate = args.count / raw_seconds
             common.log(f"raw: {raw_seconds:.1f} s, {raw_rate:.0f} objects/s")
 
@@ -242,12 +254,14 @@ def main() -> int:
                 op_pid = op.pid
                 if args.profile:
                     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-                    svg = str(tmp / "operator.svg")
-                    profiler = common.Child([spy, "record", "--pid", str(op_pid), "-o", svg], tmp / "py-spy.log")
+                    out = str(tmp / "operator.folded")  # collapsed stacks: speedscope, inferno, flamegraph.pl
+                    argv = [spy, "record", "--pid", str(op_pid), "--format", "raw", "-o", out]
+                    profiler = common.Child(argv, tmp / "py-spy.log")
                     profiler.start()
                     time.sleep(1)  # attached
                 with common.Sampler(op_pid) as rss:
                     cpu0 = common.cpu_seconds(op_pid)
+                    api_cpu0 = common.cpu_seconds(apiserver)
                     sent, _revision = asyncio.run(write_batch(etcd.endpoint, docs))
                     common.log(f"operator: {args.count} documents written in one transaction")
                     try:
@@ -259,8 +273,10 @@ def main() -> int:
                         )
                         all_added = max(watcher.added.values())
                         op_seconds: float | None = all_added - sent
+                        op_api_cpu: float | None = common.cpu_seconds(apiserver) - api_cpu0
+                        op_cpu: float | None = common.cpu_seconds(op_pid) - cpu0
                     except TimeoutError:
-                        op_seconds = None
+                        op_seconds = op_api_cpu = op_cpu = None
                         notes.append(f"only {len(watcher.added)} of {args.count} objects after {args.timeout:g} s")
                     # settled: no watch event for 5 s (Kopf's finalizers and annotations are done)
                     common.wait_until(
@@ -272,7 +288,7 @@ def main() -> int:
                     rss_with = rss.last
                     common.log(f"operator: settled after {settled:.1f} s; watch events {dict(writes)}")
                     if profiler is not None:
-                        profiler.stop(signal.SIGINT)  # py-spy writes its flame graph on SIGINT
+                        profiler.stop(signal.SIGINT)  # py-spy writes its output on SIGINT
 
                     # 3. the quiet period
                     quiet_start = time.monotonic()
@@ -303,6 +319,15 @@ def main() -> int:
     )
     common.emit(BENCH, "operator_vs_raw", None if op_rate is None else 100 * op_rate / raw_rate, "%", 100)
     common.emit(BENCH, "operator_time_to_all_objects", op_seconds, "s", raw_seconds)
+    common.emit(
+        BENCH,
+        "operator_cpu_to_all_objects",
+        op_cpu,
+        "s",
+        note="the operator's CPU until all objects exist (its event loop holds the GIL: 1 core at most)",
+    )
+    common.emit(BENCH, "raw_client_cpu", raw_client_cpu, "s", note="the raw client's (and its watch's) CPU")
+    common.emit(BENCH, "apiserver_cpu_operator", op_api_cpu, "s", raw_api_cpu, note="kube-apiserver CPU, each phase")
     common.emit(BENCH, "operator_time_to_settle", settled, "s", note="until no watch event for 5 s")
     common.emit(BENCH, "operator_api_writes_per_object", sum(writes.values()) / n, "writes", 1)
     common.emit(BENCH, "operator_cpu_during_mirror", cpu_mirror, "s")
@@ -311,7 +336,7 @@ def main() -> int:
     common.emit(BENCH, "quiet_api_writes", len(quiet_events), "writes", 0, target="0", note=f"{args.quiet:g} s quiet")
     common.emit(BENCH, "quiet_cpu", 100 * quiet_cpu / args.quiet, "% of one core")
     if args.profile:
-        notes.append(f"profile: {tmp / 'operator.svg'}")
+        notes.append(f"profile: {tmp / 'operator.folded'}")
     common.summary(f"operator mirror, {n} objects", [*notes, f"watch events during the mirror: {dict(writes)}"])
     return 0
 

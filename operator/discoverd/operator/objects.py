@@ -77,8 +77,9 @@ class Index:
             new_rv, old_rv = _revision(body), _revision(old)
             if new_rv is not None and old_rv is not None and new_rv < old_rv:
                 return
+        key = self._key.get((kind, name)) if old is not None and old.get("spec") == body.get("spec") else None
         self._unlink(kind, name)
-        self._store(kind, body)
+        self._store(kind, body, key)
 
     def forget(self, kind: keys.Kind, name: str) -> None:
         """The object is gone."""
@@ -96,13 +97,15 @@ class Index:
     def __len__(self) -> int:
         return sum(len(b) for b in self._bodies.values())
 
-    def _store(self, kind: keys.Kind, body: dict[str, Any]) -> None:
+    def _store(self, kind: keys.Kind, body: dict[str, Any], key: keys.Key | None = None) -> None:
+        """Index `body` under `key` (worked out from its spec unless the spec is unchanged)."""
         name = body["metadata"]["name"]
         self._bodies.setdefault(kind, {})[name] = body
-        try:
-            key = mirror.key_of_spec(_KIND_NAMES[kind], body.get("spec") or {})
-        except InvalidDocument:
-            return
+        if key is None:
+            try:
+                key = mirror.key_of_spec(_KIND_NAMES[kind], body.get("spec") or {})
+            except InvalidDocument:
+                return
         self._key[(kind, name)] = key
         self._names[key].add(name)
 

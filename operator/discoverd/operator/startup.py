@@ -38,12 +38,16 @@ def as_handled(body: dict[str, Any]) -> dict[str, Any]:
     metadata = dict(body.get("metadata") or {})
     metadata["finalizers"] = [*(metadata.get("finalizers") or []), FINALIZER]
     handled = {**body, "metadata": metadata}
-    # Twice: the first pass adds Kopf's marker, which changes what the essence leaves out.
-    for _ in range(2):
-        patch = kopf.Patch()
-        raw = cast(kopf.RawBody, handled)
-        DIFFBASE.store(body=kopf.Body(raw), patch=patch, essence=DIFFBASE.build(body=kopf.Body(raw)))
-        metadata["annotations"] = {**(metadata.get("annotations") or {}), **patch["metadata"]["annotations"]}
+    # Kopf's marker first (from a pass over an empty body): it changes what the essence leaves out.
+    marker = kopf.Patch()
+    DIFFBASE.store(
+        body=kopf.Body(cast(kopf.RawBody, {"kind": body.get("kind"), "metadata": {}})), patch=marker, essence={}
+    )
+    metadata["annotations"] = {**(metadata.get("annotations") or {}), **marker["metadata"]["annotations"]}
+    raw = cast(kopf.RawBody, handled)
+    patch = kopf.Patch()
+    DIFFBASE.store(body=kopf.Body(raw), patch=patch, essence=DIFFBASE.build(body=kopf.Body(raw)))
+    metadata["annotations"].update(patch["metadata"]["annotations"])
     return handled
 
 
@@ -54,10 +58,16 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     return info
 
 
+def _quiet_index(record: logging.LogRecord) -> bool:
+    """Drop Kopf's "Handler 'index' succeeded." (one line per watch event, see handlers.on_event)."""
+    return record.getMessage() != "Handler 'index' succeeded."
+
+
 @kopf.on.startup(registry=registry)
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     """Every Kopf setting the operator changes, with why."""
     settings.persistence.finalizer = FINALIZER
+    logging.getLogger("kopf.objects").addFilter(_quiet_index)
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=resources.GROUP)
     settings.persistence.diffbase_storage = DIFFBASE
     settings.peering.standalone = True

@@ -43,21 +43,39 @@ def _text(value: Any) -> str | None:
 
 
 class View:
-    """Every valid document under the prefix, by parsed key."""
+    """Every valid document under the prefix, by parsed key; instance reports also by instance,
+    server and service, so one status is rebuilt without scanning every document."""
 
     def __init__(self) -> None:
         self.documents: dict[keys.Key, documents.Document] = {}
+        self._by: dict[tuple[str, ...], dict[keys.Key, documents.InstanceStatus]] = {}
+        self._versions: dict[str, set[keys.Key]] = {}
 
     def put(self, key: keys.Key, doc: documents.Document | None) -> None:
+        old = self.documents.pop(key, None)
+        if isinstance(old, documents.InstanceStatus):
+            for group in self._groups(key):
+                self._by[group].pop(key, None)
+                if not self._by[group]:
+                    del self._by[group]
+        if key.kind is keys.Kind.VERSION:
+            self._versions.setdefault(key.service, set()).discard(key)
         if doc is None:
-            self.documents.pop(key, None)
-        else:
-            self.documents[key] = doc
+            return
+        self.documents[key] = doc
+        if isinstance(doc, documents.InstanceStatus):
+            for group in self._groups(key):
+                self._by.setdefault(group, {})[key] = doc
+        if key.kind is keys.Kind.VERSION:
+            self._versions.setdefault(key.service, set()).add(key)
 
-    def _reports(self) -> list[tuple[keys.Key, documents.InstanceStatus]]:
-        return sorted(
-            (k, d) for k, d in self.documents.items() if isinstance(d, documents.InstanceStatus)
-        )  # sorted by key: server, service, instance
+    @staticmethod
+    def _groups(key: keys.Key) -> list[tuple[str, ...]]:
+        return [("instance", key.service, key.instance), ("server", key.server), ("service", key.service)]
+
+    def _reports(self, *group: str) -> list[tuple[keys.Key, documents.InstanceStatus]]:
+        """The instance reports of one group, sorted by key: server, service, instance."""
+        return sorted(self._by.get(group, {}).items())
 
     def status_for(self, key: keys.Key) -> dict[str, Any]:
         match key.kind:
@@ -82,8 +100,7 @@ class View:
                 message=d.message,
                 since=_text(d.since),
             )
-            for k, d in self._reports()
-            if (k.service, k.instance) == (key.service, key.instance)
+            for k, d in self._reports("instance", key.service, key.instance)
         ]
         if not servers:
             return resource_status.ServiceInstanceStatus()
@@ -103,7 +120,7 @@ class View:
     def _server(self, key: keys.Key) -> resource_status.ServerStatus:
         agent = self.documents.get(keys.Key(keys.Kind.AGENT_STATUS, server=key.server))
         config = self.documents.get(key)
-        reports = [d for k, d in self._reports() if k.server == key.server]
+        reports = [d for _, d in self._reports("server", key.server)]
         out = resource_status.ServerStatus(
             instances=len(config.service_instances) if isinstance(config, documents.Server) else 0,
             reported=len(reports),
@@ -119,7 +136,7 @@ class View:
         return out
 
     def _version(self, key: keys.Key) -> resource_status.ServiceVersionStatus:
-        reports = [(k, d) for k, d in self._reports() if k.service == key.service and d.version == key.version]
+        reports = [(k, d) for k, d in self._reports("service", key.service) if d.version == key.version]
         return resource_status.ServiceVersionStatus(
             instances=len(reports),
             running=sum(1 for _, d in reports if d.phase is documents.Phase.RUNNING),
@@ -127,7 +144,7 @@ class View:
         )
 
     def versions_of(self, service: str) -> list[keys.Key]:
-        return [k for k in self.documents if k.kind is keys.Kind.VERSION and k.service == service]
+        return sorted(self._versions.get(service, ()))
 
 
 def affected(view: View, key: keys.Key) -> set[keys.Key]:
