@@ -129,6 +129,7 @@ class Layout:
                 "config_hash": p.config_hash,
                 "version": p.version,
                 "started_at": p.started_at,
+                "run_id": p.run_id,
             },
             "current": _target_data(record.current),
             "good": _target_data(record.good),
@@ -150,6 +151,7 @@ class Layout:
                     str(p["config_hash"]),
                     str(p["version"]),
                     float(p["started_at"]),
+                    str(p.get("run_id", "")),
                 )
             )
             return Record(

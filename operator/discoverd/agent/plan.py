@@ -137,6 +137,8 @@ class Process:
     version: str
     started_at: float
     """Wall-clock seconds when it was started (kept in the record, so it survives agent restarts)."""
+    run_id: str = ""
+    """`DISCOVERD_RUN_ID` in its environment (and its descendants'): finds what it leaves behind."""
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,11 @@ run process: stop signal to its group, grace, SIGKILL to the group.
 
 A daemon that left the run script's process group (double fork and
 `setsid`) is out of reach of group signals; the `Sweeper` finds what carries
-an instance's tag (`DISCOVERD_SERVER_ID` and `DISCOVERD_INSTANCE_DIR` in its
-environment, see `observe.tagged`) and kills it, after a stop and before a
-start, so nothing of an earlier run survives it.
+a tag in its environment (see `observe.tagged`) and kills it: a run's tag
+(`DISCOVERD_RUN_ID`, unique per start) once that run has stopped or exited,
+and an instance's tag (`DISCOVERD_SERVER_ID` and `DISCOVERD_INSTANCE_DIR`)
+before the first start after an agent restart, so nothing of an earlier run
+survives it.
 
 With host namespaces every argv is wrapped in `nsenter --target <pid> --mount
 --uts --ipc --net --pid --`, so scripts see and change the host.
@@ -46,6 +48,7 @@ __all__ = [
     "instance_tag",
     "kill_group",
     "run_step",
+    "run_tag",
     "spawn",
     "stop_group",
 ]
@@ -188,6 +191,11 @@ def instance_tag(ctx: Context, instance_dir: Path) -> observe.Tag:
     return frozenset(
         {b"DISCOVERD_SERVER_ID=" + os.fsencode(ctx.server_id), b"DISCOVERD_INSTANCE_DIR=" + os.fsencode(instance_dir)}
     )
+
+
+def run_tag(ctx: Context, run_id: str) -> observe.Tag:
+    """The environment entries of one run of a run script and of everything it started."""
+    return frozenset({b"DISCOVERD_SERVER_ID=" + os.fsencode(ctx.server_id), b"DISCOVERD_RUN_ID=" + run_id.encode()})
 
 
 def _kill_exact(pid: int, start_time: int) -> None:

@@ -16,6 +16,7 @@ import logging
 import random
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 
 from discoverd import logs
@@ -56,7 +57,8 @@ class Supervisor:
         self.rng = rng or random.Random()
         self.sweeper = sweeper or steps.Sweeper()
         self._swept = False
-        """Nothing of an earlier run is left (swept after the last stop, nothing started since)."""
+        """Swept by instance tag since the agent started: no unrecorded run of an earlier agent is left."""
+        self._sweeps: set[asyncio.Task[None]] = set()
         self.busy: str | None = None
         self.process: plan.Process | None = None
         self.popen: subprocess.Popen[bytes] | None = None
@@ -144,8 +146,7 @@ class Supervisor:
                         log.warning("Rejected version", extra=self._kv(version, reason=reason))
                     case plan.Remove():
                         await self._stop("removed from the server", False)
-                        if not self._swept:
-                            await self._sweep()
+                        await asyncio.gather(*self._sweeps)  # before `close` would cancel them
                         self.layout.delete_record(self.ref)
                     case plan.Wait():
                         pass
@@ -192,15 +193,32 @@ class Supervisor:
             log.info("Installed version", extra=self._kv(version, hash=target.install_hash))
 
     async def _sweep(self) -> None:
-        """Kill what an earlier run of this instance left outside its process group (a daemon)."""
+        """Kill whatever carries this instance's tag: runs an earlier agent started, recorded or not."""
         killed = await self.sweeper.sweep(steps.instance_tag(self.ctx, self.layout.instance_dir(self.ref)))
         self._swept = True
         if killed:
             log.warning("Killed leftover processes", extra=self._kv(count=killed))
 
+    def _sweep_run(self, p: plan.Process) -> None:
+        """In the background, kill what run `p` left outside its process group (a daemon).
+
+        Its tag is unique to that run, so this never touches the run started next and need not
+        delay it (an upgrade's gap stays a stop and a start).
+        """
+        if not p.run_id:
+            return
+
+        async def sweep() -> None:
+            killed = await self.sweeper.sweep(steps.run_tag(self.ctx, p.run_id))
+            if killed:
+                log.warning("Killed leftover processes", extra=self._kv(p.version, pid=p.pid, count=killed))
+
+        task = asyncio.create_task(sweep(), name=f"sweep {self.ref}")
+        self._sweeps.add(task)
+        task.add_done_callback(self._sweeps.discard)
+
     def _start(self, target: plan.Target) -> None:
         self.busy = "Starting"
-        self._swept = False
         vdir = self.layout.version_dir(self.ref.service, target.version)
         idir = self.layout.instance_dir(self.ref)
         argv = steps.argv_for(target.run, self.ctx, vdir, idir)
@@ -209,10 +227,11 @@ class Supervisor:
         self.current = target
         self.health_failures = 0
         started_at = time.time()
+        run_id = uuid.uuid4().hex
         try:
             popen = steps.spawn(
                 argv,
-                steps.environment(target, self.ctx, vdir, idir, target.run.env),
+                {**steps.environment(target, self.ctx, vdir, idir, target.run.env), "DISCOVERD_RUN_ID": run_id},
                 idir,
                 self.layout.log_path(self.ref, "run"),
             )
@@ -222,7 +241,8 @@ class Supervisor:
             self.process = p
             self._exited(p, None, reason)
             return
-        p = plan.Process(popen.pid, observe.start_time(popen.pid) or 0, target.config_hash, target.version, started_at)
+        start_time = observe.start_time(popen.pid) or 0
+        p = plan.Process(popen.pid, start_time, target.config_hash, target.version, started_at, run_id)
         self.process, self.popen = p, popen
         self._save()
         self.message = f"started version {target.version}"
@@ -259,6 +279,7 @@ class Supervisor:
         self._cancel_health()
         if p.pid and ours:
             steps.kill_group(p.pid)
+        self._sweep_run(p)
         self._save()
         log.warning("Exited instance", extra=self._kv(p.version, pid=p.pid, code=code, reason=why))
 
@@ -280,7 +301,7 @@ class Supervisor:
             code = self.popen.wait() if self.popen is not None else None
             if self._watch is not None:
                 self._watch.cancel()
-            await self._sweep()
+            self._sweep_run(p)
         finally:
             self._stopping = False
         if failure:
@@ -350,7 +371,7 @@ class Supervisor:
         self._cancel_health()
         if stop and self.process is not None:
             await self._stop("the agent is exiting with --stop-instances-on-exit", False)
-        for task in (self._watch,):
+        for task in (self._watch, *self._sweeps):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

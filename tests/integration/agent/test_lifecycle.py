@@ -47,6 +47,8 @@ def test_runs_the_seed_configuration_with_cwd_env_and_logs(node: Any) -> None:
     seen = wait_until(lambda: (idir / "seen.json").exists() and json.loads((idir / "seen.json").read_text()))
     assert Path(seen["cwd"]).resolve() == idir.resolve()
     assert seen["argv"] == ["--port", "1", "--debug"]  # an empty command appends the instance's argv
+    run_id = seen["env"].pop("DISCOVERD_RUN_ID")  # unique to this start: finds what the run leaves behind
+    assert len(run_id) == 32 and run_id == node.record("web", "i1")["process"]["run_id"]
     assert seen["env"] == {
         "DISCOVERD_SERVICE": "web",
         "DISCOVERD_VERSION": "1.0",
