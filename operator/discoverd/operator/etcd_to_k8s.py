@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from kubernetes.client.exceptions import ApiException
 
@@ -21,7 +21,7 @@ from discoverd import logs
 from discoverd.errors import Compacted, DiscoverdError, InvalidDocument, StoreUnavailable
 from discoverd.operator import kube, status, sync
 from discoverd.schema import keys
-from discoverd.store import watch
+from discoverd.store import documents, watch
 
 __all__ = ["CONFIG_KINDS", "resync", "retry_keys", "run"]
 
@@ -31,11 +31,13 @@ CONFIG_KINDS = (keys.Kind.SERVER, keys.Kind.VERSION, keys.Kind.INSTANCE)
 _MAX_BACKOFF = 10.0
 
 
-async def _sync(m: sync.Mirror, key: keys.Key, *, config: bool) -> None:
+async def _sync(
+    m: sync.Mirror, key: keys.Key, *, config: bool, seen: documents.Entry | sync.Unread | None = sync.UNREAD
+) -> None:
     """Sync one key (and its object's status); a failure is logged and the key retried later."""
     try:
         if config:
-            await m.sync_key(key)
+            await m.sync_key(key, seen=seen)
         await m.sync_status(key)
     except (DiscoverdError, ApiException, kube.NotFound) as error:
         logger.warning("Failed to mirror key, will retry: %s", error, extra=logs.kv(key=key.build(m.prefix)))
@@ -49,13 +51,23 @@ async def _object_keys(m: sync.Mirror) -> set[keys.Key]:
     return m.index.named_keys()
 
 
-async def _sync_all(m: sync.Mirror, todo: Iterable[keys.Key], *, config: bool) -> None:
-    """Sync keys concurrently, at most kube.CONCURRENCY at once (each key under its own lock)."""
+async def _sync_all(
+    m: sync.Mirror,
+    todo: Iterable[keys.Key],
+    *,
+    config: bool,
+    seen: Mapping[keys.Key, documents.Entry | None] | None = None,
+) -> None:
+    """Sync keys concurrently, at most kube.CONCURRENCY at once (each key under its own lock).
+
+    `seen`: the latest value the watch delivered for some of the keys (None: deleted).
+    """
     limit = asyncio.Semaphore(kube.CONCURRENCY)
+    known = seen or {}
 
     async def one(key: keys.Key) -> None:
         async with limit:
-            await _sync(m, key, config=config)
+            await _sync(m, key, config=config, seen=known.get(key, sync.UNREAD))
 
     async with asyncio.TaskGroup() as group:
         for key in sorted(todo):
@@ -82,11 +94,12 @@ async def resync(m: sync.Mirror) -> int:
 
 
 async def _apply(m: sync.Mirror, batch: list[watch.Event]) -> None:
-    touched: set[keys.Key] = set()
+    touched: dict[keys.Key, documents.Entry | None] = {}
     statuses: set[keys.Key] = set()
     for event in batch:
         if isinstance(event, watch.Progress):
             continue
+        entry = event.entry if isinstance(event, watch.Put) else None
         if isinstance(event, watch.Put):
             parsed, doc = event.entry.parsed, event.entry.document
             if event.entry.error is not None:
@@ -100,10 +113,10 @@ async def _apply(m: sync.Mirror, batch: list[watch.Event]) -> None:
             continue
         m.view.put(parsed, doc)
         if parsed.kind in CONFIG_KINDS:
-            touched.add(parsed)
+            touched[parsed] = entry  # the last event of the batch for a key is its current value
         statuses |= status.affected(m.view, parsed)
-    await _sync_all(m, touched, config=True)
-    await _sync_all(m, statuses - touched, config=False)
+    await _sync_all(m, touched, config=True, seen=touched)
+    await _sync_all(m, statuses - touched.keys(), config=False)
 
 
 async def run(m: sync.Mirror) -> None:

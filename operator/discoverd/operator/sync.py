@@ -23,7 +23,7 @@ from discoverd.operator import kube, mirror, objects, startup, status
 from discoverd.schema import keys, names, resources
 from discoverd.store import documents
 
-__all__ = ["Duplicate", "Mirror", "Outcome", "merge_patch"]
+__all__ = ["UNREAD", "Duplicate", "Mirror", "Outcome", "Unread", "merge_patch"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,13 @@ class Duplicate(Exception):
 class Outcome:
     decision: mirror.Decision
     body: dict[str, Any] | None
+
+
+class Unread:
+    """`sync_key` has not been given the key's value: read it from etcd."""
+
+
+UNREAD = Unread()
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -113,11 +120,21 @@ class Mirror:
         matching.sort(key=rank)
         return matching[0], matching[1:]
 
-    async def sync_key(self, key: keys.Key, *, name: str | None = None, handler: bool = False) -> Outcome:
+    async def sync_key(
+        self,
+        key: keys.Key,
+        *,
+        name: str | None = None,
+        handler: bool = False,
+        seen: documents.Entry | Unread | None = UNREAD,
+    ) -> Outcome:
         """Make the object and the etcd key agree. `name`: the object a handler was called for.
 
         From the etcd side (`handler` False) an object being deleted is left to its
-        finalizer's handler and looked at again later.
+        finalizer's handler and looked at again later. `seen` is the key as a watch
+        event just delivered it (None: deleted); it spares the first read from etcd.
+        A newer value arrives as another event, and writes to etcd are guarded by
+        mod_revision, so a stale `seen` can only cost a retry, never a lost write.
         """
         async with self._locks[key]:
             for _ in range(_ATTEMPTS):
@@ -130,7 +147,10 @@ class Mirror:
                 if body is not None and body["metadata"].get("deletionTimestamp") and not handler:
                     self.retry_later(key)
                     return Outcome(mirror.Skip("being deleted"), body)
-                entry = await self.store.get(key.build(self.prefix))
+                if isinstance(seen, Unread):
+                    entry = await self.store.get(key.build(self.prefix))
+                else:
+                    entry, seen = seen, UNREAD
                 decision = self._decide(key, body, entry)
                 try:
                     return Outcome(decision, await self._act(key, body, decision, entry))
