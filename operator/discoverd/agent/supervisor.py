@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import random
 import subprocess
 import time
@@ -112,8 +114,12 @@ class Supervisor:
         p = record.process
         if p is None:
             return True
+        if p.pid == 0 and p.run_id:
+            p = self._find_run(p)
         if observe.alive(p.pid, p.start_time):
             self.process = p
+            if p is not record.process:
+                self._save()  # now with its pid and start time
             self._watch_process(p, None)
             self._start_health()
             log.info("Adopted instance", extra=self._kv(p.version, pid=p.pid))
@@ -122,6 +128,18 @@ class Supervisor:
             self.process = p
             self._exited(p, None, ours=False)
         return True
+
+    def _find_run(self, p: plan.Process) -> plan.Process:
+        """The run a record names by its run ID only (the agent died between spawning and recording it).
+
+        Its leader is the process carrying the run ID that leads its own process group.
+        """
+        for pid, started in observe.tagged([steps.run_tag(self.ctx, p.run_id)]).popitem()[1]:
+            with contextlib.suppress(OSError):
+                if os.getpgid(pid) == pid:
+                    log.info("Found unrecorded run", extra=self._kv(p.version, pid=pid, run_id=p.run_id))
+                    return dataclasses.replace(p, pid=pid, start_time=started)
+        return p
 
     # execution
 
@@ -228,6 +246,10 @@ class Supervisor:
         self.health_failures = 0
         started_at = time.time()
         run_id = uuid.uuid4().hex
+        # Recorded before it exists: an agent killed between the spawn and the record below leaves
+        # this, through which the next agent finds the run and adopts it instead of starting another.
+        pending = plan.Process(0, 0, target.config_hash, target.version, started_at, run_id)
+        self.layout.write_record(layout_.Record(self.ref, pending, self.current, self.good, self.restarts))
         try:
             popen = steps.spawn(
                 argv,

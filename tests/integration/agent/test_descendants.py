@@ -79,3 +79,25 @@ def test_orphan_missing_from_the_record_is_killed_before_the_next_start(node: An
     finally:
         kill_if_alive(*orphan)
         kill_if_alive(*daemon)
+
+
+def test_run_recorded_only_by_its_run_id_is_adopted_not_started_again(node: Any) -> None:
+    """An agent killed after recording a start's run ID but before its pid: the next agent adopts the run."""
+    node.version("web", "1.0", run_script={"command": "sleep", "argv": ["1000000"]}, min_healthy_seconds=0)
+    node.instance("web", "a", "1.0")
+    node.server(("web", "a"))
+    node.agent()
+    node.wait_phase("web", "a", "Running")
+    before = node.wait_process("web", "a")
+    node.agents[-1].kill()
+    record_path = Path(node.instance_dir("web", "a")) / ".discoverd" / "record.json"
+    record = json.loads(record_path.read_text())
+    record["process"].update(pid=0, start_time=0)  # what `_start` writes before spawning
+    record_path.write_text(json.dumps(record))
+
+    again = node.agent()
+    again.wait_log("Adopted instance")
+    node.wait_phase("web", "a", "Running")
+    assert node.process("web", "a") == before
+    assert "Found unrecorded run" in again.log()
+    assert "Started instance" not in again.log()
