@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import random
 import signal
@@ -256,9 +257,9 @@ async def agent_kills(scene: Scene, row: Row) -> None:
         os.kill(agent.proc.pid, signal.SIGKILL)
         agent.proc.wait(10)
         t = time.time()
-        new = w.start_agent("--lease-ttl", "5")
+        log_path = w.start_agent("--lease-ttl", "5").log_path
         await agent_world.wait_for(
-            lambda a=new: agent_world.agent_events(a.log_path, "Read configuration"), 30, "the agent up", 0.02
+            functools.partial(agent_world.agent_events, log_path, "Read configuration"), 30, "the agent up", 0.02
         )
     status = scene.status
     assert status is not None
