@@ -280,8 +280,10 @@ async def agent_kills(scene: Scene, row: Row) -> None:
     unstopped = churn_unstopped(w.state_dir / "instances" / "churn" / "c1" / "stamps")
     row.double_starts = max(0, len(live) - 1)
     swept = sum(len(agent_world.agent_events(a.log_path, "Killed leftover processes")) for a in w.agents)
+    found = sum(len(agent_world.agent_events(a.log_path, "Found unrecorded run")) for a in w.agents)
     row.notes.append(
-        f"churn/c1: {unstopped} run(s) ended without their TERM trap; {swept} leftover(s) killed by the agent's sweep"
+        f"churn/c1: {unstopped} run(s) ended without their TERM trap; {swept} leftover(s) killed by the agent's sweep;"
+        f" {found} unrecorded run(s) adopted"
     )
     row.notes.append(f"{written} version changes, 10 SIGKILLs, {len(live)} churn run process(es) alive at the end")
 
