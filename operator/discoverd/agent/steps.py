@@ -91,8 +91,12 @@ def argv_for(script: documents.Script, ctx: Context, version_dir: Path, cwd: Pat
 def environment(
     target: plan.Target, ctx: Context, version_dir: Path, instance_dir: Path, extra: Mapping[str, str] | None
 ) -> dict[str, str]:
-    """The agent's environment plus the DISCOVERD_* variables and the script's `env`."""
-    env = dict(os.environ)
+    """The agent's environment plus the DISCOVERD_* variables and the script's `env`.
+
+    The agent's own `DISCOVERD_*` settings (etcd endpoints, user, password...)
+    are not passed on: a service never sees the agent's credentials.
+    """
+    env = {name: value for name, value in os.environ.items() if not name.startswith("DISCOVERD_")}
     env.update(
         DISCOVERD_SERVICE=target.ref.service,
         DISCOVERD_VERSION=target.version,

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from support.wait import wait_until
 
 # Each step appends its name and working directory to steps.txt in the version directory.
@@ -33,9 +35,11 @@ def seed(node: Any, instance: str = "i1", **instance_doc: Any) -> None:
     node.instance("web", instance, "1.0", **instance_doc)
 
 
-def test_runs_the_seed_configuration_with_cwd_env_and_logs(node: Any) -> None:
+def test_runs_the_seed_configuration_with_cwd_env_and_logs(node: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     seed(node, run_script={"command": "", "argv": ["--debug"], "env": {"EXTRA": "yes"}})
     node.server(("web", "i1"))
+    # The agent's own settings (in production: DISCOVERD_ETCD_PASSWORD) must not reach the scripts.
+    monkeypatch.setenv("DISCOVERD_PREFIX", node.prefix)
     node.agent()
     status = node.wait_phase("web", "i1", "Running")
     pid, _ = node.wait_process("web", "i1")
