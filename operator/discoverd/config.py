@@ -7,9 +7,10 @@ this module only holds their shape and checks them.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from discoverd.schema import keys
 
@@ -70,6 +71,16 @@ class EtcdOptions(BaseModel):
     @classmethod
     def _prefix(cls, value: str) -> str:
         return keys.normalize_prefix(value)
+
+    @model_validator(mode="after")
+    def _user_with_password(self) -> Self:
+        if (self.user is None) != (self.password is None):
+            missing = "password" if self.password is None else "user"
+            raise ValueError(
+                f"etcd authentication needs both a user and a password (--etcd-user, --etcd-password): "
+                f"the {missing} is missing"
+            )
+        return self
 
     @property
     def tls(self) -> bool:

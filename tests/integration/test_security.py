@@ -111,3 +111,12 @@ def test_no_credentials_on_an_auth_etcd_is_named(auth_etcd: EtcdServer) -> None:
     result = discoverd("--etcd-endpoints", auth_etcd.endpoint, "get", "servers")
     assert result.returncode == 1
     assert "--etcd-user" in result.stderr
+
+
+def test_a_password_without_a_user_is_named() -> None:
+    result = discoverd("--etcd-password", "s3cret", "get", "servers")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "error: etcd authentication needs both a user and a password (--etcd-user, --etcd-password): "
+        "the user is missing\n"
+    )

@@ -82,8 +82,11 @@ def etcd_options(ctx: click.Context) -> EtcdOptions:
     except pydantic.ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
+        reason = first["msg"].removeprefix("Value error, ")
+        if not field:  # a rule about several options at once
+            raise fail(reason) from None
         flag = _FLAGS.get(field, field.replace("_", "-"))
-        raise fail(f"--{flag}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise fail(f"--{flag}: {reason}") from None
 
 
 def _configure_logging(verbose: int, log_format: str) -> None:
