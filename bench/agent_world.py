@@ -6,7 +6,7 @@ seed's JSON by a plain etcd client (aetcd, no discoverd code in the way), and
 status is read the same way, so the figures see what any other etcd client
 would see.
 
-Every agent runs with a unique `DISCOVERD_BENCH_RUN=<token>` in its
+Every agent runs with a unique `BENCH_DISCOVERD_RUN=<token>` in its
 environment. Scripts inherit the agent's environment, so every process the
 agent ever started (run scripts, their children, daemons that double-forked
 out of their process group) carries the token: `World.marked()` finds them
@@ -37,7 +37,7 @@ from discoverd.store.server import EtcdServer
 
 __all__ = ["MARKER", "StatusWatch", "World", "agent_events", "profiled", "sh_run", "top_frames", "wait_for", "world"]
 
-MARKER = "DISCOVERD_BENCH_RUN"
+MARKER = "BENCH_DISCOVERD_RUN"
 
 
 def sh_run(code: str, **script: Any) -> dict[str, Any]:
