@@ -187,6 +187,23 @@ class Node:
                 if p and observe.alive(p["pid"], p["start_time"]):
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(p["pid"], signal.SIGKILL)
+        # Daemons that left their group (setsid) still carry their instance directory, which is
+        # under this test's own tmp_path: a tag no process of anyone else's has.
+        for pid in started_under(self.state_dir):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def started_under(state_dir: Path) -> list[int]:
+    """Pids of live processes whose DISCOVERD_INSTANCE_DIR lies under `state_dir`."""
+    tags = {b"DISCOVERD_INSTANCE_DIR=" + os.fsencode(d) + b"/" for d in {str(state_dir), str(state_dir.resolve())}}
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        with contextlib.suppress(OSError):
+            entries = environ.read_bytes().split(b"\0")
+            if any(entry.startswith(tag) for entry in entries for tag in tags):
+                found.append(int(environ.parent.name))
+    return found
 
 
 def group_alive(pgid: int) -> bool:
