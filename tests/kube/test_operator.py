@@ -136,6 +136,30 @@ def test_conflict_etcd_wins_with_a_warning_event(
     assert "etcd wins" in events[0]["message"]
 
 
+def test_a_second_object_for_the_same_key_is_refused_with_an_event(
+    operator: Operator, control_plane: ControlPlane, raw_etcd: RawEtcd, prefix: str, namespace: str
+) -> None:
+    key = keys.instance_config(prefix, "web", "i1")
+    raw_etcd.put(key, json.dumps(INSTANCE))
+    wait_until(lambda: _get(control_plane, namespace, "si", "web.i1"), timeout=5)
+    twin = {
+        "apiVersion": "discoverd.io/v1alpha1",
+        "kind": "ServiceInstance",
+        "metadata": {"name": "web-i1-twin", "namespace": namespace},
+        "spec": {"service": "web", "id": "i1", "serviceVersion": "9.9"},
+    }
+    control_plane.kubectl_run("apply", "-f", "-", input=json.dumps(twin))
+
+    def refused() -> list[dict[str, Any]]:
+        events = kubectl_json(control_plane, "get", "events", "-n", namespace)
+        return [e for e in events["items"] if e["involvedObject"]["name"] == "web-i1-twin"]
+
+    events = wait_until(refused, timeout=15, what="an event on the twin")
+    assert events[0]["type"] == "Error"  # Kopf's type for an error it logged about the object
+    assert any("already mirrored by web.i1" in e["message"] for e in events), events
+    assert _json(raw_etcd, key)["service_version"] == "1.0"  # the twin never reached etcd
+
+
 def test_changes_while_stopped_converge_on_restart(
     operator: Operator, control_plane: ControlPlane, raw_etcd: RawEtcd, prefix: str, namespace: str
 ) -> None:

@@ -74,6 +74,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Only our own namespace: no CRD or namespace scanning, hence no cluster-wide RBAC.
     settings.scanning.disabled = True
     # Events only for problems: an INFO event per handled change would be API writes for nothing.
+    # Kopf 1.45 posts only explicit kopf.event() calls unless `loggers` is on; we want its own
+    # warnings and errors about an object (a handler failing permanently: a second object for a
+    # key already mirrored) to reach `kubectl describe` as events too.
+    settings.posting.loggers = True
     settings.posting.level = logging.WARNING
     # Ask the API server to end idle watches after 5 minutes and reconnect, so a watch silently
     # dropped by a proxy or load balancer is noticed; the client gives up a little later.

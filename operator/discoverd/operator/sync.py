@@ -173,7 +173,7 @@ class Mirror:
             case mirror.Create(spec=spec, revision=revision, digest=digest):
                 body = await self._create(key, spec, _annotations(built, revision, digest))
                 self.observe(key.kind, body)
-                logger.info("Created object from etcd", extra=context)
+                logger.info("Created object from etcd", extra=logs.kv(key=built, object=body["metadata"]["name"]))
             case mirror.Patch(spec=spec, revision=revision, digest=digest, warning=warning):
                 assert body is not None
                 if warning:
