@@ -8,7 +8,33 @@ the agent has no Kopf, the operator translates these into Kopf's errors.
 
 from __future__ import annotations
 
-__all__ = ["Compacted", "Conflict", "DiscoverdError", "InvalidDocument", "StoreUnavailable"]
+from collections.abc import Iterable
+
+__all__ = ["Compacted", "Conflict", "DiscoverdError", "InvalidDocument", "StoreUnavailable", "printable"]
+
+
+def printable(text: str) -> str:
+    """`text` safe to print, log and store as UTF-8 JSON: escapes instead of raw bytes.
+
+    Keys arrive decoded with surrogateescape, so a non-UTF-8 byte 0xff is the
+    lone surrogate U+DCFF, which no UTF-8 stream can write; it is shown as
+    `\\xff`. Other lone surrogates (JSON's `"\\ud800"`) are shown as `\\ud800`,
+    control characters as `\\x0a` and the like, so a key cannot forge log lines.
+    """
+    if text.isprintable():
+        return text
+    out: list[str] = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        elif code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 class DiscoverdError(Exception):
@@ -16,17 +42,36 @@ class DiscoverdError(Exception):
 
 
 class InvalidDocument(DiscoverdError):
-    """A key or document that breaks the schema; permanent until the data changes."""
+    """A key or document that breaks the schema; permanent until the data changes.
 
-    def __init__(self, key: str, field: str, reason: str) -> None:
-        self.key = key
-        self.field = field
-        self.reason = reason
+    `field` and `reason` are the first problem; `problems` holds every
+    problem as (field, reason), the first included, for callers that show
+    them all (`lines()`). Every text is made `printable`, so the error can be
+    logged and written to etcd whatever bytes the key or value held.
+    """
+
+    def __init__(self, key: str, field: str, reason: str, more: Iterable[tuple[str, str]] = ()) -> None:
+        self.key = printable(key)
+        self.field = printable(field)
+        self.reason = printable(reason)
+        self.problems: tuple[tuple[str, str], ...] = (
+            (self.field, self.reason),
+            *((printable(f), printable(r)) for f, r in more),
+        )
         super().__init__(str(self))
 
+    def _line(self, field: str, reason: str) -> str:
+        where = f"{self.key}: field {field!r}" if field else self.key
+        return f"{where}: {reason}"
+
+    def lines(self) -> list[str]:
+        """One line per problem, each naming the key and the field."""
+        return [self._line(field, reason) for field, reason in self.problems]
+
     def __str__(self) -> str:
-        where = f"{self.key}: field {self.field!r}" if self.field else self.key
-        return f"{where}: {self.reason}"
+        more = len(self.problems) - 1
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        return self._line(self.field, self.reason) + suffix
 
 
 class StoreUnavailable(DiscoverdError):

@@ -109,8 +109,10 @@ def _diff(change: Change) -> str:
 
 
 def _report_errors(errors: list[InvalidDocument]) -> None:
+    """Every problem of every invalid document, one line each naming the document and the field."""
     for error in errors:
-        click.echo(f"error: {error}", err=True)
+        for line in error.lines():
+            click.echo(f"error: {line}", err=True)
 
 
 files_option = click.option(

@@ -7,7 +7,10 @@ the short keys the original Go discoverd stored (`download`, `install`,
 kept (`extra="allow"`) so older and newer writers coexist.
 
 `parse()` is the one way raw bytes from etcd become a model; it raises
-`InvalidDocument` naming the key and the field.
+`InvalidDocument` naming the key and the field, and nothing else: the bytes
+go through `untrusted` (size, depth, UTF-8, NaN caps) first, and every
+number has a named bound (`MIN_*`/`MAX_*` below, listed in
+docs/configuration.md), so a value that validates is safe to act on.
 """
 
 from __future__ import annotations
@@ -23,12 +26,26 @@ from pydantic import AfterValidator, AliasChoices, AliasGenerator, BaseModel, Co
 from pydantic.alias_generators import to_camel
 
 from discoverd.errors import InvalidDocument
-from discoverd.schema import keys
+from discoverd.schema import keys, untrusted
 
 __all__ = [
     "DEFAULT_STEP_TIMEOUT",
+    "MAX_ARG_BYTES",
+    "MAX_EXIT_CODE",
+    "MAX_FAILURE_THRESHOLD",
+    "MAX_HEALTH_INTERVAL",
+    "MAX_LEASE_TTL",
+    "MAX_MIN_HEALTHY_SECONDS",
+    "MAX_PID",
+    "MAX_RESTARTS",
+    "MAX_STEP_TIMEOUT",
+    "MAX_STOP_TIMEOUT",
+    "MIN_HEALTH_INTERVAL",
+    "RESERVED_ENV_PREFIX",
     "AgentStatus",
+    "Arg",
     "Document",
+    "EnvName",
     "HealthCheck",
     "Instance",
     "InstanceBody",
@@ -53,8 +70,63 @@ __all__ = [
 
 DEFAULT_STEP_TIMEOUT = 600
 
+# Bounds on numbers (docs/configuration.md, "Limits"): a value outside is an invalid document.
+MAX_STEP_TIMEOUT = 7 * 24 * 3600
+"""Longest `timeout` of a script, in seconds (a week); 0 still means no limit."""
+MIN_HEALTH_INTERVAL = 0.2
+"""Shortest health-check `interval`, in seconds: a check is a process spawned each time."""
+MAX_HEALTH_INTERVAL = 24 * 3600
+MAX_FAILURE_THRESHOLD = 1000
+MAX_MIN_HEALTHY_SECONDS = 24 * 3600
+MAX_STOP_TIMEOUT = 24 * 3600
+MAX_ARG_BYTES = 128 * 1024 - 1
+"""Longest command, argument, or `NAME=value` env entry, in UTF-8 bytes (Linux's MAX_ARG_STRLEN less its NUL)."""
+MAX_PID = 1 << 22
+"""Linux's PID_MAX_LIMIT: no pid is larger."""
+MAX_EXIT_CODE = 255
+"""Exit codes are 0..255; a negative code is the signal that ended the process."""
+MAX_RESTARTS = (1 << 31) - 1
+MAX_LEASE_TTL = 9_000_000_000
+"""etcd's own maximum lease TTL, in seconds."""
+RESERVED_ENV_PREFIX = "DISCOVERD_"
+"""Env names the agent sets itself (and uses to recognise its processes): a document cannot set them."""
+
 Segment = Annotated[str, AfterValidator(keys.validate_segment)]
 """A name or ID that becomes a path segment: non-empty, no '/', not '.' or '..', no control characters."""
+
+
+def _text(value: str) -> str:
+    if untrusted.first_surrogate(value) is not None:
+        raise ValueError("must be valid Unicode text (it holds a lone surrogate)")
+    if "\0" in value:
+        raise ValueError("must not contain NUL (\\0): the kernel would cut it there")
+    return value
+
+
+def _arg(value: str) -> str:
+    _text(value)
+    if len(value.encode()) > MAX_ARG_BYTES:
+        raise ValueError(f"must be at most {MAX_ARG_BYTES} bytes (the kernel's limit for one argument)")
+    return value
+
+
+def _env_name(value: str) -> str:
+    _text(value)
+    if not value:
+        raise ValueError("an environment variable name must not be empty")
+    if "=" in value:
+        raise ValueError(f"environment variable name {value!r} must not contain '='")
+    if value.startswith(RESERVED_ENV_PREFIX):
+        raise ValueError(
+            f"environment variable name {value!r} is reserved: the agent sets {RESERVED_ENV_PREFIX}* itself"
+        )
+    return value
+
+
+Arg = Annotated[str, AfterValidator(_arg)]
+"""A command, argument or env value: text without NUL, within the kernel's length for one argument."""
+EnvName = Annotated[str, AfterValidator(_env_name)]
+"""An environment variable name: non-empty, no '=' or NUL, not one of the agent's own DISCOVERD_*."""
 
 
 def _both_spellings(field: str) -> AliasChoices:
@@ -70,6 +142,7 @@ class Document(BaseModel):
     model_config = ConfigDict(
         extra="allow",
         populate_by_name=True,
+        allow_inf_nan=False,
         alias_generator=AliasGenerator(validation_alias=_both_spellings, serialization_alias=to_camel),
     )
 
@@ -86,12 +159,20 @@ def _signal_name(value: str) -> str:
 class Script(Document):
     """A command run with an argv list, never through a shell."""
 
-    command: str = ""
-    argv: list[str] = Field(default_factory=list)
-    timeout: Annotated[int, Field(ge=0)] | None = None
+    command: Arg = ""
+    argv: list[Arg] = Field(default_factory=list)
+    timeout: Annotated[int, Field(ge=0, le=MAX_STEP_TIMEOUT)] | None = None
     """Seconds; bounds download and install (None: 600, 0: no limit). The run script has none."""
-    env: dict[str, str] | None = None
+    env: dict[EnvName, Arg] | None = None
     """Extension: added to the environment."""
+
+    @pydantic.field_validator("env")
+    @classmethod
+    def _env_entries_fit(cls, env: dict[str, str] | None) -> dict[str, str] | None:
+        for name, value in (env or {}).items():
+            if len(name.encode()) + 1 + len(value.encode()) > MAX_ARG_BYTES:
+                raise ValueError(f"{name}=... must be at most {MAX_ARG_BYTES} bytes (the kernel's limit)")
+        return env
 
     @property
     def empty(self) -> bool:
@@ -106,8 +187,8 @@ class Script(Document):
 class HealthCheck(Script):
     """Extension: a script run every `interval` seconds once the run script is up."""
 
-    interval: Annotated[float, Field(gt=0)] = 10.0
-    failure_threshold: Annotated[int, Field(ge=1)] = 3
+    interval: Annotated[float, Field(ge=MIN_HEALTH_INTERVAL, le=MAX_HEALTH_INTERVAL)] = 10.0
+    failure_threshold: Annotated[int, Field(ge=1, le=MAX_FAILURE_THRESHOLD)] = 3
 
 
 class VersionBody(Document):
@@ -123,9 +204,9 @@ class VersionBody(Document):
     )
     run_script: Script = Field(default_factory=Script, validation_alias=AliasChoices("run_script", "runScript", "run"))
     health_check: HealthCheck | None = None
-    min_healthy_seconds: Annotated[float, Field(ge=0)] = 5.0
+    min_healthy_seconds: Annotated[float, Field(ge=0, le=MAX_MIN_HEALTHY_SECONDS)] = 5.0
     stop_signal: Annotated[str, AfterValidator(_signal_name)] = "SIGTERM"
-    stop_timeout: Annotated[float, Field(ge=0)] = 10.0
+    stop_timeout: Annotated[float, Field(ge=0, le=MAX_STOP_TIMEOUT)] = 10.0
 
 
 class Version(VersionBody):
@@ -198,7 +279,7 @@ class AgentStatus(Document):
     started_at: dt.datetime
     heartbeat: dt.datetime
     """When the agent last (re)established its lease and wrote this key."""
-    lease_ttl: int | None = None
+    lease_ttl: Annotated[int, Field(ge=1, le=MAX_LEASE_TTL)] | None = None
     message: str = ""
 
 
@@ -211,9 +292,9 @@ class InstanceState(Document):
     phase: Phase
     version: str | None = None
     previous_version: str | None = None
-    pid: int | None = None
-    restarts: int = 0
-    last_exit_code: int | None = None
+    pid: Annotated[int, Field(ge=1, le=MAX_PID)] | None = None
+    restarts: Annotated[int, Field(ge=0, le=MAX_RESTARTS)] = 0
+    last_exit_code: Annotated[int, Field(ge=-MAX_EXIT_CODE, le=MAX_EXIT_CODE)] | None = None
     message: str = ""
 
 
@@ -245,13 +326,13 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 
 
 def validation_error(key: str, error: pydantic.ValidationError) -> InvalidDocument:
-    """The first problem of a pydantic error as an InvalidDocument naming key and field."""
-    first = error.errors()[0]
-    reason = first["msg"].removeprefix("Value error, ")
-    more = error.error_count() - 1
-    if more:
-        reason += f" (and {more} more problem{'s' if more > 1 else ''})"
-    return InvalidDocument(key, _field_path(first["loc"]), reason)
+    """A pydantic error as an InvalidDocument naming key and field: the first problem, and all in `problems`."""
+    problems = [
+        (_field_path(e["loc"]), e["msg"].removeprefix("Value error, "))
+        for e in error.errors(include_url=False, include_input=False)
+    ]
+    (field, reason), *more = problems
+    return InvalidDocument(key, field, reason, more)
 
 
 def validate(model: type[D], key: str, data: Any) -> D:
@@ -263,11 +344,9 @@ def validate(model: type[D], key: str, data: Any) -> D:
 
 
 def parse(model: type[D], key: str, raw: bytes) -> D:
-    """Bytes from etcd to a model; InvalidDocument if they are not JSON or do not validate."""
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InvalidDocument(key, "", f"not valid JSON: {error}") from None
+    """Bytes from etcd to a model; InvalidDocument (and nothing else) if they are not JSON within
+    the caps of `untrusted` or do not validate."""
+    data = untrusted.load_json(key, raw)
     if not isinstance(data, dict):
         raise InvalidDocument(key, "", f"must be a JSON object, not {type(data).__name__}")
     return validate(model, key, data)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from discoverd.errors import InvalidDocument
+from discoverd.errors import InvalidDocument, printable
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -79,11 +79,22 @@ def segment_error(value: str) -> str | None:
         return "must not contain '/'"
     if value in (".", ".."):
         return f"must not be {value!r}"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
         return "must not contain control characters"
+    if not _is_utf8(value):
+        return "must be valid UTF-8 (it holds a byte that is not, or a lone surrogate)"
     if len(value.encode("utf-8", errors="surrogatepass")) > MAX_SEGMENT_BYTES:
         return f"must be at most {MAX_SEGMENT_BYTES} bytes"
     return None
+
+
+def _is_utf8(text: str) -> bool:
+    """False for a key decoded with surrogateescape from bytes that are not UTF-8 (or any lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def validate_segment(value: str) -> str:
@@ -146,7 +157,7 @@ def _checked(key: str, **names: str) -> dict[str, str]:
     for field, value in names.items():
         reason = segment_error(value)
         if reason is not None:
-            raise InvalidDocument(key, field, f"{value!r} is not a valid name: {reason}")
+            raise InvalidDocument(key, field, f"'{printable(value)}' is not a valid name: {reason}")
     return names
 
 
@@ -154,8 +165,10 @@ def parse(prefix: str, key: str) -> Key | None:
     """Which document `key` holds.
 
     None for keys outside the schema (they are ignored, so other writers can
-    share the prefix). A key that has the schema's shape but a bad name, or a
-    config key that fits no shape, raises InvalidDocument naming it.
+    share the prefix). A key that has the schema's shape but a bad name, a
+    config key that fits no shape, or a key under the prefix that is not
+    UTF-8 (etcd keys are bytes; callers decode them with surrogateescape),
+    raises InvalidDocument naming it as best it can be printed.
     """
     root = normalize_prefix(prefix) + "/"
     if not key.startswith(root):
@@ -174,4 +187,6 @@ def parse(prefix: str, key: str) -> Key | None:
             return Key(Kind.INSTANCE_STATUS, **_checked(key, server=server, service=service, instance=instance))
         case [("servers" | "services"), *_, "config", "details"]:
             raise InvalidDocument(key, "", "not a discoverd configuration key (a name with '/' in it?)")
+    if not _is_utf8(key):
+        raise InvalidDocument(key, "", "the key is not valid UTF-8")
     return None

@@ -4,6 +4,8 @@ This is what `discoverd apply -f` and `discoverd validate -f` read: each
 document has `apiVersion: discoverd.io/v1alpha1`, a `kind`, an optional
 `metadata.name`, and a `spec`. Every problem is reported, each naming the
 file, the document and the field, so one run shows everything to fix.
+The caps on etcd values (`untrusted`: depth, size, text, NaN) apply here
+too, checked before the YAML is built into objects.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import yaml
 from pydantic.alias_generators import to_camel
 
 from discoverd.errors import InvalidDocument
-from discoverd.schema import documents, keys, resources
+from discoverd.schema import documents, keys, resources, untrusted
 
 __all__ = ["Manifest", "load"]
 
@@ -52,6 +54,7 @@ def _where(source: str, index: int, kind: object = None, name: object = None) ->
 def _one(source: str, index: int, raw: Any) -> Manifest:
     if not isinstance(raw, dict):
         raise InvalidDocument(_where(source, index), "", f"must be a mapping, not {type(raw).__name__}")
+    untrusted.check_tree(_where(source, index), raw)
     kind, metadata = raw.get("kind"), raw.get("metadata") or {}
     name = metadata.get("name") if isinstance(metadata, dict) else None
     where = _where(source, index, kind, name)
@@ -72,20 +75,50 @@ def _one(source: str, index: int, raw: Any) -> Manifest:
         mapped = resources.to_document(spec)
     except pydantic.ValidationError as error:
         problem = documents.validation_error(where, error)
-        field = ".".join(part if part.isdigit() else to_camel(part) for part in problem.field.split(".") if part)
-        raise InvalidDocument(where, f"spec.{field}" if field else "spec", problem.reason) from None
+        (field, reason), *more = [(_spec_field(f), r) for f, r in problem.problems]
+        raise InvalidDocument(where, field, reason, more) from None
+    size = len(documents.dumps(mapped.document))
+    if size > untrusted.MAX_VALUE_BYTES:
+        raise InvalidDocument(where, "spec", f"is {size} bytes in etcd, over the limit of {untrusted.MAX_VALUE_BYTES}")
     return Manifest(source, index, kind, name if isinstance(name, str) else None, spec, mapped)
+
+
+def _spec_field(field: str) -> str:
+    """A document's field path as the spec's camelCase path: `run_script.argv.0` -> `spec.runScript.argv.0`."""
+    parts = [part for part in field.split(".") if part]
+    after_env = [i > 0 and parts[i - 1] == "env" for i in range(len(parts))]
+    camel = ".".join(p if p.isdigit() or env else to_camel(p) for p, env in zip(parts, after_env, strict=True))
+    return f"spec.{camel}" if camel else "spec"
+
+
+def _too_deep(text: str) -> int | None:
+    """The line where `text` first nests deeper than `untrusted.MAX_DEPTH` (from parser events, no recursion)."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > untrusted.MAX_DEPTH:
+                return event.start_mark.line + 1 if event.start_mark is not None else 0
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+    return None
 
 
 def load(text: str, source: str) -> tuple[list[Manifest], list[InvalidDocument]]:
     """The valid documents of `text` and an error for each invalid one (both in file order)."""
     try:
+        line = _too_deep(text)  # the YAML composer recurses: check before it runs
+        if line is not None:
+            deep = f"nests mappings and lists deeper than {untrusted.MAX_DEPTH} levels"
+            return [], [InvalidDocument(f"{source}: line {line}", "", deep)]
         raws = [doc for doc in yaml.safe_load_all(text)]
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{source}: line {mark.line + 1}" if mark is not None else source
         problem = getattr(error, "problem", None) or str(error)
         return [], [InvalidDocument(where, "", f"not valid YAML: {problem}")]
+    except ValueError as error:  # a date that does not exist, an integer of too many digits
+        return [], [InvalidDocument(source, "", f"not valid YAML: {error}")]
     manifests: list[Manifest] = []
     errors: list[InvalidDocument] = []
     seen: dict[keys.Key, int] = {}
