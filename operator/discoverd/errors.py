@@ -61,7 +61,7 @@ class InvalidDocument(DiscoverdError):
         super().__init__(str(self))
 
     def _line(self, field: str, reason: str) -> str:
-        where = f"{self.key}: field {field!r}" if field else self.key
+        where = f"{self.key}: field '{field}'" if field else self.key
         return f"{where}: {reason}"
 
     def lines(self) -> list[str]:

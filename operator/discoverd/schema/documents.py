@@ -322,6 +322,8 @@ def model_for(kind: keys.Kind) -> type[Document]:
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
+    if loc[-2:-1] and loc[-1] == "[key]":  # a bad mapping key: the reason names it, the path is the mapping
+        loc = loc[:-2]
     return ".".join(str(part) for part in loc)
 
 
