@@ -11,7 +11,10 @@ __all__ = ["RawEtcd"]
 
 
 class RawEtcd:
-    """Synchronous put/get/delete of raw bytes through aetcd (no discoverd code in the way)."""
+    """Synchronous put/get/delete of raw bytes through aetcd (no discoverd code in the way).
+
+    Keys are str (sent as UTF-8) or bytes (sent as they are: etcd keys need not be UTF-8).
+    """
 
     def __init__(self, endpoint: str) -> None:
         host, port = endpoint.removeprefix("http://").rsplit(":", 1)
@@ -24,24 +27,34 @@ class RawEtcd:
 
         return asyncio.run(go()) if not _in_loop() else _thread_run(go)
 
-    def put(self, key: str, value: bytes | str) -> int:
+    def put(self, key: str | bytes, value: bytes | str) -> int:
         data = value.encode() if isinstance(value, str) else value
-        return int(self._run("put", key.encode(), data).header.revision)
+        return int(self._run("put", _bytes(key), data).header.revision)
 
-    def get(self, key: str) -> bytes | None:
-        result = self._run("get", key.encode())
+    def get(self, key: str | bytes) -> bytes | None:
+        result = self._run("get", _bytes(key))
         return None if result is None else bytes(result.value)
 
-    def mod_revision(self, key: str) -> int | None:
-        result = self._run("get", key.encode())
+    def mod_revision(self, key: str | bytes) -> int | None:
+        result = self._run("get", _bytes(key))
         return None if result is None else int(result.mod_revision)
 
-    def delete(self, key: str) -> None:
-        self._run("delete", key.encode())
+    def lease(self, key: str | bytes) -> int | None:
+        """The id of the lease holding `key` (0: none), or None when the key does not exist."""
+        result = self._run("get", _bytes(key))
+        return None if result is None else int(result.lease)
+
+    def delete(self, key: str | bytes) -> None:
+        self._run("delete", _bytes(key))
 
     def keys(self, prefix: str) -> dict[str, bytes]:
+        """Every key under `prefix`; a key that is not UTF-8 is decoded with surrogateescape."""
         result = self._run("get_prefix", prefix.encode())
-        return {kv.key.decode(): bytes(kv.value) for kv in result}
+        return {kv.key.decode("utf-8", "surrogateescape"): bytes(kv.value) for kv in result}
+
+
+def _bytes(key: str | bytes) -> bytes:
+    return key if isinstance(key, bytes) else key.encode()
 
 
 def _in_loop() -> bool:
