@@ -72,7 +72,8 @@ def test_a_hostile_object_is_refused_and_the_others_are_mirrored(
     control_plane.kubectl_run("apply", "-n", namespace, "-f", "-", input=bad)
     control_plane.kubectl_run("apply", "-n", namespace, "-f", "-", input=good)
     wait_until(lambda: raw_etcd.get(keys.instance_config(prefix, "web", "good")), timeout=30, what="web.good in etcd")
-    wait_until(lambda: "DISCOVERD_" in operator.log_text(), timeout=30, what="the refusal in the operator log")
+    refusal = "field 'runScript.env': environment variable name 'DISCOVERD_SERVER_ID' is reserved"
+    wait_until(lambda: refusal in operator.log_text(), timeout=30, what="the refusal, naming the field, logged")
     assert raw_etcd.get(keys.instance_config(prefix, "web", "bad")) is None
     assert operator.proc is not None and operator.proc.poll() is None
     assert "Traceback" not in operator.log_text()
