@@ -41,16 +41,16 @@ async def supervise(
         started = loop.time()
         try:
             await run()
-            message, exc_info = "Ended task unexpectedly", False
-        except Exception:
-            message, exc_info = "Crashed task", True
+            message, error = "Ended task unexpectedly", None
+        except Exception as crash:
+            message, error = "Crashed task", crash
         if loop.time() - started >= reset_after:
             delay = first_delay
         wait = delay * (1 - random.uniform(0, 0.25))
         log.error(
             message,
-            exc_info=exc_info,
-            extra=logs.kv(**(context or {}), task=name, restart_in=f"{wait:.2f}s"),
+            exc_info=error,
+            extra=logs.kv(**(context or {}), task=name, restart_in=f"{wait:.3f}s"),
         )
         await asyncio.sleep(wait)
         delay = min(delay * 2, max_delay)
