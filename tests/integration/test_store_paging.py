@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncio
+
 import pytest
 
 from discoverd.config import EtcdOptions
 from discoverd.schema import keys
-from discoverd.store import client, server
+from discoverd.store import client, server, watch
 from discoverd.store.documents import Store
 from support.etcd import RawEtcd
 
@@ -68,3 +70,23 @@ async def test_many_small_values_are_read_in_few_large_pages(store: Store, raw_e
         raw_etcd.put(keys.server_config(store.prefix, f"n{i:03d}"), '{"service_instances":[]}')
     snapshot = await store.snapshot()
     assert sorted(snapshot.entries) == sorted(keys.server_config(store.prefix, f"n{i:03d}") for i in range(300))
+
+
+async def test_a_watch_catching_up_on_values_near_1_mib_gets_them_all(
+    big_store: Store, big_etcd: server.EtcdServer
+) -> None:
+    raw = RawEtcd(big_etcd.endpoint)
+    first = raw.put(keys.server_config("/big", "n1"), '{"service_instances":[]}')
+    for i in range(COUNT):
+        raw.put(keys.version_config("/big", "web", f"v{i:03d}"), value(i))
+    versions = keys.versions_prefix("/big", "web").encode()
+    seen: dict[str, bytes] = {}
+    async with watch.Stream(big_store) as stream:
+        # etcd sends a lagging watcher many revisions per response: 72 MiB in one would break the
+        # stream; it splits them into fragments, which come back together here
+        stream.add(versions, keys.prefix_range_end(versions), first)
+        responses = stream.responses()
+        while len(seen) < COUNT:
+            _, events = await asyncio.wait_for(anext(responses), 30)
+            seen.update((e.entry.key, e.entry.value) for e in events if isinstance(e, watch.Put))
+    assert all(seen[keys.version_config("/big", "web", f"v{i:03d}")] == value(i) for i in range(COUNT))
