@@ -3,17 +3,21 @@
 One real etcd (no fsync), real `discoverd agent` processes, instances whose
 run script is `sleep` (exec'd directly, no shell). Two parts:
 
-1. **one agent, growing fleet**: the fleet grows to `--sizes` servers (default
-   10, 1,000, 10,000), each with 10 instances of 20 services (instance
-   documents, a status key per instance and an agent status key, as live
-   agents would have written). At each size a fresh agent (its own server ID
-   and state directory) starts with 10 instances of its own: its time from
-   spawn until the bench sees all 10 `Running` in etcd, its RSS once settled,
-   and the watch events etcd sends while `--elsewhere` status updates and
-   configuration changes happen on other servers (etcd's
-   `etcd_debugging_mvcc_events_total`; the only other watcher is the bench's,
-   on the agent's own status keys, which nothing writes meanwhile). The goal:
-   RSS and time within 10 % of the 10-server case, zero events.
+1. **one agent, fleets of several sizes**: one fleet per `--sizes` entry
+   (default 10, 1,000, 10,000 servers), each under a prefix of its own
+   (`/fleet-<size>`) on the same etcd, every server with 10 instances of 20
+   services (server and instance documents, a status key per instance and an
+   agent status key, as live agents would have written). Then, `--repeat`
+   times (3), for each size in turn (so the load of this shared machine drifts
+   over all sizes alike), a fresh agent (its own server ID and state
+   directory) starts with 10 instances of its own: its time from spawn until
+   all 10 are `Running` in etcd, the time its log shows from start to its
+   configuration read, and its RSS once settled (medians). Last, with one more
+   fresh agent per size, `--elsewhere` (2,000) writes to other servers' status
+   and configuration: the watch events etcd sends meanwhile
+   (`etcd_debugging_mvcc_events_total`; the bench itself watches nothing), and
+   the agent's own count. The goal: RSS and time within 10 % of the 10-server
+   case, zero events.
 2. **fleet simulation**: `--agents` real agents (50; distinct server IDs and
    state directories) on one etcd, `--instances` each (20); once all run,
    `--kill-rate` random run processes a second (5) are SIGKILLed, so their
@@ -92,11 +96,15 @@ def delta(after: dict[str, float], before: dict[str, float], name: str) -> float
 
 
 async def put_all(
-    client: aetcd.Client, items: Iterable[tuple[str, Any]], concurrency: int = 4, per_txn: int = TXN_OPS
+    client: aetcd.Client,
+    items: Iterable[tuple[str, Any]],
+    concurrency: int = 4,
+    per_txn: int = TXN_OPS,
+    prefix: str = PREFIX,
 ) -> None:
     """Many puts, `per_txn` per transaction, a few transactions in flight."""
     ops = [
-        rpc.RequestOp(request_put=rpc.PutRequest(key=f"{PREFIX}/{k}".encode(), value=json.dumps(v).encode()))
+        rpc.RequestOp(request_put=rpc.PutRequest(key=f"{prefix}/{k}".encode(), value=json.dumps(v).encode()))
         for k, v in items
     ]
     chunks = [ops[i : i + per_txn] for i in range(0, len(ops), per_txn)]
@@ -136,14 +144,14 @@ def fleet_keys(first: int, last: int) -> Iterable[tuple[str, Any]]:
 # --- agents -------------------------------------------------------------------------------------
 
 
-def agent_argv(args: argparse.Namespace, etcd: Any, server_id: str, state_dir: Path, *extra: str) -> list[str]:
+def agent_argv(args: argparse.Namespace, etcd: Any, server_id: str, state_dir: Path, prefix: str = PREFIX) -> list[str]:
     program = [sys.executable, "-m", "discoverd"] if args.source else [str(common.DISCOVERD)]
     return [
         *program,
         "--etcd-endpoints",
         etcd.endpoint,
         "--prefix",
-        PREFIX,
+        prefix,
         "--log-format",
         "json",
         "agent",
@@ -152,7 +160,6 @@ def agent_argv(args: argparse.Namespace, etcd: Any, server_id: str, state_dir: P
         "--state-dir",
         str(state_dir),
         "--stop-instances-on-exit",
-        *extra,
     ]
 
 
@@ -165,9 +172,9 @@ def start_agent(args: argparse.Namespace, w: agent_world.World, argv: list[str],
     return child
 
 
-async def running(client: aetcd.Client, server_id: str) -> int:
+async def running(client: aetcd.Client, server_id: str, prefix: str = PREFIX) -> int:
     """Instances of `server_id` whose status is Running (one range over its own status keys)."""
-    head = f"{PREFIX}/servers/{server_id}/status/instances/".encode()
+    head = f"{prefix}/servers/{server_id}/status/instances/".encode()
     got = await client.get_prefix(head)
     return sum(1 for kv in got if json.loads(kv.value).get("phase") == "Running")
 
@@ -191,7 +198,7 @@ def watch_events_logged(log: Path) -> int | None:
 
 
 async def probe_agent(
-    args: argparse.Namespace, tmp: Path, etcd: Any, w: agent_world.World, probe: str, keep: bool
+    args: argparse.Namespace, tmp: Path, etcd: Any, w: agent_world.World, prefix: str, probe: str, keep: bool
 ) -> tuple[common.Child, Path, tuple[float, float, float, float] | None]:
     """A fresh agent with 10 instances: (spawn -> all Running s, its configuration read s, RSS, peak RSS)."""
     client = w.client
@@ -200,14 +207,14 @@ async def probe_agent(
         (f"services/{s}/instances/{i}/config/details", {"name": s, "service_version": "1.0"}) for s, i in refs
     ]
     items.append((f"servers/{probe}/config/details", {"service_instances": [{"name": s, "id": i} for s, i in refs]}))
-    await put_all(client, items)
-    log = tmp / f"{probe}.log"
+    await put_all(client, items, prefix=prefix)
+    log = tmp / f"{prefix.strip('/')}-{probe}.log"
     spawned = time.monotonic()
-    agent = start_agent(args, w, agent_argv(args, etcd, probe, tmp / f"state-{probe}"), log)
+    agent = start_agent(args, w, agent_argv(args, etcd, probe, tmp / f"state-{prefix.strip('/')}-{probe}", prefix), log)
     result = None
     with common.Sampler(agent.pid) as sampler:
         while time.monotonic() < spawned + args.timeout:
-            if await running(client, probe) >= PER_SERVER:
+            if await running(client, probe, prefix) >= PER_SERVER:
                 to_running = time.monotonic() - spawned
                 await asyncio.sleep(args.settle)
                 started = agent_world.agent_events(log, "Started agent")[0]["t"]
@@ -222,15 +229,38 @@ async def probe_agent(
     return agent, log, result
 
 
-# --- part 1: one agent, growing fleet -----------------------------------------------------------
+def elsewhere_writes(size: int, count: int) -> list[tuple[str, Any]]:
+    """Writes to other servers' keys: mostly status, some server and instance documents."""
+    writes: list[tuple[str, Any]] = []
+    for j in range(count):
+        n = (j * 7919) % size
+        server = f"fleet-{n:05d}"
+        s, i = f"svc-{(n + j % PER_SERVER) % SERVICES:02d}", f"f{n:05d}-{j % PER_SERVER}"
+        if j % 10 == 0:
+            doc = {"name": s, "service_version": "1.0", "note": j}
+            writes.append((f"services/{s}/instances/{i}/config/details", doc))
+        elif j % 10 == 1:
+            writes.append(
+                (f"servers/{server}/config/details", {"service_instances": [{"name": s, "id": i}], "note": j})
+            )
+        else:
+            writes.append(
+                (f"servers/{server}/status/instances/{s}/{i}", status_doc(j, "BackOff" if j % 2 else "Running"))
+            )
+    return writes
+
+
+# --- part 1: one agent, fleets of several sizes -------------------------------------------------
 
 
 async def one_agent(args: argparse.Namespace, tmp: Path, etcd: Any, w: agent_world.World) -> list[str]:
+    """Each fleet size under a prefix of its own on one etcd; probes alternate between sizes, so load drift hits all."""
     notes: list[str] = []
     client = w.client
-    await put_all(
-        client,
-        (
+    prefixes = {size: f"/fleet-{size}" for size in args.sizes}
+    for size, prefix in prefixes.items():
+        t0 = time.monotonic()
+        versions = [
             (
                 f"services/svc-{s:02d}/versions/1.0/config/details",
                 {
@@ -240,93 +270,69 @@ async def one_agent(args: argparse.Namespace, tmp: Path, etcd: Any, w: agent_wor
                 },
             )
             for s in range(SERVICES)
-        ),
-    )
-    base: dict[str, float] = {}
-    size = 0
-    for target in args.sizes:
-        t0 = time.monotonic()
-        await put_all(client, fleet_keys(size, target))
-        common.log(f"fleet of {target} servers written in {time.monotonic() - t0:.1f} s")
-        size = target
-        times: list[float] = []
-        reads: list[float] = []
-        rsses: list[float] = []
-        peak = 0.0
-        for r in range(args.repeat):
-            agent, log, result = await probe_agent(args, tmp, etcd, w, f"probe-{target}-{r}", keep=r == args.repeat - 1)
-            if result is None:
-                notes.append(f"probe-{target}-{r}: not all {PER_SERVER} Running after {args.timeout:g} s")
-                continue
-            times.append(result[0])
-            reads.append(result[1])
-            rsses.append(result[2])
-            peak = max(peak, result[3])
-        to_running = statistics.median(times) if times else None
-        read = statistics.median(reads) if reads else None
-        rss = statistics.median(rsses) if rsses else 0.0
+        ]
+        await put_all(client, versions, prefix=prefix)
+        await put_all(client, fleet_keys(0, size), prefix=prefix)
+        common.log(f"fleet of {size} servers written under {prefix} in {time.monotonic() - t0:.1f} s")
+    await asyncio.sleep(args.settle)
 
-        # writes elsewhere: other servers' status and configuration, other services' versions
+    results: dict[int, list[tuple[float, float, float, float]]] = {size: [] for size in args.sizes}
+    for r in range(args.repeat):
+        for size, prefix in prefixes.items():
+            _, _, result = await probe_agent(args, tmp, etcd, w, prefix, f"probe-{r}", keep=False)
+            if result is None:
+                notes.append(f"{prefix} probe-{r}: not all {PER_SERVER} Running after {args.timeout:g} s")
+            else:
+                results[size].append(result)
+
+    base: dict[str, float] = {}
+    for size, prefix in prefixes.items():
+        got = results[size]
+        to_running = statistics.median(x[0] for x in got) if got else None
+        read = statistics.median(x[1] for x in got) if got else None
+        rss = statistics.median(x[2] for x in got) if got else None
+        peak = max((x[3] for x in got), default=0.0)
+
+        # writes elsewhere in this fleet while a fresh agent of it runs
+        agent, log, _ = await probe_agent(args, tmp, etcd, w, prefix, "probe-quiet", keep=True)
         logged0 = watch_events_logged(log)
         m0 = metrics(etcd.endpoint)
-        writes: list[tuple[str, Any]] = []
-        for j in range(args.elsewhere):
-            n = (j * 7919) % size
-            server = f"fleet-{n:05d}"
-            s, i = f"svc-{(n + j % PER_SERVER) % SERVICES:02d}", f"f{n:05d}-{j % PER_SERVER}"
-            if j % 10 == 0:
-                writes.append(
-                    (f"services/{s}/instances/{i}/config/details", {"name": s, "service_version": "1.0", "note": j})
-                )
-            elif j % 10 == 1:
-                writes.append(
-                    (f"servers/{server}/config/details", {"service_instances": [{"name": s, "id": i}], "note": j})
-                )
-            else:
-                writes.append(
-                    (f"servers/{server}/status/instances/{s}/{i}", status_doc(j, "BackOff" if j % 2 else "Running"))
-                )
-        await put_all(client, writes, concurrency=8, per_txn=1)  # one revision each, as real writers make
+        await put_all(client, elsewhere_writes(size, args.elsewhere), concurrency=8, per_txn=1, prefix=prefix)
         await asyncio.sleep(2)
         m1 = metrics(etcd.endpoint)
-        events = delta(m1, m0, "etcd_debugging_mvcc_events_total")
-        sent = delta(m1, m0, "etcd_network_client_grpc_sent_bytes_total")
         logged1 = watch_events_logged(log)
         agent.stop()
+        events = delta(m1, m0, "etcd_debugging_mvcc_events_total")
+        sent = delta(m1, m0, "etcd_network_client_grpc_sent_bytes_total")
 
-        label = f"{target}"
         if not base:
-            base = {"rss": rss, "run": to_running or 0.0, "read": read or 0.0}
+            base = {"rss": rss or 0.0, "run": to_running or 0.0, "read": read or 0.0}
+        target = "within 10 % of 10 servers"
+        n = f"median of {len(got)}"
         common.emit(
-            BENCH,
-            f"rss_{label}_servers",
-            rss,
-            "MiB",
-            base["rss"],
-            target="within 10 % of 10 servers",
-            note=f"peak {peak:.0f} MiB",
+            BENCH, f"rss_{size}_servers", rss, "MiB", base["rss"], target=target, note=f"{n}; peak {peak:.0f} MiB"
         )
         common.emit(
             BENCH,
-            f"config_read_{label}_servers",
-            read,
-            "s",
-            base["read"],
-            note="its log: Started agent -> Read configuration (median)",
-        )
-        common.emit(
-            BENCH,
-            f"time_to_running_{label}_servers",
+            f"time_to_running_{size}_servers",
             to_running,
             "s",
             base["run"],
-            target="within 10 % of 10 servers",
-            note=f"agent spawn -> its {PER_SERVER} instances Running in etcd (median of {args.repeat})",
+            target=target,
+            note=f"agent spawn -> its {PER_SERVER} instances Running in etcd ({n})",
+        )
+        common.emit(
+            BENCH,
+            f"config_read_{size}_servers",
+            read,
+            "s",
+            base["read"],
+            note=f"its log: Started agent -> Read configuration ({n})",
         )
         note = f"{args.elsewhere} writes to other servers' keys; etcd sent {sent / 1024:.0f} KiB on all streams"
         if any("watches" in e for e in agent_world.agent_events(log, "Read configuration")):  # it counts them
             note += f"; the agent counted {(logged1 or 0) - (logged0 or 0)} events"
-        common.emit(BENCH, f"events_from_elsewhere_{label}_servers", events, "events", target="0", note=note)
+        common.emit(BENCH, f"events_from_elsewhere_{size}_servers", events, "events", target="0", note=note)
     return notes
 
 
