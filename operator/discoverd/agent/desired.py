@@ -1,8 +1,9 @@
 """What this server should run: etcd entries -> one `plan.Target` (or `plan.Broken`) per instance.
 
-First stage of the agent's flow after the store: `loop` keeps the entries
-under the prefix up to date from the watch and calls `resolve` whenever they
-change. The server document names the instances; each instance names its
+First stage of the agent's flow after the store: `scope` keeps this
+server's entries up to date from the watch (its server document, the version
+documents of its services, its instance documents: `listed` says which) and
+`loop` calls `resolve` whenever they change. The server document names the instances; each instance names its
 version; the instance's run script overrides the version's ("overwrite or
 improve", DESIGN section 1). An invalid or missing document makes that one
 instance `Broken` (its message names the key and the field); an invalid
@@ -19,7 +20,7 @@ from discoverd.agent import plan
 from discoverd.schema import documents, keys
 from discoverd.store.documents import Entry
 
-__all__ = ["Desired", "merge_run", "resolve"]
+__all__ = ["Desired", "listed", "merge_run", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -56,17 +57,21 @@ def _resolve_one(entries: Mapping[str, Entry], prefix: str, ref: plan.Ref) -> pl
     return plan.Target(ref, instance.service_version, version, merge_run(version.run_script, instance.run_script))
 
 
-def resolve(entries: Mapping[str, Entry], prefix: str, server_id: str, last_refs: tuple[plan.Ref, ...] = ()) -> Desired:
-    """The desired state of server `server_id` from the entries under `prefix`."""
+def listed(
+    entries: Mapping[str, Entry], prefix: str, server_id: str, last_refs: tuple[plan.Ref, ...] = ()
+) -> tuple[tuple[plan.Ref, ...], str | None]:
+    """The instances server `server_id` lists, and why its document is invalid (then: `last_refs`)."""
     server_key = keys.server_config(prefix, server_id)
     entry = entries.get(server_key)
-    server_error: str | None = None
     if entry is None:
-        refs: tuple[plan.Ref, ...] = ()
-    elif entry.error is not None or not isinstance(entry.document, documents.Server):
-        server_error = str(entry.error or f"{server_key}: not a server document")
-        refs = last_refs
-    else:
-        refs = tuple(plan.Ref(r.name, r.id) for r in entry.document.service_instances)
+        return (), None
+    if entry.error is not None or not isinstance(entry.document, documents.Server):
+        return last_refs, str(entry.error or f"{server_key}: not a server document")
+    return tuple(plan.Ref(r.name, r.id) for r in entry.document.service_instances), None
+
+
+def resolve(entries: Mapping[str, Entry], prefix: str, server_id: str, last_refs: tuple[plan.Ref, ...] = ()) -> Desired:
+    """The desired state of server `server_id` from its entries (extra entries are ignored)."""
+    refs, server_error = listed(entries, prefix, server_id, last_refs)
     instances = {ref: _resolve_one(entries, prefix, ref) for ref in refs}
     return Desired(instances, refs, server_error)

@@ -1,11 +1,13 @@
 """The agent's main: watch etcd -> desired; observe -> plan -> execute; status -> etcd.
 
-Three tasks share one event loop:
+Three tasks share one event loop, each kept alive by `tasks.supervise` (a
+crash is logged with its traceback and the task restarted with back-off):
 
-- the watch keeps every configuration entry under the prefix current: a full
-  read at one revision, then a watch from the next; when etcd goes away it
-  reconnects with back-off and reads everything again at one revision before
-  watching from there (a stalled or compacted watch may have missed events);
+- the watch (`scope.ScopedWatch`) keeps this server's configuration current
+  and nothing else: its server document, the version documents of its
+  services, its instance documents, read at one revision and watched from the
+  next on one stream; after a lost, compacted or stalled watch it reads those
+  keys again at one revision;
 - the reconcile pass resolves the desired state, asks `plan` what to do, and
   hands the actions to the `executor`; it runs whenever the configuration
   changes, an instance's task finishes or its process exits, and when a
@@ -30,18 +32,16 @@ from discoverd import logs
 from discoverd.agent import desired as desired_
 from discoverd.agent import executor as executor_
 from discoverd.agent import layout as layout_
-from discoverd.agent import plan, status, steps
+from discoverd.agent import plan, scope, status, steps, tasks
 from discoverd.config import EtcdOptions
-from discoverd.errors import Compacted, StoreUnavailable
-from discoverd.schema import keys
-from discoverd.store import client, watch
+from discoverd.errors import StoreUnavailable
+from discoverd.store import client
 from discoverd.store.documents import Entry, Store
 
 __all__ = ["Agent", "Options"]
 
 log = logging.getLogger(__name__)
 
-_CONFIG_KINDS = (keys.Kind.SERVER, keys.Kind.VERSION, keys.Kind.INSTANCE)
 _IDLE_PASS = 60.0
 """Seconds between passes when nothing happens (a safety net: passes are event-driven)."""
 
@@ -55,12 +55,6 @@ class Options:
     stop_instances_on_exit: bool = False
     lease_ttl: int = 15
     backoff_base: float = plan.BACKOFF_BASE
-
-
-def _is_config(entry: Entry) -> bool:
-    if entry.parsed is not None:
-        return entry.parsed.kind in _CONFIG_KINDS
-    return entry.error is not None and "/config/" in entry.key
 
 
 class Agent:
@@ -82,6 +76,8 @@ class Agent:
         self._summaries: dict[plan.Ref, status.Summary] = {}
         self.store: Store | None = None
         self.writer: status.Writer | None = None
+        self.watch: scope.ScopedWatch | None = None
+        self._rejected: set[tuple[plan.Ref | None, str]] = set()
 
     def _kv(self, **more: object) -> dict[str, object]:
         return logs.kv(server=self.options.server_id, **more)
@@ -101,45 +97,35 @@ class Agent:
     def _set_entries(self, entries: dict[str, Entry]) -> None:
         self.entries = entries
         self.desired = desired_.resolve(entries, self.etcd.prefix, self.options.server_id, self.desired.refs)
+        self._log_rejected()
         self._wake.set()
 
-    async def _watch(self, store: Store) -> None:
-        revision: int | None = None
-        delay = 0.5
-        while True:
-            try:
-                if revision is None:
-                    snapshot = await store.snapshot()
-                    revision = snapshot.revision
-                    self._set_entries({k: e for k, e in snapshot.entries.items() if _is_config(e)})
-                    log.info("Read configuration", extra=self._kv(revision=revision, keys=len(self.entries or {})))
-                async for batch in watch.watch(store, revision + 1):
-                    entries = dict(self.entries or {})
-                    changed = False
-                    for event in batch:
-                        if isinstance(event, watch.Put):
-                            if _is_config(event.entry):
-                                entries[event.entry.key] = event.entry
-                                changed = True
-                        elif isinstance(event, watch.Delete):
-                            changed = entries.pop(event.key, None) is not None or changed
-                        revision = max(revision, event.revision)
-                    if changed:
-                        self._set_entries(entries)
-                    delay = 0.5
-            except Compacted as error:
-                log.warning("Lost the watch to compaction; reading everything again", extra=self._kv(reason=str(error)))
-                revision = None
-            except StoreUnavailable as error:
-                log.warning(
-                    "Lost the etcd watch; reading everything again once etcd answers",
-                    extra=self._kv(reason=str(error), revision=revision, retry_in=f"{delay:g}s"),
-                )
-                # A stalled or broken watch may have missed events silently: start again from a full
-                # read at one revision (DESIGN section 3), not from the last revision seen.
-                revision = None
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+    def _log_rejected(self) -> None:
+        """Log each invalid or missing document once (per instance and reason), not on every pass."""
+        now: set[tuple[plan.Ref | None, str]] = set()
+        if self.desired.server_error is not None:
+            now.add((None, self.desired.server_error))
+        for ref, want in self.desired.instances.items():
+            if isinstance(want, plan.Broken):
+                now.add((ref, want.message))
+        for which, reason in now - self._rejected:
+            where = {} if which is None else {"service": which.service, "instance": which.instance}
+            log.warning("Rejected configuration", extra=self._kv(**where, reason=reason))
+        self._rejected = now
+
+    async def _etcd(self) -> None:
+        """Connect once; then the status writer and the watch, each restarted if it crashes."""
+        if self.store is None:
+            self.store = await self._connect()
+        if self.writer is None:
+            self.writer = status.Writer(self.store, self.options.server_id, self.options.lease_ttl)
+        if self.watch is None:
+            self.watch = scope.ScopedWatch(self.store, self.options.server_id, self._set_entries)
+        context = {"server": self.options.server_id}
+        await asyncio.gather(
+            tasks.supervise("status writer", self.writer.run, context=context),
+            tasks.supervise("etcd watch", self.watch.run, context=context),
+        )
 
     # reconcile
 
@@ -185,27 +171,17 @@ class Agent:
         log.info(
             "Started agent", extra=self._kv(state_dir=str(self.layout.root), adopted=len(self.executor.supervisors))
         )
-        tasks: list[asyncio.Task[None]] = []
-
-        async def connected() -> None:
-            self.store = await self._connect()
-            self.writer = status.Writer(self.store, self.options.server_id, self.options.lease_ttl)
-            tasks.append(asyncio.create_task(self.writer.run(), name="status writer"))
-            await self._watch(self.store)
-
-        tasks.append(asyncio.create_task(connected(), name="etcd watch"))
-        tasks.append(asyncio.create_task(self._reconcile(), name="reconcile"))
-        stopper = asyncio.create_task(stop.wait())
+        context = {"server": self.options.server_id}
+        running = [
+            asyncio.create_task(tasks.supervise("etcd", self._etcd, context=context), name="etcd"),
+            asyncio.create_task(tasks.supervise("reconcile", self._reconcile, context=context), name="reconcile"),
+        ]
         try:
-            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not stopper:
-                    task.result()  # a crashed task is a bug: let it be seen
+            await stop.wait()
         finally:
-            stopper.cancel()
-            for task in tasks:
+            for task in running:
                 task.cancel()
-            for task in tasks:
+            for task in running:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self.executor.shutdown(self.options.stop_instances_on_exit)

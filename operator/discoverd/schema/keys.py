@@ -32,6 +32,7 @@ __all__ = [
     "server_config",
     "validate_segment",
     "version_config",
+    "versions_prefix",
 ]
 
 DEFAULT_PREFIX = "/discoverd"
@@ -135,6 +136,11 @@ def server_config(prefix: str, server: str) -> str:
 
 def version_config(prefix: str, service: str, version: str) -> str:
     return f"{_join(prefix, 'services', service, 'versions', version)}/{_CONFIG}"
+
+
+def versions_prefix(prefix: str, service: str) -> str:
+    """The prefix of every version document of `service` (ends with `/`)."""
+    return _join(prefix, "services", service, "versions") + "/"
 
 
 def instance_config(prefix: str, service: str, instance: str) -> str:

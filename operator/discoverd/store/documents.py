@@ -4,6 +4,12 @@ Raw bytes become models here, once (`decode`); a bad document becomes an
 `Entry` carrying an `InvalidDocument` rather than an exception, so one bad
 key never stops a loop over the others. Writes can be guarded by the key's
 `mod_revision` (compare-and-swap) and grouped into one transaction.
+
+Full reads page by size, not by count: values may be up to etcd's request
+limit (1.5 MiB by default), so a fixed number of keys per Range could exceed
+the gRPC message limit. The first page is small (`_FIRST_PAGE` keys); later
+pages hold about `_PAGE_BYTES` at the sizes seen so far; a page too large for
+one message is asked for again with half the limit.
 """
 
 from __future__ import annotations
@@ -13,15 +19,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from aetcd import rpc
 
-from discoverd.errors import Conflict, InvalidDocument
+from discoverd.errors import Conflict, InvalidDocument, StoreUnavailable
 from discoverd.schema import documents, keys
 from discoverd.store import client as client_
 
-__all__ = ["Entry", "Snapshot", "Store", "Write", "decode"]
+__all__ = ["Entry", "Snapshot", "Store", "Write", "decode", "decode_kv"]
 
-_PAGE = 2000
+_FIRST_PAGE = 32
+"""Keys in the first page of a range: 32 values of etcd's default 1.5 MiB limit fit in one message."""
+_PAGE_BYTES = 4 * 2**20
+"""About this many bytes per later page, at the sizes seen so far (gRPC's limit here is 64 MiB)."""
+_MAX_PAGE = 4096
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,18 @@ def decode(prefix: str, key: str, value: bytes, mod_revision: int, create_revisi
     except InvalidDocument as error:
         return Entry(key, value, mod_revision, create_revision, lease, parsed=parsed, error=error)
     return Entry(key, value, mod_revision, create_revision, lease, parsed=parsed, document=doc)
+
+
+def decode_kv(prefix: str, kv: rpc.KeyValue) -> Entry:
+    """`decode` for a KeyValue of a Range or watch response (key bytes that are not UTF-8 kept as surrogates)."""
+    return decode(
+        prefix,
+        kv.key.decode("utf-8", errors="surrogateescape"),
+        kv.value,
+        kv.mod_revision,
+        kv.create_revision,
+        kv.lease,
+    )
 
 
 @dataclass(frozen=True)
@@ -85,45 +108,64 @@ class Store:
     async def close(self) -> None:
         await self.client.close()
 
-    def _decode(self, kv: rpc.KeyValue) -> Entry:
-        return decode(
-            self.prefix,
-            kv.key.decode("utf-8", errors="surrogateescape"),
-            kv.value,
-            kv.mod_revision,
-            kv.create_revision,
-            kv.lease,
-        )
-
     async def get(self, key: str) -> Entry | None:
         c = self.client
         response = await client_.call(
             c,
             lambda: c.kvstub.Range(rpc.RangeRequest(key=key.encode()), timeout=c._timeout, metadata=c.metadata),
         )
-        return self._decode(response.kvs[0]) if response.kvs else None
+        return decode_kv(self.prefix, response.kvs[0]) if response.kvs else None
 
     async def snapshot(self, under: str | None = None) -> Snapshot:
         """Every key under `under` (default: the whole prefix) at one revision, page by page."""
-        c = self.client
         start = (under or self.prefix + "/").encode()
-        end = keys.prefix_range_end(start)
-        entries: dict[str, Entry] = {}
-        revision = 0
-        while True:
-            response = await client_.call(c, functools.partial(self._range, start, end, revision))
-            revision = revision or response.header.revision
-            for kv in response.kvs:
-                entry = self._decode(kv)
-                entries[entry.key] = entry
-            if not response.more or not response.kvs:
-                return Snapshot(revision, entries)
-            start = response.kvs[-1].key + b"\0"
+        return await self.read([(start, keys.prefix_range_end(start))])
 
-    async def _range(self, start: bytes, end: bytes, revision: int) -> Any:
+    async def read(self, ranges: Iterable[tuple[bytes, bytes]], revision: int = 0) -> Snapshot:
+        """Every key in `ranges` at one revision (`revision`, or etcd's current one when 0).
+
+        A range is `(key, range_end)` as in etcd: `range_end` b"" means the key alone.
+        """
+        entries: dict[str, Entry] = {}
+        for start, end in ranges:
+            revision = await self._read_range(start, end, revision, entries)
+        if not revision:
+            revision = await self.revision()
+        return Snapshot(revision, entries)
+
+    async def _read_range(self, start: bytes, end: bytes, revision: int, into: dict[str, Entry]) -> int:
         c = self.client
-        request = rpc.RangeRequest(key=start, range_end=end, limit=_PAGE, revision=revision)
-        return await c.kvstub.Range(request, timeout=c._timeout, metadata=c.metadata)
+        limit = _FIRST_PAGE
+        while True:
+            response = await client_.call(c, functools.partial(self._range, start, end, revision, limit))
+            if response is None:
+                if limit == 1:
+                    raise StoreUnavailable(
+                        f"{start.decode(errors='replace')}: one value is larger than the gRPC message limit"
+                    )
+                limit = max(1, limit // 2)
+                continue
+            revision = revision or int(response.header.revision)
+            size = 0
+            for kv in response.kvs:
+                entry = decode_kv(self.prefix, kv)
+                into[entry.key] = entry
+                size += len(kv.key) + len(kv.value)
+            if not end or not response.more or not response.kvs:
+                return revision
+            start = response.kvs[-1].key + b"\0"
+            limit = max(1, min(_MAX_PAGE, _PAGE_BYTES * len(response.kvs) // max(size, 1)))
+
+    async def _range(self, start: bytes, end: bytes, revision: int, limit: int) -> Any:
+        """One page; None when it is too large for one gRPC message (ask again with fewer keys)."""
+        c = self.client
+        request = rpc.RangeRequest(key=start, range_end=end, limit=limit if end else 0, revision=revision)
+        try:
+            return await c.kvstub.Range(request, timeout=c._timeout, metadata=c.metadata)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                return None
+            raise
 
     async def revision(self) -> int:
         """etcd's current revision (a cheap probe that etcd answers)."""

@@ -1,0 +1,198 @@
+"""The agent's own keys in etcd, read at one revision and watched on one stream; nothing else.
+
+An agent needs exactly (DESIGN section 3):
+
+- its server document, `servers/<id>/config/details`;
+- the version documents of every service it runs: the prefix
+  `services/<service>/versions/`, one per service, so an instance moved to
+  another version that already exists needs no new read;
+- its instance documents, `services/<service>/instances/<id>/config/details`.
+
+Never other servers' keys, never status keys: what the agent holds, reads and
+is sent depends on its own assignment, not on the size of the fleet.
+
+A `Span` is one of those (a key, or a prefix); `spans()` derives them from the
+instances the server document lists. `ScopedWatch.run` keeps `entries` equal
+to etcd's values in those spans:
+
+1. full read: the server document at etcd's current revision R, every span it
+   implies at the same R, then one watcher per span from R+1, all on one gRPC
+   Watch stream (`store.watch.Stream`);
+2. when an event changes the server document, the watchers of spans no
+   longer needed are cancelled (and their entries dropped); new spans are read
+   at one revision R' and watched from R'+1, so nothing falls between read and
+   watch;
+3. a compacted, broken or stalled stream (no answer to a progress request
+   within `stall_after`) is dropped and everything starts again at 1: the
+   stream may have missed events without an error, so resuming from the last
+   revision seen is not enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from discoverd import logs
+from discoverd.agent import desired, plan
+from discoverd.errors import Compacted, StoreUnavailable
+from discoverd.schema import keys
+from discoverd.store import watch
+from discoverd.store.documents import Entry, Store
+
+__all__ = ["ScopedWatch", "Span", "spans"]
+
+log = logging.getLogger(__name__)
+
+_CONFIG_KINDS = (keys.Kind.SERVER, keys.Kind.VERSION, keys.Kind.INSTANCE)
+
+
+@dataclass(frozen=True, order=True)
+class Span:
+    """One key (`prefix` False) or every key under a prefix."""
+
+    key: str
+    prefix: bool = False
+
+    def range(self) -> tuple[bytes, bytes]:
+        """etcd's (key, range_end): b"" as the end means the key alone."""
+        start = self.key.encode()
+        return start, keys.prefix_range_end(start) if self.prefix else b""
+
+    def covers(self, key: str) -> bool:
+        return key.startswith(self.key) if self.prefix else key == self.key
+
+
+def spans(prefix: str, server_id: str, refs: Iterable[plan.Ref]) -> frozenset[Span]:
+    """What an agent serving `server_id` and running `refs` reads and watches."""
+    todo = {Span(keys.server_config(prefix, server_id))}
+    for ref in refs:
+        todo.add(Span(keys.versions_prefix(prefix, ref.service), prefix=True))
+        todo.add(Span(keys.instance_config(prefix, ref.service, ref.instance)))
+    return frozenset(todo)
+
+
+def _is_config(entry: Entry) -> bool:
+    if entry.parsed is not None:
+        return entry.parsed.kind in _CONFIG_KINDS
+    return entry.error is not None and "/config/" in entry.key
+
+
+class ScopedWatch:
+    """Keeps `entries` = this server's configuration in etcd; calls `publish` with a copy on every change."""
+
+    def __init__(
+        self,
+        store: Store,
+        server_id: str,
+        publish: Callable[[dict[str, Entry]], None],
+        *,
+        progress_every: float = 5.0,
+        stall_after: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.prefix = store.prefix
+        self.server_id = server_id
+        self.server_key = keys.server_config(self.prefix, server_id)
+        self.publish = publish
+        self.progress_every = progress_every
+        self.stall_after = stall_after
+        self.entries: dict[str, Entry] = {}
+        self.refs: tuple[plan.Ref, ...] = ()
+        self.watches: dict[Span, int] = {}
+        self.events = 0
+        """Watch events received since the start (a debugging counter, logged with every change)."""
+
+    def _kv(self, **more: object) -> dict[str, object]:
+        return logs.kv(server=self.server_id, **more)
+
+    async def run(self) -> None:
+        """Read, watch, read again after a lost watch; returns only by cancellation."""
+        delay = 0.5
+        while True:
+            try:
+                async with watch.Stream(
+                    self.store, progress_every=self.progress_every, stall_after=self.stall_after
+                ) as stream:
+                    await self._read_all(stream)
+                    delay = 0.5
+                    async for watch_id, events in stream.responses():
+                        if watch_id != watch.PROGRESS:
+                            await self._apply(stream, events)
+            except Compacted as error:
+                log.warning(
+                    "Lost the watch to compaction; reading this server's keys again", extra=self._kv(reason=str(error))
+                )
+            except StoreUnavailable as error:
+                log.warning(
+                    "Lost the etcd watch; reading this server's keys again once etcd answers",
+                    extra=self._kv(reason=str(error), retry_in=f"{delay:g}s"),
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _read_all(self, stream: watch.Stream) -> None:
+        server = Span(self.server_key)
+        first = await self.store.read([server.range()])
+        revision = first.revision
+        entries = _configs(first.entries)
+        self.refs, _ = desired.listed(entries, self.prefix, self.server_id, self.refs)
+        rest = sorted(spans(self.prefix, self.server_id, self.refs) - {server})
+        more = await self.store.read((s.range() for s in rest), revision)
+        entries.update(_configs(more.entries))
+        self.entries = entries
+        self.watches = {span: stream.add(*span.range(), revision + 1) for span in (server, *rest)}
+        log.info(
+            "Read configuration",
+            extra=self._kv(revision=revision, keys=len(entries), watches=len(self.watches)),
+        )
+        self.publish(dict(self.entries))
+
+    async def _apply(self, stream: watch.Stream, events: list[watch.Event]) -> None:
+        revision = 0
+        server_changed = False
+        for event in events:
+            if isinstance(event, watch.Progress):
+                continue
+            self.events += 1
+            revision = max(revision, event.revision)
+            if isinstance(event, watch.Put) and _is_config(event.entry):
+                self.entries[event.entry.key] = event.entry
+                server_changed = server_changed or event.entry.key == self.server_key
+            elif isinstance(event, watch.Put | watch.Delete):
+                key = event.entry.key if isinstance(event, watch.Put) else event.key
+                self.entries.pop(key, None)
+                server_changed = server_changed or key == self.server_key
+        log.info("Received configuration change", extra=self._kv(revision=revision, events=self.events))
+        if server_changed:
+            await self._rescope(stream)
+        self.publish(dict(self.entries))
+
+    async def _rescope(self, stream: watch.Stream) -> None:
+        """Watch what the server document now implies: cancel what is no longer needed, read and watch what is new."""
+        self.refs, _ = desired.listed(self.entries, self.prefix, self.server_id, self.refs)
+        wanted = spans(self.prefix, self.server_id, self.refs)
+        gone = [s for s in self.watches if s not in wanted]
+        for span in gone:
+            stream.cancel(self.watches.pop(span))
+            for key in [k for k in self.entries if span.covers(k)]:
+                del self.entries[key]
+        new = sorted(wanted - set(self.watches))
+        revision = 0
+        if new:
+            snapshot = await self.store.read(s.range() for s in new)
+            revision = snapshot.revision
+            self.entries.update(_configs(snapshot.entries))
+            for span in new:
+                self.watches[span] = stream.add(*span.range(), revision + 1)
+        if gone or new:
+            log.info(
+                "Changed watches",
+                extra=self._kv(added=len(new), cancelled=len(gone), watches=len(self.watches), revision=revision),
+            )
+
+
+def _configs(entries: Mapping[str, Entry]) -> dict[str, Entry]:
+    return {k: e for k, e in entries.items() if _is_config(e)}
