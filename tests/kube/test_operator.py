@@ -259,3 +259,26 @@ def test_quiet_mirror_writes_nothing(
     after = state()
     assert after == before, "the mirror wrote during a quiet period"
     print(f"\nquiet period 5 s: {len(before[0])} objects, {len(before[1])} etcd keys, 0 API writes, 0 etcd writes")
+
+
+def test_status_reports_the_generation_mirrored(
+    operator: Operator, control_plane: ControlPlane, raw_etcd: RawEtcd, prefix: str, namespace: str
+) -> None:
+    control_plane.kubectl_run("apply", "-n", namespace, "-f", str(REPO / "examples" / "service.yaml"))
+    raw_etcd.put(keys.version_config(prefix, "db", "9"), json.dumps(VERSION | {"name": "db"}))  # made from etcd
+
+    def observed(what: str, name: str) -> tuple[int, int | None] | None:
+        body = _get(control_plane, namespace, what, name) or {}
+        generation = body.get("metadata", {}).get("generation")
+        seen = body.get("status", {}).get("observedGeneration")
+        return (generation, seen) if generation is not None and generation == seen else None
+
+    for what, name in (("si", "web.i1"), ("sv", "web.2.0"), ("dsrv", "node-1"), ("sv", "db.9")):
+        assert wait_until(lambda w=what, n=name: observed(w, n), timeout=10, what=f"{what}/{name} observed")[0] == 1
+    control_plane.kubectl_run(
+        "patch", "si", "web.i1", "-n", namespace, "--type=merge", "-p", '{"spec":{"serviceVersion":"2.0"}}'
+    )
+    assert wait_until(lambda: observed("si", "web.i1"), timeout=10, what="generation 2 observed")[0] == 2
+    assert _json(raw_etcd, keys.instance_config(prefix, "web", "i1"))["service_version"] == "2.0"
+    raw_etcd.put(keys.version_config(prefix, "db", "9"), json.dumps(VERSION | {"name": "db", "stop_timeout": 3}))
+    assert wait_until(lambda: observed("sv", "db.9"), timeout=10, what="etcd's change observed")[0] == 2
