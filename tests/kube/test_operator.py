@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import time
 from typing import Any
+
+import aetcd
 
 from discoverd.config import EtcdOptions
 from discoverd.schema import documents, keys
@@ -282,3 +285,77 @@ def test_status_reports_the_generation_mirrored(
     assert _json(raw_etcd, keys.instance_config(prefix, "web", "i1"))["service_version"] == "2.0"
     raw_etcd.put(keys.version_config(prefix, "db", "9"), json.dumps(VERSION | {"name": "db", "stop_timeout": 3}))
     assert wait_until(lambda: observed("sv", "db.9"), timeout=10, what="etcd's change observed")[0] == 2
+
+
+def _put_bytes(raw: RawEtcd, key: bytes, value: bytes) -> None:
+    """A put with raw key bytes (RawEtcd takes text keys; a hostile writer need not)."""
+
+    async def go() -> None:
+        async with aetcd.Client(host=raw.host, port=raw.port) as client:
+            await client.put(key, value)
+
+    asyncio.run(go())
+
+
+def test_hostile_values_in_etcd_never_stop_the_mirror(
+    operator: Operator,
+    control_plane: ControlPlane,
+    raw_etcd: RawEtcd,
+    prefix: str,
+    namespace: str,
+    etcd_options: EtcdOptions,
+) -> None:
+    raw_etcd.put(keys.instance_config(prefix, "web", "i1"), json.dumps(INSTANCE))
+    wait_until(lambda: _get(control_plane, namespace, "si", "web.i1"), timeout=10, what="web.i1 before")
+    deep = b"[" * 5000 + b"]" * 5000
+    surrogate_value = b'{"name":"web","service_version":"\\ud800"}'
+    hostile: dict[str, bytes] = {
+        keys.instance_config(prefix, "web", "deep"): b'{"name":"web","service_version":"1.0","x":' + deep + b"}",
+        keys.server_config(prefix, "deep"): deep,
+        keys.instance_status(prefix, "node-1", "web", "i1"): deep,
+        keys.agent_status(prefix, "node-1"): b'{"hostname":' + deep + b"}",
+        keys.instance_config(prefix, "web", "surrogate"): surrogate_value,
+        keys.version_config(prefix, "web", "nan"): b'{"name":"web","min_healthy_seconds":NaN,"stop_timeout":Infinity}',
+        keys.version_config(prefix, "web", "nul"): json.dumps(
+            {"name": "web", "run_script": {"command": "./web\u0000", "argv": ["a\u0000b"]}}
+        ).encode(),
+        keys.version_config(prefix, "web", "big"): json.dumps(
+            {"name": "web", "run_script": {"command": "./web", "argv": ["x" * (1200 * 1024)]}}
+        ).encode(),
+    }
+
+    def put_all() -> None:
+        for key, value in hostile.items():
+            raw_etcd.put(key, value)
+        _put_bytes(raw_etcd, f"{prefix}/servers/n".encode() + b"\xff\xfe/config/details", b'{"service_instances":[]}')
+        # an invalid value at a key whose object exists: the object stays, a Warning names key and field
+        raw_etcd.put(keys.instance_config(prefix, "web", "i1"), json.dumps({**INSTANCE, "run_script": {"argv": 7}}))
+
+    def still_mirrors(instance: str) -> None:
+        key = keys.instance_config(prefix, "web", instance)
+        raw_etcd.put(key, json.dumps(INSTANCE))
+        wait_until(lambda: _get(control_plane, namespace, "si", f"web.{instance}"), timeout=20, what=f"web.{instance}")
+        assert operator.alive(), "the operator exited"
+
+    put_all()  # seen by the watch
+    still_mirrors("later1")
+    body = _get(control_plane, namespace, "si", "web.i1")
+    assert body is not None and body["spec"]["serviceVersion"] == "1.0"  # left as it was
+
+    def invalid_warning() -> list[dict[str, Any]]:
+        events = kubectl_json(control_plane, "get", "events", "-n", namespace, "--field-selector", "type=Warning")
+        return [e for e in events["items"] if e["reason"] == "InvalidDocument"]
+
+    message = wait_until(invalid_warning, timeout=10, what="an InvalidDocument event")[0]["message"]
+    assert keys.instance_config(prefix, "web", "i1") in message and "run_script" in message
+
+    operator.stop()  # and read at start-up, by the resync
+    operator.start()
+    still_mirrors("later2")
+    time.sleep(2)  # let retries with back-off happen, then check it is still up and quiet
+    assert operator.alive()
+    assert _get(control_plane, namespace, "si", "web.surrogate") is None
+    assert raw_etcd.get(keys.instance_config(prefix, "web", "surrogate")) == surrogate_value  # never rewritten
+    assert raw_etcd.get(keys.version_config(prefix, "web", "nan")) == hostile[keys.version_config(prefix, "web", "nan")]
+    log = operator.log_text()
+    assert log.count("Traceback") <= 2 * len(hostile), log[-4000:]

@@ -20,6 +20,7 @@ it never stops the other keys. Objects are found through `objects.Index`
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from discoverd.operator import decision, kube, objects, startup, status, workque
 from discoverd.schema import keys, names, resources
 from discoverd.store import documents
 
-__all__ = ["UNREAD", "Duplicate", "Outcome", "Reconciler", "Unread", "merge_patch"]
+__all__ = ["UNREAD", "Duplicate", "Outcome", "Reconciler", "Unread", "describe", "merge_patch"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,17 @@ class _StatusOnly:
 
 
 _STATUS_ONLY = _StatusOnly()
+
+
+def describe(error: Exception) -> str:
+    """One line for a log: an API error by its status and the API server's message, not its headers."""
+    if not isinstance(error, ApiException):
+        return str(error)
+    try:
+        message = json.loads(error.body or "{}").get("message", "")
+    except (ValueError, AttributeError):
+        message = ""
+    return f"{error.status} {error.reason}: {message or error.body or ''}"[:1000]
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -135,7 +147,9 @@ class Reconciler:
             await self.sync_status(key)
         except (DiscoverdError, ApiException, kube.NotFound, Duplicate) as error:
             delay = self.retry(key, config=config)
-            logger.warning("Failed to mirror key, will retry: %s", error, extra=logs.kv(key=built, retry_in=delay))
+            logger.warning(
+                "Failed to mirror key, will retry: %s", describe(error), extra=logs.kv(key=built, retry_in=delay)
+            )
         except Exception as error:  # a value nobody foresaw: report it, keep the other keys going
             delay = self.retry(key, config=config)
             await self._report(key, error, delay)
