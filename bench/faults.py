@@ -547,19 +547,19 @@ async def operator_kill(args: argparse.Namespace, tmp: Path) -> Row:
             listed = cast(
                 dict[str, Any],
                 api.list_namespaced_custom_object(
-                    resources.GROUP, resources.VERSION, om.MIRROR_NS, resources.PLURALS[skeys.Kind.INSTANCE]
+                    resources.GROUP, resources.VERSION, om.MIRROR_NS, resources.resource(skeys.Kind.INSTANCE).plural
                 ),
             )
             objs: list[dict[str, Any]] = listed["items"]
             by_name = {o["metadata"]["name"]: o for o in objs}
             missing = mismatched = 0
-            from discoverd.operator import mirror
+            from discoverd.operator import decision
 
             for key, doc in docs.items():
                 o = by_name.get(names.object_name(key))
                 if o is None:
                     missing += 1
-                elif o["spec"] != mirror.spec_of(key, doc):
+                elif o["spec"] != decision.spec_of(key, doc):
                     mismatched += 1
             import aetcd
 

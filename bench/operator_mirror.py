@@ -40,7 +40,7 @@ import common
 from kubernetes import client, config, watch
 
 from discoverd.config import EtcdOptions
-from discoverd.operator import kube, mirror, startup
+from discoverd.operator import decision, kube, startup
 from discoverd.schema import documents, keys, names, resources
 from discoverd.store import client as etcd_client
 from discoverd.store import documents as store_documents
@@ -69,18 +69,17 @@ def instance_documents(count: int) -> dict[keys.Key, documents.Instance]:
 
 def object_body(key: keys.Key, doc: documents.Document, revision: int) -> dict[str, Any]:
     """The object the operator would create for `key` (same spec, annotations and finalizer)."""
-    kind = next(name for name, model in resources.KINDS.items() if model.kind == key.kind)
-    spec = mirror.spec_of(key, doc)
+    spec = decision.spec_of(key, doc)
     return startup.as_handled(
         {
             "apiVersion": resources.API_VERSION,
-            "kind": kind,
+            "kind": resources.resource(key.kind).name,
             "metadata": {
                 "name": names.object_name(key),
                 "annotations": {
-                    mirror.ANNOTATION_KEY: key.build(PREFIX),
-                    mirror.ANNOTATION_REVISION: str(revision),
-                    mirror.ANNOTATION_DIGEST: mirror.digest(kind, spec),
+                    decision.ANNOTATION_KEY: key.build(PREFIX),
+                    decision.ANNOTATION_REVISION: str(revision),
+                    decision.ANNOTATION_DIGEST: decision.digest(key.kind, spec),
                 },
             },
             "spec": spec,
@@ -100,7 +99,7 @@ def raw_creates(
 ) -> float:
     """Create `bodies` in `namespace` with `concurrency` threads; seconds taken."""
     custom = client.CustomObjectsApi(api_client(cp, concurrency))
-    plural = resources.PLURALS[keys.Kind.INSTANCE]
+    plural = resources.resource(keys.Kind.INSTANCE).plural
 
     def create(body: dict[str, Any]) -> None:
         custom.create_namespaced_custom_object(resources.GROUP, resources.VERSION, namespace, plural, body)
@@ -124,7 +123,7 @@ class Watcher:
         self._stop = threading.Event()
         self._threads = [
             threading.Thread(target=self._run, args=(what,), daemon=True, name=f"watch-{what}")
-            for what in [*(resources.PLURALS[k] for k in KINDS), "events"]
+            for what in [*(resources.resource(k).plural for k in KINDS), "events"]
         ]
 
     def _list(self, what: str) -> tuple[Any, str]:

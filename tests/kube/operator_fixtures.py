@@ -65,12 +65,20 @@ class Operator:
             "--namespace",
             self.namespace,
         ]
+        resyncs = self.resyncs()
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, env=self.cp.env(), start_new_session=True
         )
         log.close()
-        wait_until(lambda: "Resynced etcd and Kubernetes" in self.log_text(), timeout=60, what="the operator's resync")
+        # This run's first resync (the log is appended to across restarts).
+        wait_until(lambda: self.resyncs() > resyncs, timeout=60, what="the operator's resync")
+
+    def resyncs(self) -> int:
+        return self.log_text().count("Resynced etcd and Kubernetes")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

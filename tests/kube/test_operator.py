@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import time
 from typing import Any
+
+import aetcd
 
 from discoverd.config import EtcdOptions
 from discoverd.schema import documents, keys
@@ -259,3 +262,100 @@ def test_quiet_mirror_writes_nothing(
     after = state()
     assert after == before, "the mirror wrote during a quiet period"
     print(f"\nquiet period 5 s: {len(before[0])} objects, {len(before[1])} etcd keys, 0 API writes, 0 etcd writes")
+
+
+def test_status_reports_the_generation_mirrored(
+    operator: Operator, control_plane: ControlPlane, raw_etcd: RawEtcd, prefix: str, namespace: str
+) -> None:
+    control_plane.kubectl_run("apply", "-n", namespace, "-f", str(REPO / "examples" / "service.yaml"))
+    raw_etcd.put(keys.version_config(prefix, "db", "9"), json.dumps(VERSION | {"name": "db"}))  # made from etcd
+
+    def observed(what: str, name: str) -> tuple[int, int | None] | None:
+        body = _get(control_plane, namespace, what, name) or {}
+        generation = body.get("metadata", {}).get("generation")
+        seen = body.get("status", {}).get("observedGeneration")
+        return (generation, seen) if generation is not None and generation == seen else None
+
+    for what, name in (("si", "web.i1"), ("sv", "web.2.0"), ("dsrv", "node-1"), ("sv", "db.9")):
+        assert wait_until(lambda w=what, n=name: observed(w, n), timeout=10, what=f"{what}/{name} observed")[0] == 1
+    control_plane.kubectl_run(
+        "patch", "si", "web.i1", "-n", namespace, "--type=merge", "-p", '{"spec":{"serviceVersion":"2.0"}}'
+    )
+    assert wait_until(lambda: observed("si", "web.i1"), timeout=10, what="generation 2 observed")[0] == 2
+    assert _json(raw_etcd, keys.instance_config(prefix, "web", "i1"))["service_version"] == "2.0"
+    raw_etcd.put(keys.version_config(prefix, "db", "9"), json.dumps(VERSION | {"name": "db", "stop_timeout": 3}))
+    assert wait_until(lambda: observed("sv", "db.9"), timeout=10, what="etcd's change observed")[0] == 2
+
+
+def _put_bytes(raw: RawEtcd, key: bytes, value: bytes) -> None:
+    """A put with raw key bytes (RawEtcd takes text keys; a hostile writer need not)."""
+
+    async def go() -> None:
+        async with aetcd.Client(host=raw.host, port=raw.port) as client:
+            await client.put(key, value)
+
+    asyncio.run(go())
+
+
+def test_hostile_values_in_etcd_never_stop_the_mirror(
+    operator: Operator,
+    control_plane: ControlPlane,
+    raw_etcd: RawEtcd,
+    prefix: str,
+    namespace: str,
+    etcd_options: EtcdOptions,
+) -> None:
+    raw_etcd.put(keys.instance_config(prefix, "web", "i1"), json.dumps(INSTANCE))
+    wait_until(lambda: _get(control_plane, namespace, "si", "web.i1"), timeout=10, what="web.i1 before")
+    deep = b"[" * 5000 + b"]" * 5000
+    surrogate_value = b'{"name":"web","service_version":"\\ud800"}'
+    hostile: dict[str, bytes] = {
+        keys.instance_config(prefix, "web", "deep"): b'{"name":"web","service_version":"1.0","x":' + deep + b"}",
+        keys.server_config(prefix, "deep"): deep,
+        keys.instance_status(prefix, "node-1", "web", "i1"): deep,
+        keys.agent_status(prefix, "node-1"): b'{"hostname":' + deep + b"}",
+        keys.instance_config(prefix, "web", "surrogate"): surrogate_value,
+        keys.version_config(prefix, "web", "nan"): b'{"name":"web","min_healthy_seconds":NaN,"stop_timeout":Infinity}',
+        keys.version_config(prefix, "web", "nul"): json.dumps(
+            {"name": "web", "run_script": {"command": "./web\u0000", "argv": ["a\u0000b"]}}
+        ).encode(),
+        keys.version_config(prefix, "web", "big"): json.dumps(
+            {"name": "web", "run_script": {"command": "./web", "argv": ["x" * (1200 * 1024)]}}
+        ).encode(),
+    }
+
+    def put_all() -> None:
+        for key, value in hostile.items():
+            raw_etcd.put(key, value)
+        _put_bytes(raw_etcd, f"{prefix}/servers/n".encode() + b"\xff\xfe/config/details", b'{"service_instances":[]}')
+        # an invalid value at a key whose object exists: the object stays, a Warning names key and field
+        raw_etcd.put(keys.instance_config(prefix, "web", "i1"), json.dumps({**INSTANCE, "run_script": {"argv": 7}}))
+
+    def still_mirrors(instance: str) -> None:
+        key = keys.instance_config(prefix, "web", instance)
+        raw_etcd.put(key, json.dumps(INSTANCE))
+        wait_until(lambda: _get(control_plane, namespace, "si", f"web.{instance}"), timeout=20, what=f"web.{instance}")
+        assert operator.alive(), "the operator exited"
+
+    put_all()  # seen by the watch
+    still_mirrors("later1")
+    body = _get(control_plane, namespace, "si", "web.i1")
+    assert body is not None and body["spec"]["serviceVersion"] == "1.0"  # left as it was
+
+    def invalid_warning() -> list[dict[str, Any]]:
+        events = kubectl_json(control_plane, "get", "events", "-n", namespace, "--field-selector", "type=Warning")
+        return [e for e in events["items"] if e["reason"] == "InvalidDocument"]
+
+    message = wait_until(invalid_warning, timeout=10, what="an InvalidDocument event")[0]["message"]
+    assert keys.instance_config(prefix, "web", "i1") in message and "run_script" in message
+
+    operator.stop()  # and read at start-up, by the resync
+    operator.start()
+    still_mirrors("later2")
+    time.sleep(2)  # let retries with back-off happen, then check it is still up and quiet
+    assert operator.alive()
+    assert _get(control_plane, namespace, "si", "web.surrogate") is None
+    assert raw_etcd.get(keys.instance_config(prefix, "web", "surrogate")) == surrogate_value  # never rewritten
+    assert raw_etcd.get(keys.version_config(prefix, "web", "nan")) == hostile[keys.version_config(prefix, "web", "nan")]
+    log = operator.log_text()
+    assert log.count("Traceback") <= 2 * len(hostile), log[-4000:]

@@ -165,9 +165,9 @@ def _status_list(items: Iterable[tuple[str, documents.InstanceStatus]]) -> list[
 def objects(view: View, what: str, prefix: str) -> list[dict[str, Any]]:
     """The custom-resource form of each document, with agent status."""
     out = []
-    kinds = {"servers": keys.Kind.SERVER, "versions": keys.Kind.VERSION, "instances": keys.Kind.INSTANCE}
+    kind = _KINDS[what]
     for key, revision in sorted(view.revisions.items()):
-        if key.kind != kinds[what]:
+        if key.kind != kind:
             continue
         doc: documents.Document
         status: dict[str, Any]
@@ -189,7 +189,7 @@ def objects(view: View, what: str, prefix: str) -> list[dict[str, Any]]:
         out.append(
             {
                 "apiVersion": resources.API_VERSION,
-                "kind": key.kind.value,
+                "kind": resources.resource(key.kind).name,
                 "metadata": {"name": names.object_name(key)},
                 "spec": resources.to_spec(key, doc),
                 "status": {"etcdKey": key.build(prefix), "modRevision": revision, **status},
@@ -198,8 +198,12 @@ def objects(view: View, what: str, prefix: str) -> list[dict[str, Any]]:
     return out
 
 
+_KINDS = {r.cli_name: r.kind for r in resources.RESOURCES.values()}
+"""`discoverd get` words -> kinds, from the one registry of kinds."""
+
+
 @click.command()
-@click.argument("what", type=click.Choice(["servers", "versions", "instances"]))
+@click.argument("what", type=click.Choice(list(_KINDS)))
 @click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
 @click.pass_context
 def get(ctx: click.Context, what: str, output: str) -> None:

@@ -1,133 +1,144 @@
-"""The etcd side of the mirror: a full resync, then a watch that creates, patches and deletes objects.
+"""The etcd side of the mirror: a full resync, then a watch whose events queue keys for the reconciler.
 
 On start (and after compaction or a lost watch) every key under the prefix
-and every object in the namespace is looked at once, so whatever changed on
-either side while the operator was away converges by `mirror.decide`. Then
-each watch batch updates the status view, syncs the configuration keys it
-touched, and rewrites the status of the objects it affects, up to
-`kube.CONCURRENCY` keys at once. etcd outages are
-waited out with back-off, never fatal.
+and every object in the namespace is queued once, so whatever changed on
+either side while the operator was away converges by `decision.decide`.
+Then each watch batch updates the status view and queues the configuration
+keys it touched (with the value it delivered) and the keys whose status it
+affects; the reconciler's workers do the rest. A bad value is logged with
+its key and field and skipped; etcd outages are waited out with back-off,
+never fatal.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
 from discoverd import logs
-from discoverd.errors import Compacted, DiscoverdError, InvalidDocument, StoreUnavailable
-from discoverd.operator import kube, status, sync
-from discoverd.schema import keys
+from discoverd.errors import Compacted, InvalidDocument, StoreUnavailable
+from discoverd.operator import reconciler, status
+from discoverd.schema import keys, resources
 from discoverd.store import documents, watch
 
-__all__ = ["CONFIG_KINDS", "resync", "retry_keys", "run"]
+__all__ = ["TolerantStore", "resync", "run"]
 
 logger = logging.getLogger(__name__)
 
-CONFIG_KINDS = (keys.Kind.SERVER, keys.Kind.VERSION, keys.Kind.INSTANCE)
 _MAX_BACKOFF = 10.0
 
 
-async def _sync(
-    m: sync.Mirror, key: keys.Key, *, config: bool, seen: documents.Entry | sync.Unread | None = sync.UNREAD
-) -> None:
-    """Sync one key (and its object's status); a failure is logged and the key retried later."""
-    try:
-        if config:
-            await m.sync_key(key, seen=seen)
-        await m.sync_status(key)
-    except (DiscoverdError, ApiException, kube.NotFound) as error:
-        logger.warning("Failed to mirror key, will retry: %s", error, extra=logs.kv(key=key.build(m.prefix)))
-        m.retry_later(key, 2.0)
+class TolerantStore(documents.Store):
+    """The store, with every decoding failure turned into an invalid entry.
 
-
-async def _object_keys(m: sync.Mirror) -> set[keys.Key]:
-    """The keys the objects name, reloading the index from one list per kind."""
-    for kind in CONFIG_KINDS:
-        await m.load(kind)
-    return m.index.named_keys()
-
-
-async def _sync_all(
-    m: sync.Mirror,
-    todo: Iterable[keys.Key],
-    *,
-    config: bool,
-    seen: Mapping[keys.Key, documents.Entry | None] | None = None,
-) -> None:
-    """Sync keys concurrently, at most kube.CONCURRENCY at once (each key under its own lock).
-
-    `seen`: the latest value the watch delivered for some of the keys (None: deleted).
+    `documents.decode` promises an Entry carrying an InvalidDocument for bad data,
+    but a decoder bug (say a RecursionError on deeply nested JSON) raised inside
+    `Store.snapshot` or `watch.watch` would fail the whole read, and every resync
+    after it, over one value. Overriding the store's private `_decode` is the one
+    seam both of them go through (the watch calls it too).
     """
-    limit = asyncio.Semaphore(kube.CONCURRENCY)
-    known = seen or {}
 
-    async def one(key: keys.Key) -> None:
-        async with limit:
-            await _sync(m, key, config=config, seen=known.get(key, sync.UNREAD))
+    def _decode(self, kv: Any) -> documents.Entry:
+        try:
+            return super()._decode(kv)
+        except Exception as error:  # anything: one value must not stop the others
+            key = kv.key.decode("utf-8", errors="surrogateescape")
+            problem = InvalidDocument(key, "", f"could not be decoded: {type(error).__name__}: {error}"[:500])
+            try:
+                parsed = keys.parse(self.prefix, key)
+            except Exception:
+                parsed = None
+            return documents.Entry(
+                key, kv.value, kv.mod_revision, kv.create_revision, kv.lease, parsed=parsed, error=problem
+            )
 
-    async with asyncio.TaskGroup() as group:
-        for key in sorted(todo):
-            group.create_task(one(key))
+
+def _utf8(key: str) -> bool:
+    """etcd keys are bytes; one that is not UTF-8 (read with surrogateescape) names no object."""
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
-async def resync(m: sync.Mirror) -> int:
-    """Converge every key and every object; the revision to watch from."""
-    snapshot = await m.store.snapshot()
-    m.view = status.View()
-    config: set[keys.Key] = set()
+def _parsed(entry: documents.Entry) -> keys.Key | None:
+    """The entry's key if the mirror looks at it; an invalid one is logged (key and field) and skipped."""
+    if not _utf8(entry.key):
+        logger.warning("Ignored key: not valid UTF-8", extra=logs.kv(key=ascii(entry.key)))
+        return None
+    if entry.error is not None:
+        logger.warning("Ignored invalid document: %s", entry.error, extra=logs.kv(key=entry.key))
+    return entry.parsed
+
+
+async def _object_keys(r: reconciler.Reconciler) -> set[keys.Key]:
+    """The keys the objects name, reloading the index from one list per kind."""
+    for kind in resources.RESOURCES:
+        await r.load(kind)
+    return r.index.named_keys()
+
+
+async def resync(r: reconciler.Reconciler) -> int:
+    """Queue every key and every object; the revision to watch from."""
+    snapshot = await r.store.snapshot()
+    r.view = status.View()
+    config: dict[keys.Key, documents.Entry] = {}
     for entry in snapshot.entries.values():
-        if entry.parsed is None:
+        parsed = _parsed(entry)
+        if parsed is None:
             continue
-        m.view.put(entry.parsed, entry.document)
-        if entry.parsed.kind in CONFIG_KINDS:
-            config.add(entry.parsed)
-        if entry.error is not None:
-            logger.warning("Ignored invalid document: %s", entry.error, extra=logs.kv(key=entry.key))
-    config |= await _object_keys(m)
-    await _sync_all(m, config, config=True)
-    logger.info("Resynced etcd and Kubernetes", extra=logs.kv(revision=snapshot.revision, keys=len(config)))
+        r.view.put(parsed, entry.document)
+        if parsed.kind in resources.RESOURCES:
+            config[parsed] = entry
+    named = await _object_keys(r)
+    for key in sorted(config.keys() | named):
+        r.enqueue(key, seen=config.get(key))  # None: not in etcd at the snapshot's revision
+    logger.info(
+        "Resynced etcd and Kubernetes", extra=logs.kv(revision=snapshot.revision, keys=len(config.keys() | named))
+    )
     return snapshot.revision
 
 
-async def _apply(m: sync.Mirror, batch: list[watch.Event]) -> None:
-    touched: dict[keys.Key, documents.Entry | None] = {}
+def _apply(r: reconciler.Reconciler, batch: list[watch.Event]) -> None:
+    """Queue what one watch response changed."""
     statuses: set[keys.Key] = set()
     for event in batch:
         if isinstance(event, watch.Progress):
             continue
-        entry = event.entry if isinstance(event, watch.Put) else None
+        entry: documents.Entry | None = None
         if isinstance(event, watch.Put):
-            parsed, doc = event.entry.parsed, event.entry.document
-            if event.entry.error is not None:
-                logger.warning("Ignored invalid document: %s", event.entry.error, extra=logs.kv(key=event.entry.key))
-        else:
+            entry = event.entry
+            parsed = _parsed(entry)
+        elif _utf8(event.key):
             try:
-                parsed, doc = keys.parse(m.prefix, event.key), None
+                parsed = keys.parse(r.prefix, event.key)
             except InvalidDocument:
                 continue
+        else:
+            continue
         if parsed is None:
             continue
-        m.view.put(parsed, doc)
-        if parsed.kind in CONFIG_KINDS:
-            touched[parsed] = entry  # the last event of the batch for a key is its current value
-        statuses |= status.affected(m.view, parsed)
-    await _sync_all(m, touched, config=True, seen=touched)
-    await _sync_all(m, statuses - touched.keys(), config=False)
+        r.view.put(parsed, entry.document if entry is not None else None)
+        if parsed.kind in resources.RESOURCES:
+            r.enqueue(parsed, seen=entry)  # the last event of a batch for a key is its current value
+        statuses |= status.affected(r.view, parsed)
+    for key in sorted(statuses):
+        r.enqueue(key, config=False)
 
 
-async def run(m: sync.Mirror) -> None:
+async def run(r: reconciler.Reconciler) -> None:
     """Resync, then follow the watch; start over after compaction, a lost watch or an outage."""
     delay = 0.5
     while True:
         try:
-            revision = await resync(m)
+            revision = await resync(r)
             delay = 0.5
-            async for batch in watch.watch(m.store, revision + 1):
-                await _apply(m, batch)
+            async for batch in watch.watch(r.store, revision + 1):
+                _apply(r, batch)
         except Compacted as error:
             logger.warning("Resyncing: the watch was compacted", extra=logs.kv(reason=str(error)))
         except StoreUnavailable as error:
@@ -140,11 +151,3 @@ async def run(m: sync.Mirror) -> None:
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_BACKOFF)
-
-
-async def retry_keys(m: sync.Mirror) -> None:
-    """Keys asked to be looked at again (deleted objects to re-create, failures to retry)."""
-    while True:
-        key = await m.later.get()
-        if key.kind in CONFIG_KINDS:
-            await _sync(m, key, config=True)

@@ -1,10 +1,11 @@
-"""Thin Kopf handlers: a user's create, change or delete of an object goes to `sync.Mirror`.
+"""Thin Kopf handlers: a user's create, change or delete of an object goes to the `reconciler.Reconciler`.
 
-The same two functions serve all three kinds, and `on_event` keeps the
-mirror's index of objects (`objects.Index`) current from Kopf's watch, so
-finding the object for a key never lists. Errors are translated here:
-an invalid or duplicate object is permanent (Kopf stops retrying until it
-changes), an unreachable etcd or a lost compare-and-swap is temporary.
+The same functions serve every kind in `resources.RESOURCES`, and `on_event`
+keeps the reconciler's index of objects (`objects.Index`) current from
+Kopf's watch, so finding the object for a key never lists. Errors are
+translated here: an invalid or duplicate object is permanent (Kopf stops
+retrying until it changes), an unreachable etcd or a lost compare-and-swap
+is temporary.
 """
 
 from __future__ import annotations
@@ -15,21 +16,20 @@ from typing import Any
 import kopf
 
 from discoverd.errors import Conflict, InvalidDocument, StoreUnavailable
-from discoverd.operator import mirror, startup, sync
-from discoverd.schema import resources
-
-_KINDS = {name: model.kind for name, model in resources.KINDS.items()}
+from discoverd.operator import decision, reconciler, startup
+from discoverd.schema import keys, resources
 
 __all__ = ["on_change", "on_delete", "on_event"]
 
 
-async def _sync(body: kopf.Body, memo: Any, *, deleting: bool) -> mirror.Decision | None:
-    m: sync.Mirror = memo["mirror"]
-    m.observe(_KINDS[body["kind"]], dict(body))
+async def _sync(body: kopf.Body, memo: Any, *, deleting: bool) -> decision.Decision | None:
+    r: reconciler.Reconciler = memo["reconciler"]
+    kind = resources.resource(body["kind"]).kind
+    r.observe(kind, dict(body))
     try:
-        key = m.key_of(body["kind"], dict(body))
-        return (await m.sync_key(key, name=body.metadata.name, handler=True)).decision
-    except (InvalidDocument, sync.Duplicate) as error:
+        key = r.key_of(kind, dict(body))
+        outcome = await r.sync_key(key, name=body.metadata.name, handler=True)
+    except (InvalidDocument, reconciler.Duplicate) as error:
         if deleting:
             return None  # never mirrored: nothing in etcd to delete
         raise kopf.PermanentError(str(error)) from None
@@ -37,13 +37,18 @@ async def _sync(body: kopf.Body, memo: Any, *, deleting: bool) -> mirror.Decisio
         raise kopf.TemporaryError(str(error), delay=error.retry_after) from None
     except Conflict as error:
         raise kopf.TemporaryError(str(error), delay=1) from None
+    if outcome.retry:
+        r.retry(key)
+    else:
+        r.enqueue(key, config=False)  # its status: the generation just mirrored
+    return outcome.decision
 
 
 async def on_change(body: kopf.Body, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
     """Created, changed (spec) or found at start-up: write it to etcd, or reset it to etcd's value."""
-    decision = await _sync(body, memo, deleting=False)
-    if isinstance(decision, mirror.Refuse):
-        raise kopf.PermanentError(decision.reason)
+    chosen = await _sync(body, memo, deleting=False)
+    if isinstance(chosen, decision.Refuse):
+        raise kopf.PermanentError(chosen.reason)
 
 
 async def on_delete(body: kopf.Body, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
@@ -52,18 +57,28 @@ async def on_delete(body: kopf.Body, memo: Any, logger: logging.Logger | logging
 
 
 async def on_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    """Every object Kopf's watch sees (listed, added, changed, deleted) goes into the index."""
-    m: sync.Mirror = memo["mirror"]
+    """Every object Kopf's watch sees (listed, added, changed, deleted) goes into the index.
+
+    A deleted object's key is reconciled again: if etcd still has it (the user's delete lost
+    to a newer etcd value), the object is re-created.
+    """
+    r: reconciler.Reconciler = memo["reconciler"]
     body = event["object"]
-    kind = _KINDS[body["kind"]]
-    if event["type"] == "DELETED":
-        m.index.forget(kind, body["metadata"]["name"])
-    else:
-        m.observe(kind, dict(body))
+    kind = resources.resource(body["kind"]).kind
+    if event["type"] != "DELETED":
+        r.observe(kind, dict(body))
+        return
+    r.index.forget(kind, body["metadata"]["name"])
+    try:
+        key: keys.Key | None = r.key_of(kind, dict(body))
+    except InvalidDocument:
+        key = None
+    if key is not None:
+        r.enqueue(key)
 
 
-for _model in resources.KINDS.values():
-    _where = (resources.GROUP, resources.VERSION, resources.PLURALS[_model.kind])
+for _resource in resources.RESOURCES.values():
+    _where = (resources.GROUP, resources.VERSION, _resource.plural)
     kopf.on.create(*_where, registry=startup.registry, id="mirror")(on_change)
     kopf.on.update(*_where, registry=startup.registry, id="mirror", field="spec")(on_change)
     kopf.on.resume(*_where, registry=startup.registry, id="mirror")(on_change)

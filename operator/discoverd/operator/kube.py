@@ -71,7 +71,7 @@ class Api:
             raise
 
     def _where(self, kind: keys.Kind) -> tuple[str, str, str, str]:
-        return resources.GROUP, resources.VERSION, self.namespace, resources.PLURALS[kind]
+        return resources.GROUP, resources.VERSION, self.namespace, resources.resource(kind).plural
 
     async def list(self, kind: keys.Kind) -> tuple[list[dict[str, Any]], int | None]:
         """Every object of `kind`, and the list's resourceVersion (None if not a number)."""

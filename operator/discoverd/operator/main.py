@@ -1,7 +1,9 @@
-"""The operator's main: Kopf and the etcd watch in one asyncio TaskGroup, one prefix into one namespace.
+"""The operator's main: Kopf, the etcd watch and the reconciler's workers in one TaskGroup, one prefix into one namespace.
 
 Kopf handles SIGTERM/SIGINT and returns; the etcd side is then cancelled.
-etcd being down at start-up or later is waited out, never fatal.
+etcd being down at start-up or later is waited out, never fatal. The etcd
+watch and each worker run under `tasks.supervise`: an unexpected exception
+is logged with its traceback and the task restarted with back-off.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import kopf
 from discoverd import logs
 from discoverd.config import EtcdOptions
 from discoverd.errors import StoreUnavailable
-from discoverd.operator import etcd_to_k8s, handlers, kube, startup, sync
+from discoverd.operator import etcd_to_k8s, handlers, kube, reconciler, startup, tasks
 from discoverd.store import client, documents
 
 __all__ = ["connect", "run"]
@@ -28,7 +30,7 @@ async def connect(options: EtcdOptions) -> documents.Store:
     delay = 0.5
     while True:
         try:
-            return documents.Store(await client.connect(options))
+            return etcd_to_k8s.TolerantStore(await client.connect(options))
         except StoreUnavailable as error:
             logger.warning("etcd is unavailable, retrying", extra=logs.kv(reason=str(error), retry_in=delay))
             await asyncio.sleep(delay)
@@ -39,23 +41,25 @@ async def run(namespace: str, options: EtcdOptions) -> None:
     """Mirror `options.prefix` in etcd and `namespace` in Kubernetes both ways until signalled."""
     store = await connect(options)
     api = kube.Api(kube.load_config(), namespace)
-    m = sync.Mirror(store, api)
+    r = reconciler.Reconciler(store, api)
     logger.info("Started operator", extra=logs.kv(namespace=namespace, prefix=options.prefix))
     try:
         async with asyncio.TaskGroup() as group:
-            etcd_side = [
-                group.create_task(etcd_to_k8s.run(m), name="etcd-to-k8s"),
-                group.create_task(etcd_to_k8s.retry_keys(m), name="retry-keys"),
+            ours = [group.create_task(tasks.supervise("etcd-watch", lambda: etcd_to_k8s.run(r)), name="etcd-watch")]
+            ours += [
+                group.create_task(tasks.supervise(f"worker-{i}", r.work), name=f"worker-{i}")
+                for i in range(kube.CONCURRENCY)
             ]
             await kopf.operator(
                 registry=startup.registry,
                 namespaces=[namespace],
                 standalone=True,
-                memo=kopf.Memo(mirror=m),
+                memo=kopf.Memo(reconciler=r),
             )
-            for task in etcd_side:
+            for task in ours:
                 task.cancel()
     finally:
-        logger.info("Stopped operator", extra=logs.kv(api_writes=api.writes, etcd_writes=m.etcd_writes))
+        r.queue.close()
+        logger.info("Stopped operator", extra=logs.kv(api_writes=api.writes, etcd_writes=r.etcd_writes))
         await store.close()
         api.close()

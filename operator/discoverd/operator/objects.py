@@ -24,12 +24,10 @@ from collections import defaultdict
 from typing import Any
 
 from discoverd.errors import InvalidDocument
-from discoverd.operator import mirror
-from discoverd.schema import keys, resources
+from discoverd.operator import decision
+from discoverd.schema import keys
 
 __all__ = ["Index"]
-
-_KIND_NAMES = {model.kind: name for name, model in resources.KINDS.items()}
 
 
 def _revision(body: dict[str, Any]) -> int | None:
@@ -103,7 +101,7 @@ class Index:
         self._bodies.setdefault(kind, {})[name] = body
         if key is None:
             try:
-                key = mirror.key_of_spec(_KIND_NAMES[kind], body.get("spec") or {})
+                key = decision.key_of_spec(kind, body.get("spec") or {})
             except InvalidDocument:
                 return
         self._key[(kind, name)] = key

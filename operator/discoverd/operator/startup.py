@@ -34,6 +34,13 @@ def as_handled(body: dict[str, Any]) -> dict[str, Any]:
     writes when etcd adds keys (bench/operator_mirror.py). Should the stored
     object differ (the API server changed the spec), Kopf sees a change and
     handles it as usual.
+
+    The annotations are made by Kopf's own diff-base storage (`DIFFBASE.store`,
+    which also adds Kopf's `kopf-managed` marker); only the finalizer is added by
+    hand, and the order (marker first, because it changes what Kopf's essence
+    leaves out) is Kopf's internal behaviour. This is the one place that knows
+    it: `test_created_objects_look_handled_to_kopf` runs Kopf's own change
+    detection on the result and fails when Kopf changes its format.
     """
     metadata = dict(body.get("metadata") or {})
     metadata["finalizers"] = [*(metadata.get("finalizers") or []), FINALIZER]

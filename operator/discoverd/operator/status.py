@@ -12,21 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from discoverd.schema import documents, keys, resource_status
+from pydantic import BaseModel
+
+from discoverd.schema import documents, keys, resource_status, resources
 
 __all__ = ["View", "affected", "normalized"]
 
 _ORDER = list(documents.Phase)
-_STATUS_MODELS: dict[keys.Kind, type[resource_status.Status]] = {
-    keys.Kind.INSTANCE: resource_status.ServiceInstanceStatus,
-    keys.Kind.SERVER: resource_status.ServerStatus,
-    keys.Kind.VERSION: resource_status.ServiceVersionStatus,
-}
 
 
 def normalized(kind: keys.Kind, status: dict[str, Any] | None) -> dict[str, Any]:
     """A status as a complete dict (defaults filled in, unknown fields dropped), for comparing."""
-    model = _STATUS_MODELS[kind]
+    model = resources.resource(kind).status
     known = {k: v for k, v in (status or {}).items() if k in model.model_fields or _is_alias(model, k)}
     try:
         return model.model_validate(known).model_dump(mode="json", by_alias=True)
@@ -34,7 +31,7 @@ def normalized(kind: keys.Kind, status: dict[str, Any] | None) -> dict[str, Any]
         return {}
 
 
-def _is_alias(model: type[resource_status.Status], name: str) -> bool:
+def _is_alias(model: type[BaseModel], name: str) -> bool:
     return any(f.alias == name for f in model.model_fields.values())
 
 
@@ -89,17 +86,7 @@ class View:
 
     def _instance(self, key: keys.Key) -> resource_status.ServiceInstanceStatus:
         servers = [
-            resource_status.InstanceOnServer(
-                server=k.server,
-                phase=d.phase.value,
-                version=d.version,
-                previous_version=d.previous_version,
-                pid=d.pid,
-                restarts=d.restarts,
-                last_exit_code=d.last_exit_code,
-                message=d.message,
-                since=_text(d.since),
-            )
+            resource_status.InstanceOnServer.of(k.server, d)
             for k, d in self._reports("instance", key.service, key.instance)
         ]
         if not servers:
@@ -107,7 +94,7 @@ class View:
         phases = {s.phase for s in servers}
         versions = {s.version for s in servers if s.version}
         return resource_status.ServiceInstanceStatus(
-            phase=servers[0].phase if len(phases) == 1 else min(phases, key=lambda p: _ORDER.index(documents.Phase(p))),
+            phase=min(phases, key=_ORDER.index).value,
             version=", ".join(sorted(versions)) or None,
             server=",".join(s.server for s in servers),
             restarts=sum(s.restarts for s in servers),

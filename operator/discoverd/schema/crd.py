@@ -20,21 +20,11 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from discoverd.schema import keys, resource_status, resources
+from discoverd.schema import keys, resources
 
-__all__ = ["CATEGORY", "SEGMENT_PATTERN", "SHORT_NAMES", "STATUS_MODELS", "all_crds", "crd", "prune", "spec_schema"]
+__all__ = ["CATEGORY", "SEGMENT_PATTERN", "all_crds", "crd", "prune", "spec_schema"]
 
 CATEGORY = "discoverd"
-SHORT_NAMES: dict[str, list[str]] = {
-    "ServiceVersion": ["sv", "dsv"],
-    "ServiceInstance": ["si", "dsi"],
-    "Server": ["dsrv"],
-}
-STATUS_MODELS: dict[str, type[BaseModel]] = {
-    "ServiceVersion": resource_status.ServiceVersionStatus,
-    "ServiceInstance": resource_status.ServiceInstanceStatus,
-    "Server": resource_status.ServerStatus,
-}
 
 _C = r"[^/\x00-\x1f\x7f]"
 _N = r"[^/\x00-\x1f\x7f.]"
@@ -106,7 +96,7 @@ def _schema(model: type[BaseModel]) -> dict[str, Any]:
 _NAME_FIELDS = ("service", "version", "id")
 
 
-def spec_schema(kind: str) -> dict[str, Any]:
+def spec_schema(kind: keys.Kind | str) -> dict[str, Any]:
     """The spec's schema: names first (immutable: they name the etcd key), then the body."""
     schema = _schema(resources.spec_for(kind))
     properties: dict[str, Any] = schema["properties"]
@@ -124,47 +114,19 @@ def spec_schema(kind: str) -> dict[str, Any]:
     return schema
 
 
-def _columns(kind: str) -> list[dict[str, Any]]:
-    def col(name: str, path: str, type_: str = "string", priority: int = 0) -> dict[str, Any]:
-        column = {"name": name, "type": type_, "jsonPath": path}
-        return {**column, "priority": priority} if priority else column
-
-    age = col("Age", ".metadata.creationTimestamp", "date")
-    if kind == "ServiceVersion":
-        return [
-            col("Service", ".spec.service"),
-            col("Version", ".spec.version"),
-            col("Instances", ".status.instances", "integer"),
-            col("Running", ".status.running", "integer"),
-            age,
-        ]
-    if kind == "ServiceInstance":
-        return [
-            col("Service", ".spec.service"),
-            col("ID", ".spec.id"),
-            col("Version", ".spec.serviceVersion"),
-            col("Phase", ".status.phase"),
-            col("Server", ".status.server"),
-            col("Restarts", ".status.restarts", "integer"),
-            age,
-            col("Current", ".status.version", priority=1),
-            col("Message", ".status.message", priority=1),
-        ]
-    return [
-        col("ID", ".spec.id"),
-        col("Phase", ".status.phase"),
-        col("Instances", ".status.instances", "integer"),
-        col("Running", ".status.running", "integer"),
-        col("Hostname", ".status.hostname", priority=1),
-        age,
-    ]
+def _columns(resource: resources.Resource) -> list[dict[str, Any]]:
+    out = []
+    for c in resource.columns:
+        column: dict[str, Any] = {"name": c.name, "type": c.type, "jsonPath": c.path}
+        out.append({**column, "priority": c.priority} if c.priority else column)
+    return out
 
 
-def crd(kind: str) -> dict[str, Any]:
-    """The CustomResourceDefinition for one of `resources.KINDS`."""
-    spec_model = resources.spec_for(kind)
-    plural = resources.PLURALS[spec_model.kind]
-    description = (spec_model.__doc__ or f"A discoverd {kind}.").strip().splitlines()[0]
+def crd(kind: keys.Kind | str) -> dict[str, Any]:
+    """The CustomResourceDefinition for one of `resources.RESOURCES`."""
+    resource = resources.resource(kind)
+    kind, plural = resource.name, resource.plural
+    description = (resource.spec.__doc__ or f"A discoverd {kind}.").strip().splitlines()[0]
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -177,7 +139,7 @@ def crd(kind: str) -> dict[str, Any]:
                 "listKind": f"{kind}List",
                 "plural": plural,
                 "singular": kind.lower(),
-                "shortNames": SHORT_NAMES[kind],
+                "shortNames": list(resource.short_names),
                 "categories": [CATEGORY],
             },
             "versions": [
@@ -186,7 +148,7 @@ def crd(kind: str) -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": _columns(kind),
+                    "additionalPrinterColumns": _columns(resource),
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
@@ -197,7 +159,7 @@ def crd(kind: str) -> dict[str, Any]:
                                 "kind": {"type": "string"},
                                 "metadata": {"type": "object"},
                                 "spec": spec_schema(kind),
-                                "status": _schema(STATUS_MODELS[kind]),
+                                "status": _schema(resource.status),
                             },
                         }
                     },
@@ -210,8 +172,8 @@ def crd(kind: str) -> dict[str, Any]:
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name (kubebuilder's `<group>_<plural>.yaml`) -> CRD, for every kind."""
     out: dict[str, dict[str, Any]] = {}
-    for kind, model in resources.KINDS.items():
-        out[f"{resources.GROUP}_{resources.PLURALS[model.kind]}.yaml"] = crd(kind)
+    for resource in resources.RESOURCES.values():
+        out[f"{resources.GROUP}_{resource.plural}.yaml"] = crd(resource.kind)
     return out
 
 

@@ -4,13 +4,22 @@ The operator rebuilds these from the status keys agents keep in etcd
 (DESIGN section 2) and writes them to the status subresource; the CRD's
 status schema is generated from these models (`crd`). Only fields that
 change when something happens are here (no heartbeats or `updated_at`), so
-an agent rewriting the same status never causes an API write.
+an agent rewriting the same status never causes an API write. What one
+agent reports about an instance has one shape, `documents.InstanceState`;
+`InstanceOnServer` is that shape plus the server and `since`.
+`observedGeneration` is the object's `metadata.generation` the operator last
+mirrored (Kubernetes API conventions).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
+
+from discoverd.schema import documents
 
 __all__ = [
     "InstanceOnServer",
@@ -23,20 +32,20 @@ __all__ = [
 _CAMEL = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 
 
-class InstanceOnServer(BaseModel):
-    """What one server's agent reports about an instance."""
+class InstanceOnServer(documents.InstanceState):
+    """What one server's agent reports about an instance: the agent's summary, its server and since when."""
 
-    model_config = _CAMEL
+    model_config = ConfigDict(extra="forbid")
 
     server: str
-    phase: str
-    version: str | None = None
-    previous_version: str | None = None
-    pid: int | None = None
-    restarts: int = 0
-    last_exit_code: int | None = None
-    message: str = ""
-    since: str | None = None
+    since: dt.datetime | None = None
+    """When the instance entered its current phase."""
+
+    @classmethod
+    def of(cls, server: str, report: documents.InstanceStatus) -> InstanceOnServer:
+        """The report an agent wrote at `<prefix>/servers/<server>/status/instances/...`, known fields only."""
+        known: dict[str, Any] = {name: getattr(report, name) for name in documents.InstanceState.model_fields}
+        return cls(server=server, since=report.since, **known)
 
 
 class ServiceInstanceStatus(BaseModel):
@@ -44,8 +53,9 @@ class ServiceInstanceStatus(BaseModel):
 
     model_config = _CAMEL
 
+    observed_generation: int | None = None
     phase: str | None = None
-    """The phase on its server; with several servers, the least advanced one, or Mixed."""
+    """The phase on its server; with several servers, the least advanced one."""
     version: str | None = None
     server: str | None = None
     """The servers reporting the instance, comma-separated."""
@@ -60,6 +70,7 @@ class ServerStatus(BaseModel):
 
     model_config = _CAMEL
 
+    observed_generation: int | None = None
     online: bool = False
     phase: str = "Offline"
     """Online or Offline (the printer column)."""
@@ -79,6 +90,7 @@ class ServiceVersionStatus(BaseModel):
 
     model_config = _CAMEL
 
+    observed_generation: int | None = None
     instances: int = 0
     """Instance statuses whose current version is this one."""
     running: int = 0

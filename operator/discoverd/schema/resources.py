@@ -1,4 +1,10 @@
-"""Custom-resource specs (camelCase, DESIGN section 4) and their mapping onto etcd documents.
+"""Custom-resource kinds: the registry, the specs (camelCase, DESIGN section 4) and their mapping onto etcd documents.
+
+`RESOURCES` is the one place a kind is declared: its etcd key kind (whose
+value is also the Kubernetes kind), plural, short names, spec and status
+models, printer columns and the word `discoverd get` takes. The operator's
+handlers, reconciler, index and decision table, the CRD generator and the
+CLI all look kinds up here (`resource(kind)`), so a new kind is one entry.
 
 A spec is the document's body plus the names that, in etcd, live in the key:
 `ServiceVersion` adds `service` (the document's `name`) and `version`;
@@ -10,23 +16,25 @@ The same YAML is what `discoverd apply -f` reads.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
-from pydantic import ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from discoverd.schema import documents, keys
+from discoverd.schema import documents, keys, resource_status
 
 __all__ = [
     "API_VERSION",
     "GROUP",
-    "KINDS",
-    "PLURALS",
+    "RESOURCES",
     "VERSION",
+    "Column",
     "Mapped",
+    "Resource",
     "ServerSpec",
     "ServiceInstanceSpec",
     "ServiceVersionSpec",
     "Spec",
+    "resource",
     "spec_for",
     "to_document",
     "to_spec",
@@ -41,7 +49,6 @@ _STRICT = ConfigDict(extra="forbid")
 
 class ServiceVersionSpec(documents.VersionBody):
     model_config = _STRICT
-    kind: ClassVar[keys.Kind] = keys.Kind.VERSION
 
     service: documents.Segment
     version: documents.Segment
@@ -49,7 +56,6 @@ class ServiceVersionSpec(documents.VersionBody):
 
 class ServiceInstanceSpec(documents.InstanceBody):
     model_config = _STRICT
-    kind: ClassVar[keys.Kind] = keys.Kind.INSTANCE
 
     service: documents.Segment
     id: documents.Segment
@@ -57,7 +63,6 @@ class ServiceInstanceSpec(documents.InstanceBody):
 
 class ServerSpec(documents.ServerBody):
     model_config = _STRICT
-    kind: ClassVar[keys.Kind] = keys.Kind.SERVER
 
     id: documents.Segment
     service_instances: list[documents.InstanceRef] = Field(default_factory=list)
@@ -65,16 +70,107 @@ class ServerSpec(documents.ServerBody):
 
 Spec = ServiceVersionSpec | ServiceInstanceSpec | ServerSpec
 
-KINDS: dict[str, type[Spec]] = {
-    "ServiceVersion": ServiceVersionSpec,
-    "ServiceInstance": ServiceInstanceSpec,
-    "Server": ServerSpec,
+
+@dataclass(frozen=True)
+class Column:
+    """A printer column (`kubectl get`); priority 1 shows only with `-o wide`."""
+
+    name: str
+    path: str
+    type: str = "string"
+    priority: int = 0
+
+
+_AGE = Column("Age", ".metadata.creationTimestamp", "date")
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One custom-resource kind and everything that names or shapes it."""
+
+    kind: keys.Kind
+    """The etcd key kind; its value is the Kubernetes kind (`ServiceVersion`)."""
+    plural: str
+    short_names: tuple[str, ...]
+    spec: type[Spec]
+    status: type[BaseModel]
+    columns: tuple[Column, ...]
+    cli_name: str
+    """What `discoverd get` calls them."""
+
+    @property
+    def name(self) -> str:
+        """The Kubernetes kind."""
+        return self.kind.value
+
+
+RESOURCES: dict[keys.Kind, Resource] = {
+    r.kind: r
+    for r in (
+        Resource(
+            keys.Kind.SERVER,
+            "servers",
+            ("dsrv",),
+            ServerSpec,
+            resource_status.ServerStatus,
+            (
+                Column("ID", ".spec.id"),
+                Column("Phase", ".status.phase"),
+                Column("Instances", ".status.instances", "integer"),
+                Column("Running", ".status.running", "integer"),
+                Column("Hostname", ".status.hostname", priority=1),
+                _AGE,
+            ),
+            "servers",
+        ),
+        Resource(
+            keys.Kind.VERSION,
+            "serviceversions",
+            ("sv", "dsv"),
+            ServiceVersionSpec,
+            resource_status.ServiceVersionStatus,
+            (
+                Column("Service", ".spec.service"),
+                Column("Version", ".spec.version"),
+                Column("Instances", ".status.instances", "integer"),
+                Column("Running", ".status.running", "integer"),
+                _AGE,
+            ),
+            "versions",
+        ),
+        Resource(
+            keys.Kind.INSTANCE,
+            "serviceinstances",
+            ("si", "dsi"),
+            ServiceInstanceSpec,
+            resource_status.ServiceInstanceStatus,
+            (
+                Column("Service", ".spec.service"),
+                Column("ID", ".spec.id"),
+                Column("Version", ".spec.serviceVersion"),
+                Column("Phase", ".status.phase"),
+                Column("Server", ".status.server"),
+                Column("Restarts", ".status.restarts", "integer"),
+                _AGE,
+                Column("Current", ".status.version", priority=1),
+                Column("Message", ".status.message", priority=1),
+            ),
+            "instances",
+        ),
+    )
 }
-PLURALS: dict[keys.Kind, str] = {
-    keys.Kind.VERSION: "serviceversions",
-    keys.Kind.INSTANCE: "serviceinstances",
-    keys.Kind.SERVER: "servers",
-}
+"""Every custom-resource kind, by etcd key kind."""
+
+
+def resource(kind: keys.Kind | str) -> Resource:
+    """The registry entry for a key kind or a Kubernetes kind name; ValueError for anything else."""
+    try:
+        return RESOURCES[keys.Kind(kind)]
+    except (KeyError, ValueError):
+        known = ", ".join(sorted(r.name for r in RESOURCES.values()))
+        raise ValueError(f"unknown kind {kind!r} (expected one of {known})") from None
+
+
 _NAMES = {"service", "version", "id"}
 
 
@@ -86,12 +182,8 @@ class Mapped:
     document: documents.Document
 
 
-def spec_for(kind: str) -> type[Spec]:
-    try:
-        return KINDS[kind]
-    except KeyError:
-        known = ", ".join(sorted(KINDS))
-        raise ValueError(f"unknown kind {kind!r} (expected one of {known})") from None
+def spec_for(kind: keys.Kind | str) -> type[Spec]:
+    return resource(kind).spec
 
 
 def to_document(spec: Spec) -> Mapped:

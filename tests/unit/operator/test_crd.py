@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from discoverd.operator import sync
+from discoverd.operator import reconciler
 from discoverd.schema import crd, keys
 
 REPO = Path(__file__).resolve().parents[3]
@@ -62,4 +62,4 @@ def test_prune_drops_unknown_fields_like_the_api_server() -> None:
 def test_merge_patch_removes_fields_gone_from_the_new_value() -> None:
     old = {"a": 1, "b": {"c": 2, "d": 3}, "l": [1]}
     new = {"b": {"c": 2}, "l": [2], "e": 4}
-    assert sync.merge_patch(old, new) == {"a": None, "b": {"d": None}, "l": [2], "e": 4}
+    assert reconciler.merge_patch(old, new) == {"a": None, "b": {"d": None}, "l": [2], "e": 4}

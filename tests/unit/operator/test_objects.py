@@ -72,9 +72,44 @@ def test_invalid_specs_are_indexed_under_no_key() -> None:
     assert index.named_keys() == set()
 
 
+def _kopf_cause(raw: dict[str, Any], *, initial: bool) -> Any:
+    """What Kopf decides for an object its watch delivers, computed the way Kopf's processing does
+    (kopf/_core/reactor/processing.py) with our settings. Kopf's internals, on purpose: this test must
+    fail when Kopf changes the format or the meaning of what `startup.as_handled` writes."""
+    from kopf._cogs.structs import diffs, finalizers
+    from kopf._core.intents import causes
+
+    settings = kopf.OperatorSettings()
+    startup.configure(settings=settings)
+    stored = kopf.Body(raw)  # type: ignore[arg-type]
+    old = settings.persistence.diffbase_storage.fetch(body=stored)
+    new = settings.persistence.diffbase_storage.build(body=stored)
+    old = settings.persistence.progress_storage.clear(essence=old) if old is not None else None
+    new = settings.persistence.progress_storage.clear(essence=new)
+    assert finalizers.is_deletion_blocked(body=stored, finalizer=settings.persistence.finalizer)
+    return causes.detect_changing_cause(
+        finalizer=settings.persistence.finalizer,
+        raw_event={"type": "ADDED", "object": raw},  # type: ignore[typeddict-item]
+        body=stored,
+        old=old,
+        new=new,
+        diff=diffs.diff(old, new),
+        initial=initial,
+        resource=None,
+        logger=None,
+        patch=kopf.Patch(),
+        memo=None,
+        indices=None,
+    ).reason
+
+
 def test_created_objects_look_handled_to_kopf() -> None:
+    from kopf._core.intents import causes
+
     created = startup.as_handled(body("web.i1", 1, annotations={"discoverd.io/key": "/p/k"}))
     # as the API server returns it: more metadata, same spec
-    stored = kopf.Body({**created, "metadata": {**created["metadata"], "uid": "u", "generation": 1}})
-    assert startup.FINALIZER in stored.metadata["finalizers"]
-    assert startup.DIFFBASE.fetch(body=stored) == startup.DIFFBASE.build(body=stored)
+    stored = {**created, "metadata": {**created["metadata"], "uid": "u", "generation": 1}}
+    assert _kopf_cause(stored, initial=False) is causes.Reason.NOOP  # no create handler, no patch
+    assert _kopf_cause(stored, initial=True) is causes.Reason.RESUME  # at start-up, as for any handled object
+    changed = {**stored, "spec": {**stored["spec"], "serviceVersion": "2.0"}}
+    assert _kopf_cause(changed, initial=False) is causes.Reason.UPDATE  # a user's change is still seen

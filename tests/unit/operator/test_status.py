@@ -47,7 +47,7 @@ def test_version_counts_instances_running_it() -> None:
     view = status.View()
     view.put(VERSION, documents.Version(name="web"))
     view.put(*report("node-1", documents.Phase.RUNNING))
-    assert view.status_for(VERSION) == {"instances": 1, "running": 1, "servers": ["node-1"]}
+    assert view.status_for(VERSION) == {"observedGeneration": None, "instances": 1, "running": 1, "servers": ["node-1"]}
     assert VERSION in status.affected(view, report("node-1", documents.Phase.RUNNING)[0])
 
 

@@ -1,34 +1,43 @@
-"""Carry out `mirror.decide()` for one key: read both sides, decide, write, under a per-key lock.
+"""The reconciler: make one key's object and etcd value agree, and keep its status current.
 
-Both directions come through here: Kopf handlers (a user changed an object)
-and the etcd watch (etcd changed a key) call `Mirror.sync_key`, so whichever
-runs first does the work and the other finds nothing to do. The lock per key
+Everything that changes a key comes here. The etcd watch (`etcd_to_k8s`)
+and retries `enqueue` keys on a `workqueue.WorkQueue`; `work()` is one
+worker (several run at once, never two on the same key), each taking a key,
+reconciling its configuration (`sync_key`: read both sides, ask
+`decision.decide`, carry it out) and its status (`sync_status`). Kopf
+handlers call `sync_key` directly for the object they were given, so a
+user's change reaches etcd before the handler returns; the per-key lock
 keeps a handler's etcd write and its annotation patch together, so the etcd
 event it causes is looked at only after the object records the new revision.
-Objects are found through `objects.Index` (no list per key); every body the
-API server returns is fed back into it.
+
+A key that fails is retried with back-off per key; an unexpected exception
+(a value nobody foresaw) is logged with its traceback once, posted on the
+object as a Warning event, and retried with back-off like any other failure:
+it never stops the other keys. Objects are found through `objects.Index`
+(no list per key); every body the API server returns is fed back into it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from discoverd import logs
-from discoverd.errors import Conflict
-from discoverd.operator import kube, mirror, objects, startup, status
+from discoverd.errors import Conflict, DiscoverdError, InvalidDocument
+from discoverd.operator import decision, kube, objects, startup, status, workqueue
 from discoverd.schema import keys, names, resources
 from discoverd.store import documents
 
-__all__ = ["UNREAD", "Duplicate", "Mirror", "Outcome", "Unread", "merge_patch"]
+__all__ = ["UNREAD", "Duplicate", "Outcome", "Reconciler", "Unread", "describe", "merge_patch"]
 
 logger = logging.getLogger(__name__)
 
-_KINDS = {model.kind: kind for kind, model in resources.KINDS.items()}
-_RETRY_DELETING = 1.0
 _ATTEMPTS = 3
 
 
@@ -38,8 +47,10 @@ class Duplicate(Exception):
 
 @dataclass(frozen=True)
 class Outcome:
-    decision: mirror.Decision
+    decision: decision.Decision
     body: dict[str, Any] | None
+    retry: bool = False
+    """Look at the key again later (with back-off): an object is being deleted meanwhile."""
 
 
 class Unread:
@@ -47,6 +58,24 @@ class Unread:
 
 
 UNREAD = Unread()
+
+
+class _StatusOnly:
+    """The key was queued for its status only."""
+
+
+_STATUS_ONLY = _StatusOnly()
+
+
+def describe(error: Exception) -> str:
+    """One line for a log: an API error by its status and the API server's message, not its headers."""
+    if not isinstance(error, ApiException):
+        return str(error)
+    try:
+        message = json.loads(error.body or "{}").get("message", "")
+    except (ValueError, AttributeError):
+        message = ""
+    return f"{error.status} {error.reason}: {message or error.body or ''}"[:1000]
 
 
 def merge_patch(old: Any, new: Any) -> Any:
@@ -63,11 +92,15 @@ def merge_patch(old: Any, new: Any) -> Any:
 
 
 def _annotations(key: str, revision: int, digest: str) -> dict[str, str]:
-    return {mirror.ANNOTATION_KEY: key, mirror.ANNOTATION_REVISION: str(revision), mirror.ANNOTATION_DIGEST: digest}
+    return {
+        decision.ANNOTATION_KEY: key,
+        decision.ANNOTATION_REVISION: str(revision),
+        decision.ANNOTATION_DIGEST: digest,
+    }
 
 
-class Mirror:
-    """One prefix in etcd mirrored into one namespace."""
+class Reconciler:
+    """One prefix in etcd mirrored into one namespace, key by key."""
 
     def __init__(self, store: documents.Store, api: kube.Api) -> None:
         self.store = store
@@ -76,16 +109,73 @@ class Mirror:
         self.view = status.View()
         self.etcd_writes = 0
         self.index = objects.Index()
-        self.later: asyncio.Queue[keys.Key] = asyncio.Queue()
+        self.queue: workqueue.WorkQueue[keys.Key] = workqueue.WorkQueue()
+        self._config: dict[keys.Key, documents.Entry | Unread | None] = {}
+        """Queued keys whose configuration needs syncing, with the newest value the watch delivered."""
         self._locks: defaultdict[keys.Key, asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    def retry_later(self, key: keys.Key, delay: float = _RETRY_DELETING) -> None:
-        """Look at `key` again after `delay` seconds (the etcd side's retry queue)."""
-        asyncio.get_running_loop().call_later(delay, self.later.put_nowait, key)
+    def enqueue(self, key: keys.Key, *, config: bool = True, seen: documents.Entry | Unread | None = UNREAD) -> None:
+        """Reconcile `key` soon: its configuration (with `seen`, the value a watch event just delivered,
+        None: deleted) and status, or with `config` False only its status."""
+        if config:
+            self._config[key] = seen
+        self.queue.add(key)
 
-    def key_of(self, kind: str, body: dict[str, Any]) -> keys.Key:
+    def retry(self, key: keys.Key, *, config: bool = True) -> float:
+        """Reconcile `key` again after its back-off (which doubles each time until it succeeds)."""
+        if config:
+            self._config.setdefault(key, UNREAD)
+        return self.queue.add_rate_limited(key)
+
+    async def work(self) -> None:
+        """One worker: reconcile queued keys, one at a time, forever."""
+        while True:
+            key = await self.queue.get()
+            try:
+                await self._reconcile(key)
+            finally:
+                self.queue.done(key)
+
+    async def _reconcile(self, key: keys.Key) -> None:
+        seen = self._config.pop(key, _STATUS_ONLY)
+        config = not isinstance(seen, _StatusOnly)
+        built = key.build(self.prefix)
+        try:
+            again = False
+            if not isinstance(seen, _StatusOnly):
+                again = (await self.sync_key(key, seen=seen)).retry
+            await self.sync_status(key)
+        except (DiscoverdError, ApiException, kube.NotFound, Duplicate) as error:
+            delay = self.retry(key, config=config)
+            logger.warning(
+                "Failed to mirror key, will retry: %s", describe(error), extra=logs.kv(key=built, retry_in=delay)
+            )
+        except Exception as error:  # a value nobody foresaw: report it, keep the other keys going
+            delay = self.retry(key, config=config)
+            await self._report(key, error, delay)
+        else:
+            if again:
+                self.retry(key)
+            else:
+                self.queue.forget(key)
+
+    async def _report(self, key: keys.Key, error: Exception, delay: float) -> None:
+        """An unexpected failure: the traceback once per run of failures, then one line; a Warning on the object."""
+        built = key.build(self.prefix)
+        context = logs.kv(key=built, error=type(error).__name__, retry_in=delay)
+        if self.queue.failures(key) == 1:
+            logger.error("Failed to mirror key (unexpected error), will retry", exc_info=error, extra=context)
+            body = self.index.matching(key)
+            if body:
+                await self.api.warn(
+                    body[0], "MirrorFailed", f"mirroring {built} failed: {type(error).__name__}: {error}"
+                )
+        else:
+            logger.warning("Failed to mirror key again (unexpected error), will retry: %s", error, extra=context)
+
+    def key_of(self, kind: keys.Kind, body: dict[str, Any]) -> keys.Key:
         """The etcd key an object's spec names (InvalidDocument when the spec does not validate)."""
-        return mirror.key_of_spec(kind, body.get("spec") or {})
+        return decision.key_of_spec(kind, body.get("spec") or {})
 
     async def load(self, kind: keys.Kind) -> None:
         """(Re)load the index of `kind` from one list."""
@@ -114,7 +204,7 @@ class Mirror:
 
         def rank(body: dict[str, Any]) -> tuple[int, str, str]:
             meta = body["metadata"]
-            ours = (meta.get("annotations") or {}).get(mirror.ANNOTATION_KEY) == built
+            ours = (meta.get("annotations") or {}).get(decision.ANNOTATION_KEY) == built
             return (0 if ours else 1, meta.get("creationTimestamp", ""), meta["name"])
 
         matching.sort(key=rank)
@@ -143,38 +233,38 @@ class Mirror:
                 if body is not None and named:
                     raise Duplicate(f"{key.build(self.prefix)} is already mirrored by {body['metadata']['name']}")
                 if name is not None and (body is None or body["metadata"]["name"] != name):
-                    return Outcome(mirror.Skip("the object is gone"), None)
+                    return Outcome(decision.Skip("the object is gone"), None)
                 if body is not None and body["metadata"].get("deletionTimestamp") and not handler:
-                    self.retry_later(key)
-                    return Outcome(mirror.Skip("being deleted"), body)
+                    return Outcome(decision.Skip("being deleted"), body, retry=True)
                 if isinstance(seen, Unread):
                     entry = await self.store.get(key.build(self.prefix))
                 else:
                     entry, seen = seen, UNREAD
-                decision = self._decide(key, body, entry)
+                chosen = self._decide(key, body, entry)
                 try:
-                    return Outcome(decision, await self._act(key, body, decision, entry))
+                    body = await self._act(key, body, chosen, entry)
                 except Conflict:
                     continue
+                return Outcome(chosen, body, retry=isinstance(chosen, decision.Release))
             raise Conflict(key.build(self.prefix), 0, "the key kept changing while being mirrored")
 
-    def _decide(self, key: keys.Key, body: dict[str, Any] | None, entry: documents.Entry | None) -> mirror.Decision:
+    def _decide(self, key: keys.Key, body: dict[str, Any] | None, entry: documents.Entry | None) -> decision.Decision:
         built = key.build(self.prefix)
-        etcd = None if entry is None else mirror.etcd_side(key, entry.mod_revision, entry.document, _error(entry))
-        obj = None if body is None else mirror.object_side(_KINDS[key.kind], body, key, self.prefix)
-        return mirror.decide(obj, etcd, built)
+        etcd = None if entry is None else decision.etcd_side(key, entry.mod_revision, entry.document, _error(entry))
+        obj = None if body is None else decision.object_side(key.kind, body, key, self.prefix)
+        return decision.decide(obj, etcd, built)
 
     async def _act(
-        self, key: keys.Key, body: dict[str, Any] | None, decision: mirror.Decision, entry: documents.Entry | None
+        self, key: keys.Key, body: dict[str, Any] | None, chosen: decision.Decision, entry: documents.Entry | None
     ) -> dict[str, Any] | None:
         built = key.build(self.prefix)
         context = logs.kv(key=built, object=(body or {}).get("metadata", {}).get("name"))
-        match decision:
-            case mirror.Create(spec=spec, revision=revision, digest=digest):
+        match chosen:
+            case decision.Create(spec=spec, revision=revision, digest=digest):
                 body = await self._create(key, spec, _annotations(built, revision, digest))
                 self.observe(key.kind, body)
                 logger.info("Created object from etcd", extra=logs.kv(key=built, object=body["metadata"]["name"]))
-            case mirror.Patch(spec=spec, revision=revision, digest=digest, warning=warning):
+            case decision.Patch(spec=spec, revision=revision, digest=digest, warning=warning):
                 assert body is not None
                 if warning:
                     await self.api.warn(body, "EtcdWins", warning)
@@ -183,7 +273,7 @@ class Mirror:
                 if spec is not None:
                     patch["spec"] = merge_patch(body.get("spec") or {}, spec)
                 body = await self._patch(key.kind, body["metadata"]["name"], patch)
-            case mirror.DeleteObject(warning=warning):
+            case decision.DeleteObject(warning=warning):
                 assert body is not None
                 if warning:
                     await self.api.warn(body, "EtcdWins", warning)
@@ -192,27 +282,28 @@ class Mirror:
                 self.observe(key.kind, body, name)
                 logger.info("Deleted object: its etcd key is gone", extra=context)
                 body = None
-            case mirror.WriteKey(expect=expect):
+            case decision.WriteKey(expect=expect):
                 assert body is not None
                 body = await self._write(key, body, expect, entry)
                 logger.info("Wrote object to etcd", extra=context)
-            case mirror.DeleteKey(expect=expect):
+            case decision.DeleteKey(expect=expect):
                 await self.store.delete(built, expect=expect)
                 self.etcd_writes += 1
                 logger.info("Deleted etcd key: its object was deleted", extra=context)
-            case mirror.Release(warning=warning):
+            case decision.Release(warning=warning):
                 if warning and body is not None:
                     await self.api.warn(body, "EtcdWins", warning)
-                self.retry_later(key)
-            case mirror.Skip(reason=reason) if reason:
+            case decision.Skip(reason=reason, warn=True) if body is not None:
+                await self.api.warn(body, "InvalidDocument", reason)
+                logger.warning("Left object as it is: %s", reason, extra=context)
+            case decision.Skip(reason=reason) if reason:
                 logger.debug("Skipped: %s", reason, extra=context)
         return body
 
     async def _create(self, key: keys.Key, spec: dict[str, Any], annotations: dict[str, str]) -> dict[str, Any]:
-        kind = _KINDS[key.kind]
         body = {
             "apiVersion": resources.API_VERSION,
-            "kind": kind,
+            "kind": resources.resource(key.kind).name,
             "metadata": {"name": names.object_name(key), "annotations": annotations},
             "spec": spec,
         }
@@ -221,12 +312,12 @@ class Mirror:
     async def _write(
         self, key: keys.Key, body: dict[str, Any], expect: int, entry: documents.Entry | None
     ) -> dict[str, Any]:
-        kind = _KINDS[key.kind]
+        kind = key.kind
         spec = body.get("spec") or {}
-        value = mirror.value_of(kind, spec, entry.document if entry is not None else None)
+        value = decision.value_of(kind, spec, entry.document if entry is not None else None)
         revision = await self.store.apply([documents.Write(key.build(self.prefix), value, expect)])
         self.etcd_writes += 1
-        annotations = _annotations(key.build(self.prefix), revision, mirror.digest(kind, spec))
+        annotations = _annotations(key.build(self.prefix), revision, decision.digest(kind, spec))
         return await self._patch(key.kind, body["metadata"]["name"], {"metadata": {"annotations": annotations}})
 
     async def _patch(self, kind: keys.Kind, name: str, patch: dict[str, Any]) -> dict[str, Any]:
@@ -239,18 +330,32 @@ class Mirror:
         return patched
 
     async def sync_status(self, key: keys.Key) -> None:
-        """Write the object's status if what the agents report changed it."""
+        """Write the object's status if what the agents report, or the generation mirrored, changed it."""
         body, _ = await self.find(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return
-        wanted = self.view.status_for(key)
-        if status.normalized(key.kind, body.get("status")) != wanted:
+        current = status.normalized(key.kind, body.get("status"))
+        wanted = {**self.view.status_for(key), "observedGeneration": current.get("observedGeneration")}
+        if _mirrored(key, body, self.prefix):
+            wanted["observedGeneration"] = body["metadata"].get("generation")
+        if current != wanted:
             name = body["metadata"]["name"]
             try:
                 self.observe(key.kind, await self.api.patch_status(key.kind, name, wanted))
             except kube.NotFound:
                 self.index.forget(key.kind, name)
                 raise
+
+
+def _mirrored(key: keys.Key, body: dict[str, Any], prefix: str) -> bool:
+    """The object's current spec is the one last synced with etcd (its digest annotation says so)."""
+    annotations = body["metadata"].get("annotations") or {}
+    if annotations.get(decision.ANNOTATION_KEY) != key.build(prefix):
+        return False
+    try:
+        return decision.digest(key.kind, body.get("spec") or {}) == annotations.get(decision.ANNOTATION_DIGEST)
+    except InvalidDocument:
+        return False
 
 
 def _error(entry: documents.Entry) -> str | None:

@@ -1,4 +1,7 @@
-"""Object <-> document mapping and the conflict rule (etcd wins); pure, no I/O.
+"""What to do for one key: the decision table (etcd wins) and the normal forms it compares; pure, no I/O.
+
+`reconciler.Reconciler` reads both sides of a key, asks `decide()` here, and
+carries the decision out.
 
 Each object carries three annotations: the etcd key it mirrors, the key's
 `mod_revision` it was last synced with, and a digest of its spec as of that
@@ -18,6 +21,7 @@ in etcd. `decide()` turns (object, etcd entry) into one `Decision`:
 | changed by the user     | newer revision / gone   | etcd wins: reset or delete, Warning event |
 | being deleted, synced   | same revision           | delete the key, guarded, then release     |
 | being deleted           | otherwise               | release (the key stays; Warning if newer) |
+| not being deleted       | newer, invalid document | nothing; Warning event naming key, field  |
 
 Digests are of normalized documents (the spec pruned as the API server
 prunes it, validated into the model with every default filled in), so a
@@ -65,40 +69,45 @@ ANNOTATION_KEY = f"{resources.GROUP}/key"
 ANNOTATION_REVISION = f"{resources.GROUP}/mod-revision"
 ANNOTATION_DIGEST = f"{resources.GROUP}/spec-digest"
 
-_KINDS = {model.kind: kind for kind, model in resources.KINDS.items()}
-
 
 @functools.cache
-def _spec_schema(kind: str) -> dict[str, Any]:
+def _spec_schema(kind: keys.Kind) -> dict[str, Any]:
     return crd.spec_schema(kind)
 
 
-def _validate_spec(kind: str, spec: dict[str, Any]) -> resources.Spec:
+def _validate_spec(kind: keys.Kind, spec: dict[str, Any]) -> resources.Spec:
     try:
         return resources.spec_for(kind).model_validate(crd.prune(spec, _spec_schema(kind)))
     except pydantic.ValidationError as error:
-        raise documents.validation_error(f"{kind} spec", error) from None
+        raise documents.validation_error(f"{kind.value} spec", error) from None
 
 
-def digest(kind: str, spec: dict[str, Any]) -> str:
-    """A short hash of the spec's normalized document; InvalidDocument when the spec does not validate."""
-    model = _validate_spec(kind, spec)
-    canonical = json.dumps(model.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+def digest(kind: keys.Kind, spec: dict[str, Any]) -> str:
+    """A short hash of the spec's normalized document; InvalidDocument when the spec does not validate
+    or holds text Kubernetes cannot store (a lone surrogate would come back as U+FFFD, and the changed
+    spec would then be written back to etcd)."""
+    dumped = _validate_spec(kind, spec).model_dump(mode="json")
+    try:
+        json.dumps(dumped, ensure_ascii=False).encode()
+    except UnicodeEncodeError as error:
+        raise InvalidDocument(
+            f"{kind.value} spec", "", f"holds text that is not valid Unicode: {error.reason}"
+        ) from None
+    canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:20]
 
 
-def key_of_spec(kind: str, spec: dict[str, Any]) -> keys.Key:
+def key_of_spec(kind: keys.Kind, spec: dict[str, Any]) -> keys.Key:
     """The etcd key a spec names; InvalidDocument when it does not validate."""
     return resources.to_document(_validate_spec(kind, spec)).key
 
 
 def spec_of(key: keys.Key, doc: documents.Document) -> dict[str, Any]:
     """The spec an object gets for the document at `key`, as the API server will store it."""
-    kind = _KINDS[key.kind]
-    return dict(crd.prune(resources.to_spec(key, doc), _spec_schema(kind)))
+    return dict(crd.prune(resources.to_spec(key, doc), _spec_schema(key.kind)))
 
 
-def value_of(kind: str, spec: dict[str, Any], current: documents.Document | None) -> bytes:
+def value_of(kind: keys.Kind, spec: dict[str, Any], current: documents.Document | None) -> bytes:
     """The etcd value for a spec; top-level fields etcd has and the spec does not know are kept."""
     doc = resources.to_document(_validate_spec(kind, spec)).document
     extra = dict(current.model_extra or {}) if current is not None else {}
@@ -148,12 +157,12 @@ def etcd_side(key: keys.Key, entry_revision: int, doc: documents.Document | None
         return EtcdSide(entry_revision, None, None, error=error or "invalid document")
     spec = spec_of(key, doc)
     try:
-        return EtcdSide(entry_revision, spec, digest(_KINDS[key.kind], spec), doc)
+        return EtcdSide(entry_revision, spec, digest(key.kind, spec), doc)
     except InvalidDocument as problem:
         return EtcdSide(entry_revision, None, None, doc, error=str(problem))
 
 
-def object_side(kind: str, body: dict[str, Any], key: keys.Key, prefix: str) -> ObjectSide:
+def object_side(kind: keys.Kind, body: dict[str, Any], key: keys.Key, prefix: str) -> ObjectSide:
     """Read a custom resource's body; annotations for another key count as absent."""
     metadata = body.get("metadata", {})
     annotations = metadata.get("annotations") or {}
@@ -181,9 +190,10 @@ def object_side(kind: str, body: dict[str, Any], key: keys.Key, prefix: str) -> 
 
 @dataclass(frozen=True)
 class Skip:
-    """Nothing to write."""
+    """Nothing to write; `warn`: post `reason` on the object as a Warning event (etcd holds an invalid document)."""
 
     reason: str = ""
+    warn: bool = False
 
 
 @dataclass(frozen=True)
@@ -261,7 +271,7 @@ def _changed(obj: ObjectSide, etcd: EtcdSide | None, key: str) -> Decision:
     if obj.synced and etcd.revision == obj.revision:
         return WriteKey(etcd.revision)
     if etcd.spec is None or etcd.digest is None:
-        return Skip(f"{key} holds an invalid document ({etcd.error}); the object is left as it is")
+        return Skip(f"{key} holds an invalid document ({etcd.error}); the object is left as it is", warn=True)
     template = EXISTS if not obj.synced else CONFLICT
     return Patch(
         etcd.spec, etcd.revision, etcd.digest, template.format(key=key, revision=etcd.revision, base=obj.revision)
@@ -285,5 +295,5 @@ def decide(obj: ObjectSide | None, etcd: EtcdSide | None, key: str) -> Decision:
     if etcd.revision == obj.revision:
         return Skip()
     if etcd.spec is None or etcd.digest is None:
-        return Skip(f"{key} holds an invalid document ({etcd.error}); the object keeps the last valid one")
+        return Skip(f"{key} holds an invalid document ({etcd.error}); the object keeps the last valid one", warn=True)
     return Patch(None if etcd.digest == obj.digest else etcd.spec, etcd.revision, etcd.digest)

@@ -1,0 +1,116 @@
+"""A per-key work queue with de-duplication and exponential back-off, as controller-runtime's workqueue.
+
+Producers `add` keys (the etcd watch, the Kopf handlers, retries); workers
+`get` a key, reconcile it, then call `done`. The rules, from client-go's
+`workqueue`:
+
+- a key waiting in the queue is there once, however often it is added;
+- a key being processed is never handed to a second worker; added meanwhile,
+  it is processed again after `done` (so the newest value is never missed);
+- `add_rate_limited` adds the key after `base * 2**failures` seconds (capped
+  at `cap`) and counts a failure; `forget` resets the count once the key
+  succeeds; `add_after` adds it after a fixed delay (the earliest wins when
+  several are pending).
+
+Pure asyncio, no I/O; the clock is the event loop's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+__all__ = ["WorkQueue"]
+
+K = TypeVar("K", bound=Hashable)
+
+
+class WorkQueue(Generic[K]):
+    """Keys to reconcile: de-duplicated, one worker per key at a time, back-off per key."""
+
+    def __init__(self, base_delay: float = 0.05, max_delay: float = 300.0) -> None:
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self._queue: deque[K] = deque()
+        self._dirty: set[K] = set()
+        self._processing: set[K] = set()
+        self._failures: dict[K, int] = {}
+        self._waiting: dict[K, tuple[float, asyncio.TimerHandle]] = {}
+        self._ready = asyncio.Event()
+
+    def __len__(self) -> int:
+        """Keys waiting to be handed out (not those in flight or delayed)."""
+        return len(self._queue)
+
+    def add(self, key: K) -> None:
+        """Process `key` as soon as a worker is free (once, however often it is added)."""
+        if key in self._dirty:
+            return
+        self._dirty.add(key)
+        if key in self._processing:
+            return  # processed again by `done`
+        self._queue.append(key)
+        self._ready.set()
+
+    def add_after(self, key: K, delay: float) -> None:
+        """`add(key)` in `delay` seconds; an earlier pending add of the same key wins."""
+        if delay <= 0:
+            self.add(key)
+            return
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay
+        pending = self._waiting.get(key)
+        if pending is not None:
+            if pending[0] <= when:
+                return
+            pending[1].cancel()
+        self._waiting[key] = (when, loop.call_at(when, self._due, key))
+
+    def _due(self, key: K) -> None:
+        self._waiting.pop(key, None)
+        self.add(key)
+
+    def delay(self, key: K) -> float:
+        """The back-off the next `add_rate_limited(key)` waits."""
+        failures = self._failures.get(key, 0)
+        return float(min(self.base_delay * 2.0 ** min(failures, 64), self.max_delay))
+
+    def add_rate_limited(self, key: K) -> float:
+        """`key` failed: add it after its back-off, which then doubles; the delay used."""
+        delay = self.delay(key)
+        self._failures[key] = self._failures.get(key, 0) + 1
+        self.add_after(key, delay)
+        return delay
+
+    def failures(self, key: K) -> int:
+        """Failures since the last `forget`."""
+        return self._failures.get(key, 0)
+
+    def forget(self, key: K) -> None:
+        """`key` succeeded: its back-off starts over."""
+        self._failures.pop(key, None)
+
+    async def get(self) -> K:
+        """The next key to process (waiting until there is one); call `done(key)` after."""
+        while not self._queue:
+            self._ready.clear()
+            await self._ready.wait()
+        key = self._queue.popleft()
+        self._processing.add(key)
+        self._dirty.discard(key)
+        return key
+
+    def done(self, key: K) -> None:
+        """A worker finished `key`; if it was added meanwhile, it is queued again."""
+        self._processing.discard(key)
+        if key in self._dirty:
+            self._queue.append(key)
+            self._ready.set()
+
+    def close(self) -> None:
+        """Cancel delayed adds (on shutdown)."""
+        for _, handle in self._waiting.values():
+            handle.cancel()
+        self._waiting.clear()
