@@ -144,7 +144,7 @@ class Client:
         return member.channel
 
     async def _use(self, index: int) -> None:
-        """Make member `index` the active one once it answered a cheap linearizable read (and auth)."""
+        """Make member `index` the active one once it answered (and authenticated us)."""
         channel = self._channel(index)
         metadata: tuple[tuple[str, str], ...] = (_REQUIRE_LEADER,)
         timeout = self.request_timeout
@@ -155,9 +155,11 @@ class Client:
             )
             metadata = (*metadata, ("token", response.token))
         # A channel connects lazily: ask for something cheap so a bad address, CA or certificate
-        # shows up here, within the timeout, rather than on the first real request.
-        probe = rpc.RangeRequest(key=b"\0", limit=1, keys_only=True)
-        await asyncio.wait_for(rpc.KVStub(channel).Range(probe, timeout=timeout, metadata=metadata), timeout * 2)
+        # shows up here, within the timeout, rather than on the first real request. Status needs no
+        # permission on any key (an agent's etcd user may read only its own keys), and with
+        # `hasleader` a member cut off from the quorum refuses it.
+        probe = rpc.MaintenanceStub(channel).Status(rpc.StatusRequest(), timeout=timeout, metadata=metadata)
+        await asyncio.wait_for(probe, timeout * 2)
         self._active = index
         self.metadata = metadata
         self._stubs(channel)
@@ -250,8 +252,11 @@ def describe_error(error: BaseException, options: EtcdOptions, endpoint: Endpoin
     if "user name is empty" in lowered or "user name not found" in lowered:
         return f"{where}: authentication is enabled: give --etcd-user and --etcd-password"
     if "permission denied" in lowered:
-        user = f"etcd user {options.user!r}" if options.user else "the etcd user"
-        return f"{where}: permission denied: {user} may not do this under {options.prefix}"
+        user = f"etcd user {options.user!r}" if options.user else "this etcd user"
+        return (
+            f"{where}: permission denied: {user} has no role allowing this request under {options.prefix} "
+            "(see `discoverd auth`)"
+        )
     if "no leader" in lowered:
         return f"{where} has no leader: the etcd cluster lost its quorum or is electing a leader"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
