@@ -3,7 +3,9 @@
 apply is all or nothing: every document of every file is validated first, and
 the changes are written in one etcd transaction guarded by the mod_revision
 each key had when it was read, so a concurrent writer makes apply fail
-instead of being overwritten. A document equal to what etcd holds is not
+instead of being overwritten. etcd caps the operations of one transaction
+(`--max-txn-ops`, 128 unless set): more documents than that end with one
+line saying how to raise it, and nothing written. A document equal to what etcd holds is not
 written (apply twice changes nothing). Fields that other writers stored and
 discoverd does not know are kept.
 """
@@ -142,7 +144,15 @@ def apply(ctx: click.Context, paths: tuple[str, ...], dry_run: bool) -> None:
         try:
             changes = await plan_changes(store, found)
             if not dry_run:
-                await write_changes(store, changes)
+                try:
+                    await write_changes(store, changes)
+                except client.TxnTooLarge:
+                    writes = sum(1 for c in changes if c.action != "unchanged")
+                    raise main.fail(
+                        f"{writes} documents to write in one transaction are more than etcd's --max-txn-ops "
+                        f"allows (128 unless set): start every etcd member with --max-txn-ops={writes} or more, "
+                        "or apply fewer documents at once; nothing was written"
+                    ) from None
             return changes
         finally:
             await store.close()

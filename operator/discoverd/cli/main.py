@@ -68,6 +68,20 @@ _FLAGS = {
 def etcd_options(ctx: click.Context) -> EtcdOptions:
     """The connection options given to the top-level command."""
     params = ctx.find_root().params
+    password = params["etcd_password"]
+    password_file = params.get("etcd_password_file")
+    if password_file:
+        if password is not None:
+            raise fail("give --etcd-password or --etcd-password-file, not both")
+        try:
+            with open(password_file, encoding="utf-8") as f:
+                password = f.read().rstrip("\r\n")
+        except OSError as error:
+            raise fail(f"--etcd-password-file: cannot read {password_file}: {error.strerror}") from None
+        except UnicodeDecodeError:
+            raise fail(f"--etcd-password-file: {password_file} is not UTF-8 text") from None
+        if not password:
+            raise fail(f"--etcd-password-file: {password_file} is empty")
     try:
         return EtcdOptions(
             endpoints=params["etcd_endpoints"],
@@ -76,7 +90,7 @@ def etcd_options(ctx: click.Context) -> EtcdOptions:
             cert_file=params["etcd_cert"],
             key_file=params["etcd_key"],
             user=params["etcd_user"],
-            password=params["etcd_password"],
+            password=password,
             timeout=params["etcd_timeout"],
         )
     except pydantic.ValidationError as error:
@@ -111,7 +125,16 @@ def _configure_logging(verbose: int, log_format: str) -> None:
 @click.option("--etcd-cert", envvar="DISCOVERD_ETCD_CERT", help="Client certificate for etcd (TLS client auth).")
 @click.option("--etcd-key", envvar="DISCOVERD_ETCD_KEY", help="Key of the client certificate.")
 @click.option("--etcd-user", envvar="DISCOVERD_ETCD_USER", help="etcd user name (auth enabled).")
-@click.option("--etcd-password", envvar="DISCOVERD_ETCD_PASSWORD", help="etcd password.")
+@click.option(
+    "--etcd-password",
+    envvar="DISCOVERD_ETCD_PASSWORD",
+    help="etcd password (visible in process listings: prefer --etcd-password-file).",
+)
+@click.option(
+    "--etcd-password-file",
+    envvar="DISCOVERD_ETCD_PASSWORD_FILE",
+    help="File holding the etcd password (one line), so it appears in no process listing.",
+)
 @click.option(
     "--etcd-timeout",
     default=5.0,
@@ -135,11 +158,12 @@ def cli(ctx: click.Context, /, verbose: int, log_format: str, **_: Any) -> None:
 
 
 def _register() -> None:
-    from discoverd.cli import apply, get
+    from discoverd.cli import apply, auth, get
 
     cli.add_command(apply.apply)
     cli.add_command(apply.validate)
     cli.add_command(get.get)
+    cli.add_command(auth.auth)
     # Commands of the agent and the operator are added by their own modules when present.
     for module, names in (("agent", ("agent",)), ("up", ("up",)), ("operator", ("operator",))):
         try:

@@ -1,31 +1,46 @@
-"""Connect to etcd (several endpoints, TLS, user and password) and translate its errors.
+"""Connect to etcd (several members, TLS, user and password), fail over between members, translate errors.
 
-aetcd gives us the etcd v3 API over grpc.aio; it connects only to one plain
-host and port, so `Client.connect` builds the channel itself: TLS credentials
-when asked, every endpoint in one channel (gRPC fails over between them), and
-keepalive pings so a dead or paused etcd is noticed. Every aetcd or gRPC
-error leaving this package is a `StoreUnavailable` whose message says what to
-fix (unreachable, unknown CA, missing client certificate, bad password).
+One gRPC channel per endpoint, so each member's TLS certificate is checked
+against that member's own name (one channel over every address would check
+them all against a single name). One channel is active; its stubs are the
+client's `kvstub`, `leasestub`, `watchstub`... When a request finds the
+active member unreachable, without a leader, or not answering in time,
+`call` moves to the next member that answers (probing each in turn) and
+tries the request once more there. `connect` does the same when the active
+channel is already known to be broken, so a watch started after an outage
+starts on a member that answers. Every request carries etcd's `hasleader`
+metadata: a member cut off from the quorum answers "no leader" at once (and
+cancels its watches) instead of timing out or serving a silent stream.
+
+Keepalive pings notice a dead or paused etcd even with no request in flight.
+Every aetcd or gRPC error leaving this package is a `StoreUnavailable` whose
+message says what to fix (unreachable, unknown CA, missing client
+certificate, bad password, no quorum), or `TxnTooLarge`.
+
+What we take from aetcd: only `aetcd.rpc`, the etcd v3 protobuf messages and
+gRPC stubs it generates and re-exports (not documented as its API, hence
+kept to this package). Its `Client` connects to one plain host and port, with
+no TLS, and hides the stubs we need for transactions with guards, leases and
+watch streams we write to ourselves; so we build channels and stubs here. The
+stub attribute names match aetcd's `Client` so both read alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import aetcd
 import aetcd.exceptions
 import grpc
 from aetcd import rpc
 
-from discoverd.config import EtcdOptions
-from discoverd.errors import StoreUnavailable
+from discoverd.config import Endpoint, EtcdOptions
+from discoverd.errors import DiscoverdError, StoreUnavailable
 
-__all__ = ["Client", "call", "connect", "describe_error", "translated"]
+__all__ = ["Client", "TxnTooLarge", "call", "connect", "describe_error", "translated"]
 
 T = TypeVar("T")
 
@@ -41,6 +56,15 @@ _CHANNEL_OPTIONS = {
     "grpc.max_reconnect_backoff_ms": 2_000,
 }
 
+# etcd's rpctypes.MetadataRequireLeaderKey / MetadataHasLeader.
+_REQUIRE_LEADER = ("hasleader", "true")
+
+_BROKEN = (grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN)
+
+
+class TxnTooLarge(DiscoverdError):
+    """etcd refused a transaction with more operations than its --max-txn-ops allows."""
+
 
 def _read(path: Any, what: str) -> bytes:
     try:
@@ -50,43 +74,49 @@ def _read(path: Any, what: str) -> bytes:
         raise StoreUnavailable(f"cannot read the etcd {what} {path}: {error.strerror}") from None
 
 
-def _target(options: EtcdOptions) -> tuple[str, str | None]:
-    """A gRPC target naming every endpoint, and the TLS name to check (the first host)."""
-    if len(options.endpoints) == 1:
-        e = options.endpoints[0]
-        return f"{e.host}:{e.port}", None
-    addresses: list[str] = []
-    for e in options.endpoints:
-        try:
-            ip = ipaddress.ip_address(e.host)
-            addresses.append(f"[{ip}]:{e.port}" if ip.version == 6 else f"{ip}:{e.port}")
-        except ValueError:
-            for info in socket.getaddrinfo(e.host, e.port, type=socket.SOCK_STREAM):
-                host = str(info[4][0])
-                addresses.append(f"[{host}]:{e.port}" if ":" in host else f"{host}:{e.port}")
-    scheme = "ipv6" if all(a.startswith("[") for a in addresses) else "ipv4"
-    if scheme == "ipv4":
-        addresses = [a for a in addresses if not a.startswith("[")]
-    return f"{scheme}:{','.join(addresses)}", options.endpoints[0].host
+def _target(endpoint: Endpoint) -> str:
+    """A gRPC target for one member; its host is also the name its TLS certificate must carry."""
+    host = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+    return f"{host}:{endpoint.port}"
 
 
-class Client(aetcd.Client):  # type: ignore[misc]
-    """aetcd's client, connected our way."""
+@dataclass
+class _Member:
+    endpoint: Endpoint
+    channel: grpc.aio.Channel
+
+
+class Client:
+    """A connection to an etcd cluster: the active member's stubs, and failover to the others."""
 
     def __init__(self, options: EtcdOptions) -> None:
-        first = options.endpoints[0]
-        super().__init__(
-            host=first.host,
-            port=first.port,
-            username=options.user,
-            password=options.password,
-            timeout=options.timeout,
-            options=_CHANNEL_OPTIONS,
-            connect_wait_timeout=max(3, int(options.timeout)),
-        )
         self.etcd_options = options
-        self._is_connecting: bool = False
-        self.metadata: tuple[tuple[str, Any], ...] | None = None
+        self.request_timeout = options.timeout
+        self._timeout = options.timeout  # the name aetcd's Client uses; read by older callers
+        self._username = options.user
+        self._password = options.password
+        self._members: dict[int, _Member] = {}
+        self._active = 0
+        self.generation = 0
+        """Counts member switches: a caller that saw a failure fails over only if nobody did since."""
+        self._lock = asyncio.Lock()
+        self._connected = False
+        self.metadata: tuple[tuple[str, str], ...] = (_REQUIRE_LEADER,)
+        self._stubs(None)
+
+    def _stubs(self, channel: grpc.aio.Channel | None) -> None:
+        self.channel = channel
+        self.kvstub: Any = rpc.KVStub(channel) if channel else None
+        self.leasestub: Any = rpc.LeaseStub(channel) if channel else None
+        self.watchstub: Any = rpc.WatchStub(channel) if channel else None
+        self.clusterstub: Any = rpc.ClusterStub(channel) if channel else None
+        self.maintenancestub: Any = rpc.MaintenanceStub(channel) if channel else None
+        self.auth_stub: Any = rpc.AuthStub(channel) if channel else None
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The member requests go to now."""
+        return self.etcd_options.endpoints[self._active]
 
     def _credentials(self) -> grpc.ChannelCredentials | None:
         o = self.etcd_options
@@ -100,70 +130,119 @@ class Client(aetcd.Client):  # type: ignore[misc]
             certificate_chain=_read(o.cert_file, "client certificate") if o.cert_file else None,
         )
 
-    async def connect(self) -> None:
-        if self._connected.is_set():
-            return
-        if self._is_connecting:
-            await asyncio.wait_for(self._connected.wait(), self._connect_wait_timeout)
-            return
-        self._is_connecting = True
-        try:
-            target, tls_name = _target(self.etcd_options)
-            options = dict(self._options)
+    def _channel(self, index: int) -> grpc.aio.Channel:
+        member = self._members.get(index)
+        if member is None:
+            endpoint = self.etcd_options.endpoints[index]
+            options = list(_CHANNEL_OPTIONS.items())
             credentials = self._credentials()
-            if credentials is not None and tls_name:
-                options["grpc.ssl_target_name_override"] = tls_name
             if credentials is None:
-                self.channel = rpc.insecure_channel(target, options=list(options.items()))
+                channel = grpc.aio.insecure_channel(_target(endpoint), options=options)
             else:
-                self.channel = rpc.secure_channel(target, credentials, options=list(options.items()))
-            self.metadata = None
-            if self._username is not None and self._password is not None:
-                await self._authenticate()
-            self.kvstub = rpc.KVStub(self.channel)
-            self.clusterstub = rpc.ClusterStub(self.channel)
-            self.leasestub = rpc.LeaseStub(self.channel)
-            self.maintenancestub = rpc.MaintenanceStub(self.channel)
-            self.watchstub = rpc.WatchStub(self.channel)
-            self._watcher = None
-            self._connected.set()
-        except BaseException:
-            if self.channel is not None:
-                await self.channel.close()
-            self._init_channel_attrs()
-            raise
-        finally:
-            self._is_connecting = False
+                channel = grpc.aio.secure_channel(_target(endpoint), credentials, options=options)
+            member = self._members[index] = _Member(endpoint, channel)
+        return member.channel
 
-    async def _authenticate(self) -> None:
-        self.auth_stub = rpc.AuthStub(self.channel)
-        request = rpc.AuthenticateRequest(name=self._username, password=self._password)
-        response = await self.auth_stub.Authenticate(request, timeout=self._timeout, wait_for_ready=False)
-        self.metadata = (("token", response.token),)
+    async def _use(self, index: int) -> None:
+        """Make member `index` the active one once it answered (and authenticated us)."""
+        channel = self._channel(index)
+        metadata: tuple[tuple[str, str], ...] = (_REQUIRE_LEADER,)
+        timeout = self.request_timeout
+        if self._username is not None and self._password is not None:
+            request = rpc.AuthenticateRequest(name=self._username, password=self._password)
+            response = await asyncio.wait_for(
+                rpc.AuthStub(channel).Authenticate(request, timeout=timeout, metadata=metadata), timeout * 2
+            )
+            metadata = (*metadata, ("token", response.token))
+        # A channel connects lazily: ask for something cheap so a bad address, CA or certificate
+        # shows up here, within the timeout, rather than on the first real request. Status needs no
+        # permission on any key (an agent's etcd user may read only its own keys), and with
+        # `hasleader` a member cut off from the quorum refuses it.
+        probe = rpc.MaintenanceStub(channel).Status(rpc.StatusRequest(), timeout=timeout, metadata=metadata)
+        await asyncio.wait_for(probe, timeout * 2)
+        self._active = index
+        self.metadata = metadata
+        self._stubs(channel)
+        self.generation += 1
+
+    async def _select(self, first: int) -> None:
+        """Use the first member that answers, trying each once from `first` on; StoreUnavailable if none."""
+        count = len(self.etcd_options.endpoints)
+        failures: list[str] = []
+        for step in range(count):
+            index = (first + step) % count
+            try:
+                await self._use(index)
+                return
+            except (grpc.aio.AioRpcError, aetcd.exceptions.ClientError, TimeoutError) as error:
+                endpoint = self.etcd_options.endpoints[index] if count > 1 else None
+                if count == 1 or not _fail_over_on(error):  # it answered, and refused: so would the others
+                    raise StoreUnavailable(describe_error(error, self.etcd_options, endpoint)) from error
+                failures.append(describe_error(error, self.etcd_options, endpoint))
+        raise StoreUnavailable("no etcd member answered: " + "; ".join(failures))
+
+    async def connect(self) -> None:
+        """Connect to the first member that answers; if the active member's channel broke, to the next."""
+        if self._connected and self.channel is not None and self.channel.get_state() not in _BROKEN:
+            return
+        await self.fail_over(self.generation)
+
+    async def fail_over(self, seen_generation: int) -> None:
+        """Move to the next member that answers, unless someone did since the caller's failure."""
+        async with self._lock:
+            if self._connected and self.generation != seen_generation:
+                return
+            first = (self._active + 1) % len(self.etcd_options.endpoints) if self._connected else 0
+            await self._select(first)
+            self._connected = True
+
+    @property
+    def can_fail_over(self) -> bool:
+        return len(self.etcd_options.endpoints) > 1
 
     async def reauthenticate(self) -> None:
-        """etcd's auth tokens expire (5 min by default); get a new one on the same channel."""
-        if self._username is not None and self.channel is not None:
-            await self._authenticate()
+        """etcd's auth tokens expire (5 min by default); get a new one from the active member."""
+        if self._username is not None and self._password is not None and self.channel is not None:
+            request = rpc.AuthenticateRequest(name=self._username, password=self._password)
+            response = await self.auth_stub.Authenticate(request, timeout=self.request_timeout, metadata=self.metadata)
+            self.metadata = (_REQUIRE_LEADER, ("token", response.token))
+
+    async def close(self) -> None:
+        members, self._members = list(self._members.values()), {}
+        self._connected = False
+        self._stubs(None)
+        for member in members:
+            await member.channel.close()
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
 
 
-def describe_error(error: BaseException, options: EtcdOptions) -> str:
-    """A one-line reason that says what to fix."""
-    where = f"etcd at {options.describe()}"
+def _details(error: BaseException) -> tuple[grpc.StatusCode | None, str]:
     if isinstance(error, grpc.aio.AioRpcError):
-        code, details = error.code(), (error.details() or "")
-    elif isinstance(error, aetcd.exceptions.ClientError):
-        cause = error.__cause__
-        if isinstance(cause, grpc.aio.AioRpcError):
-            return describe_error(cause, options)
-        code, details = None, str(error)
-    elif isinstance(error, TimeoutError | asyncio.TimeoutError):
+        return error.code(), (error.details() or "")
+    if isinstance(error, aetcd.exceptions.ClientError) and isinstance(error.__cause__, grpc.aio.AioRpcError):
+        return _details(error.__cause__)
+    return None, str(error)
+
+
+def describe_error(error: BaseException, options: EtcdOptions, endpoint: Endpoint | None = None) -> str:
+    """A one-line reason that says what to fix."""
+    where = f"etcd at {endpoint or options.describe()}"
+    if isinstance(error, TimeoutError | asyncio.TimeoutError):
         return f"{where} did not answer within {options.timeout:g} s"
-    else:
+    if not isinstance(error, grpc.aio.AioRpcError | aetcd.exceptions.ClientError):
         return f"{where}: {error}"
+    code, details = _details(error)
     lowered = details.lower()
     if "certificate_verify_failed" in lowered or "certificate verify failed" in lowered:
         return f"{where}: TLS handshake failed: the server's certificate is not signed by the CA given (--etcd-cacert)"
+    if "hostname verification" in lowered:
+        return f"{where}: TLS handshake failed: the server's certificate is not issued for the name in --etcd-endpoints"
     if "ssl" in lowered or "handshake" in lowered or "tls" in lowered:
         if options.cert_file is None:
             return f"{where}: TLS handshake failed: the server may require a client certificate (--etcd-cert/--etcd-key): {details}"
@@ -173,50 +252,83 @@ def describe_error(error: BaseException, options: EtcdOptions) -> str:
     if "user name is empty" in lowered or "user name not found" in lowered:
         return f"{where}: authentication is enabled: give --etcd-user and --etcd-password"
     if "permission denied" in lowered:
-        return f"{where}: permission denied: the etcd user may not access this prefix"
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        user = f"etcd user {options.user!r}" if options.user else "this etcd user"
+        return (
+            f"{where}: permission denied: {user} has no role allowing this request under {options.prefix} "
+            "(see `discoverd auth`)"
+        )
+    if "no leader" in lowered:
+        return f"{where} has no leader: the etcd cluster lost its quorum or is electing a leader"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"{where} did not answer within {options.timeout:g} s"
+    if code == grpc.StatusCode.UNAVAILABLE:
         first = details.splitlines()[0] if details else "no answer"
         return f"{where} is unreachable: {first}"
     return f"{where}: {details or error}"
 
 
 _RETRYABLE_AUTH = ("invalid auth token", "auth token is invalid")
+_TOO_MANY_OPS = "too many operations in txn request"
+
+
+def _fail_over_on(error: BaseException) -> bool:
+    """Whether another member may do better: this one is gone, without a leader, or too slow."""
+    if isinstance(error, TimeoutError):
+        return True
+    code, _ = _details(error)
+    return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 @contextlib.asynccontextmanager
 async def translated(client: Client) -> AsyncIterator[None]:
-    """Turn aetcd and gRPC errors raised inside into StoreUnavailable with a clear reason."""
+    """Turn aetcd and gRPC errors raised inside into StoreUnavailable (or TxnTooLarge) with a clear reason."""
     try:
         yield
     except (grpc.aio.AioRpcError, aetcd.exceptions.ClientError, TimeoutError) as error:
-        raise StoreUnavailable(describe_error(error, client.etcd_options)) from error
+        if _TOO_MANY_OPS in _details(error)[1].lower():
+            raise TxnTooLarge(
+                f"etcd at {client.etcd_options.describe()} refused the transaction: it has more operations "
+                "than etcd's --max-txn-ops allows (128 unless set)"
+            ) from error
+        raise StoreUnavailable(describe_error(error, client.etcd_options, client.endpoint)) from error
 
 
 async def call(client: Client, operation: Callable[[], Awaitable[T]]) -> T:
-    """Run one etcd request; renew an expired auth token once; translate errors."""
+    """Run one etcd request on the active member; renew an expired auth token once; fail over to another
+    member once when this one is unreachable, has no leader or does not answer in time; translate errors.
+
+    `operation` must read the client's stubs when called (a lambda), so that a retry after a failover goes
+    to the new member. A retried write is safe: guarded transactions fail their guard if the first attempt
+    did land, and unguarded puts write the same value again.
+    """
     async with translated(client):
-        try:
-            return await asyncio.wait_for(operation(), client.etcd_options.timeout * 2)
-        except (grpc.aio.AioRpcError, aetcd.exceptions.ClientError) as error:
-            if not any(text in str(error).lower() for text in _RETRYABLE_AUTH):
+        await client.connect()
+        renewed = moved = False
+        while True:
+            generation = client.generation
+            try:
+                return await asyncio.wait_for(operation(), client.request_timeout * 2)
+            except (grpc.aio.AioRpcError, aetcd.exceptions.ClientError, TimeoutError) as error:
+                if not renewed and any(text in _details(error)[1].lower() for text in _RETRYABLE_AUTH):
+                    renewed = True
+                    await client.reauthenticate()
+                    continue
+                if not moved and client.can_fail_over and _fail_over_on(error):
+                    moved = True
+                    await client.fail_over(generation)
+                    continue
                 raise
-            await client.reauthenticate()
-            return await asyncio.wait_for(operation(), client.etcd_options.timeout * 2)
 
 
 async def connect(options: EtcdOptions) -> Client:
-    """A connected client; StoreUnavailable naming the cause when etcd cannot be used."""
+    """A client connected to the first member that answers; StoreUnavailable naming the cause otherwise."""
     client = Client(options)
-    async with translated(client):
-        await asyncio.wait_for(client.connect(), options.timeout * 2)
-        # A channel connects lazily: ask for something cheap so a bad address, CA or certificate
-        # shows up here, within the timeout, rather than on the first real request.
-        await asyncio.wait_for(
-            client.kvstub.Range(
-                rpc.RangeRequest(key=b"\0", limit=1, keys_only=True),
-                timeout=options.timeout,
-                metadata=client.metadata,
-            ),
-            options.timeout * 2,
-        )
+    try:
+        await asyncio.wait_for(client.connect(), options.timeout * 2 * (1 + len(options.endpoints)))
+    except TimeoutError:
+        await client.close()
+        raise StoreUnavailable(f"etcd at {options.describe()} did not answer within {options.timeout:g} s") from None
+    except BaseException:
+        await client.close()
+        raise
     return client

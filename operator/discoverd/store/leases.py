@@ -18,7 +18,9 @@ async def grant(store: Store, ttl: int) -> int:
     """A new lease id with `ttl` seconds to live."""
     c = store.client
     request = rpc.LeaseGrantRequest(TTL=ttl)
-    response = await client_.call(c, lambda: c.leasestub.LeaseGrant(request, timeout=c._timeout, metadata=c.metadata))
+    response = await client_.call(
+        c, lambda: c.leasestub.LeaseGrant(request, timeout=c.request_timeout, metadata=c.metadata)
+    )
     return int(response.ID)
 
 
@@ -28,7 +30,7 @@ async def keep_alive_once(store: Store, lease_id: int) -> int:
 
     async def refresh() -> int:
         stream = c.leasestub.LeaseKeepAlive(
-            iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=c._timeout, metadata=c.metadata
+            iter([rpc.LeaseKeepAliveRequest(ID=lease_id)]), timeout=c.request_timeout, metadata=c.metadata
         )
         async for reply in stream:
             return int(reply.TTL)
@@ -44,4 +46,4 @@ async def revoke(store: Store, lease_id: int) -> None:
     """Drop the lease and with it every key attached to it."""
     c = store.client
     request = rpc.LeaseRevokeRequest(ID=lease_id)
-    await client_.call(c, lambda: c.leasestub.LeaseRevoke(request, timeout=c._timeout, metadata=c.metadata))
+    await client_.call(c, lambda: c.leasestub.LeaseRevoke(request, timeout=c.request_timeout, metadata=c.metadata))

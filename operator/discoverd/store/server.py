@@ -23,10 +23,10 @@ __all__ = ["EtcdServer", "TLSFiles", "find_binary", "free_port"]
 _READY = b"ready to serve client requests"
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` (a loopback address) right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -66,17 +66,31 @@ class TLSFiles:
 
 @dataclass
 class EtcdServer:
+    """One etcd member. Alone by default; `initial_cluster` (name=peer URL, ...) makes it one of several."""
+
     data_dir: Path
-    client_port: int = field(default_factory=free_port)
-    peer_port: int = field(default_factory=free_port)
+    host: str = "127.0.0.1"
+    client_port: int = 0
+    peer_port: int = 0
     tls: TLSFiles | None = None
     extra_args: list[str] = field(default_factory=list)
+    name: str = "discoverd"
+    initial_cluster: str | None = None
     process: subprocess.Popen[bytes] | None = None
+    _log_offset: int = 0
+
+    def __post_init__(self) -> None:
+        self.client_port = self.client_port or free_port(self.host)
+        self.peer_port = self.peer_port or free_port(self.host)
 
     @property
     def endpoint(self) -> str:
         scheme = "https" if self.tls else "http"
-        return f"{scheme}://127.0.0.1:{self.client_port}"
+        return f"{scheme}://{self.host}:{self.client_port}"
+
+    @property
+    def peer_url(self) -> str:
+        return f"http://{self.host}:{self.peer_port}"
 
     @property
     def log_path(self) -> Path:
@@ -85,13 +99,13 @@ class EtcdServer:
     def argv(self) -> list[str]:
         args = [
             find_binary(),
-            "--name=discoverd",
+            f"--name={self.name}",
             f"--data-dir={self.data_dir}",
             f"--listen-client-urls={self.endpoint}",
             f"--advertise-client-urls={self.endpoint}",
-            f"--listen-peer-urls=http://127.0.0.1:{self.peer_port}",
-            f"--initial-advertise-peer-urls=http://127.0.0.1:{self.peer_port}",
-            f"--initial-cluster=discoverd=http://127.0.0.1:{self.peer_port}",
+            f"--listen-peer-urls={self.peer_url}",
+            f"--initial-advertise-peer-urls={self.peer_url}",
+            f"--initial-cluster={self.initial_cluster or f'{self.name}={self.peer_url}'}",
             "--log-level=info",
             "--log-outputs=stderr",
         ]
@@ -103,20 +117,30 @@ class EtcdServer:
 
     def start(self, timeout: float = 30.0) -> EtcdServer:
         """Start (or restart on the same data dir) and wait until it serves clients."""
+        self.launch()
+        return self.wait_ready(timeout)
+
+    def launch(self) -> EtcdServer:
+        """Start the process without waiting (a member of a new cluster waits for the others)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
-        start_offset = log.tell()
+        self._log_offset = log.tell()
         argv = self.argv()
         try:
             self.process = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         finally:
             log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> EtcdServer:
+        """Wait until the launched process serves clients; RuntimeError naming its log otherwise."""
+        assert self.process is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"etcd exited with {self.process.returncode}: see {self.log_path}")
             with open(self.log_path, "rb") as f:
-                f.seek(start_offset)
+                f.seek(self._log_offset)
                 if _READY in f.read():
                     return self
             time.sleep(0.05)
@@ -133,6 +157,13 @@ class EtcdServer:
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL this etcd, as a crash would; keeps the data dir so `start` brings the member back."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
             process.kill()
             process.wait()
 

@@ -1,0 +1,100 @@
+"""`discoverd auth bootstrap|add-server|add-admin`: etcd roles and users, one identity per server.
+
+Run with etcd's root credentials (`--etcd-user root --etcd-password-file ...`).
+A server's agent gets a user that reads its own server document and the
+services' documents and writes only its own status: a compromised server can
+lie about its own instances, but cannot change what any server runs.
+Credentials are printed once, as `DISCOVERD_ETCD_USER=` and
+`DISCOVERD_ETCD_PASSWORD=` lines an agent's environment file takes as they
+are; etcd keeps only a hash.
+"""
+
+from __future__ import annotations
+
+import click
+
+from discoverd.cli import main
+from discoverd.config import EtcdOptions
+from discoverd.schema import keys
+from discoverd.store import auth as auth_
+from discoverd.store import client
+
+__all__ = ["auth"]
+
+
+def _server_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    reason = keys.segment_error(value)
+    if reason is not None:
+        raise click.BadParameter(f"{value!r} {reason}")
+    return value
+
+
+def _describe(grants: list[auth_.Grant]) -> str:
+    return ", ".join(str(g) for g in grants)
+
+
+@click.group()
+def auth() -> None:
+    """Create etcd roles and users for discoverd (needs etcd's root credentials)."""
+
+
+@auth.command()
+@click.pass_context
+def bootstrap(ctx: click.Context) -> None:
+    """Create the admin role (the operator, the controller, `apply`): read and write the whole prefix."""
+    options = main.etcd_options(ctx)
+
+    async def run() -> bool:
+        c = await client.connect(options)
+        try:
+            await auth_.ensure_role(c, auth_.admin_role(options.prefix), auth_.admin_grants(options.prefix))
+            return await auth_.enabled(c)
+        finally:
+            await c.close()
+
+    on = main.run_async(run())
+    role = auth_.admin_role(options.prefix)
+    click.echo(f"role {role}: {_describe(auth_.admin_grants(options.prefix))}")
+    click.echo("Add a server's agent with: discoverd auth add-server ID")
+    if not on:
+        click.echo("warning: etcd does not check users yet: add its root user and run `etcdctl auth enable`", err=True)
+
+
+async def _add_user(options: EtcdOptions, user: str, role: str, grants: list[auth_.Grant]) -> str:
+    c = await client.connect(options)
+    try:
+        await auth_.ensure_role(c, role, grants)
+        return await auth_.add_user(c, user, role)
+    finally:
+        await c.close()
+
+
+def _print_credentials(user: str, password: str) -> None:
+    click.echo(f"DISCOVERD_ETCD_USER={user}")
+    click.echo(f"DISCOVERD_ETCD_PASSWORD={password}")
+    click.echo("These credentials are shown once: keep them in the agent's environment file (mode 0600).", err=True)
+
+
+@auth.command("add-server")
+@click.argument("server_id", metavar="ID", callback=_server_id)
+@click.pass_context
+def add_server(ctx: click.Context, server_id: str) -> None:
+    """Create server ID's etcd user (reads its configuration, writes only its status); prints it once."""
+    options = main.etcd_options(ctx)
+    role = auth_.server_role(options.prefix, server_id)
+    grants = auth_.server_grants(options.prefix, server_id)
+    password = main.run_async(_add_user(options, role, role, grants))
+    click.echo(f"user {role}: {_describe(grants)}", err=True)
+    _print_credentials(role, password)
+
+
+@auth.command("add-admin")
+@click.argument("name")
+@click.pass_context
+def add_admin(ctx: click.Context, name: str) -> None:
+    """Create user NAME with the admin role (for the operator and the controller); prints it once."""
+    options = main.etcd_options(ctx)
+    role = auth_.admin_role(options.prefix)
+    password = main.run_async(_add_user(options, name, role, auth_.admin_grants(options.prefix)))
+    click.echo(f"user {name}: {_describe(auth_.admin_grants(options.prefix))}", err=True)
+    _print_credentials(name, password)
