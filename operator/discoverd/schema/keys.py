@@ -33,9 +33,11 @@ __all__ = [
     "parse",
     "prefix_range_end",
     "rollout_config",
+    "rollout_prefix",
     "rollout_status",
     "segment_error",
     "server_config",
+    "service_instances_prefix",
     "validate_segment",
     "version_config",
 ]
@@ -152,6 +154,16 @@ def instance_status_prefix(prefix: str, server: str) -> str:
 
 def instance_status(prefix: str, server: str, service: str, instance: str) -> str:
     return _join(prefix, "servers", server, "status", "instances", service, instance)
+
+
+def service_instances_prefix(prefix: str, service: str) -> str:
+    """Where the instance documents of `service` live (a prefix to read or watch)."""
+    return _join(prefix, "services", service, "instances") + "/"
+
+
+def rollout_prefix(prefix: str, service: str) -> str:
+    """The rollout config and status of `service` (a prefix to read or watch)."""
+    return _join(prefix, "services", service, "rollout") + "/"
 
 
 def rollout_config(prefix: str, service: str) -> str:
