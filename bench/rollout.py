@@ -9,8 +9,9 @@ times on this machine's clock (agents and controller share it).
    `min_healthy_seconds` M (`--min-healthy`, 2 s). For every write of the
    controller after the first, the time from the moment the instance whose
    health freed the slot became healthy (its `Running` status's `since` + M)
-   to the controller's write arriving: what the controller adds beyond
-   `min_healthy_seconds`. Also the whole rollout's duration.
+   (or its report arriving, if later) to the controller's write arriving:
+   what the controller adds beyond `min_healthy_seconds` and the agents'
+   own reporting. Also the whole rollout's duration.
 2. **Revert time**: roll out to 3.0, whose run script exits after 0.5 s while
    its agent probation is 1 s (so agents report `RolledBack`), with
    `min_healthy_seconds` 0 and `max_unavailable` 10. From the first failure
@@ -175,8 +176,10 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
             steps: dict[int, float] = {}
             for arrival, rev, _, _ in writes:
                 steps.setdefault(rev, arrival)
+            # An instance is healthy for the controller once Running on 2.0 for M seconds *and* reported
+            # (an agent starved of CPU can report late): the later of the two, on this clock.
             ready = sorted(
-                _ts(r["since"]) + m
+                max(_ts(r["since"]) + m, t)
                 for t, i, r in seen.reports
                 if t >= t0 and r.get("phase") == "Running" and r.get("version") == "2.0"
             )

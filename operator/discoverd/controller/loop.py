@@ -6,9 +6,10 @@ revision, a watch from the next, and after every change (or when `plan`
 asked to be woken) one `plan` per service with a rollout config. A step's
 instance writes and its new status go to etcd in one transaction, each
 instance guarded by its mod_revision and the status by its own: the step
-happens whole or not at all, and once. After a successful step nothing is
-planned until the watch has shown it (the cache would be stale); after a lost
-compare-and-swap, nothing until the next change arrives.
+happens whole or not at all, and once. A successful step goes into the cache
+at once (`World.wrote`), so the next step (a revert after a failure) follows
+without waiting for the watch; after a lost compare-and-swap, nothing until
+the watch brings the newer values.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ log = logging.getLogger(__name__)
 
 _IDLE = 30.0
 """Seconds between passes when nothing changes (a safety net: passes are event-driven)."""
+_CHAINED = 8
+"""Steps of one rollout written back to back in a pass (a failure and its revert are two)."""
 
 
 def _now() -> dt.datetime:
@@ -52,55 +55,63 @@ class Controller:
         self.world = world.World()
         self.steps = 0
         self._wake = asyncio.Event()
-        self._need = 0
         self._invalid: dict[str, int] = {}
 
     # one pass
 
-    async def _step(self, r: world.Rollout) -> dt.datetime | None:
-        config = r.config.document
-        if not isinstance(config, rollouts.RolloutConfig):
-            if self._invalid.get(r.config.key) != r.config.mod_revision:
-                self._invalid[r.config.key] = r.config.mod_revision
-                log.warning("Ignored invalid rollout config", extra=logs.kv(reason=str(r.config.error)))
-            return None
-        decision = plan.plan(config, r.status, r.status_revision, self.world.members(r.service), self.clock())
-        if decision.status is None and not decision.writes:
-            return decision.wake_at
-        prefix = self.store.prefix
-        writes = [
-            Write(keys.instance_config(prefix, r.service, w.id), documents.dumps(w.doc), w.expect)
-            for w in decision.writes
-        ]
-        if decision.status is not None:
-            status_key = keys.rollout_status(prefix, r.service)
-            writes.append(Write(status_key, documents.dumps(decision.status), r.status_revision))
-        try:
-            revision = await self.store.apply(writes)
-        except Conflict as error:
-            log.info("Lost a compare-and-swap; planning again", extra=logs.kv(service=r.service, reason=str(error)))
-            return None
-        self._need = max(self._need, revision)
-        self.steps += 1
+    async def _step(self, service: str) -> dt.datetime | None:
+        """Plan and write the steps of one rollout until it waits; when to look again because of time."""
+        for _ in range(_CHAINED):
+            r = self.world.rollout(service)
+            if r is None:
+                return None
+            config = r.config.document
+            if not isinstance(config, rollouts.RolloutConfig):
+                if self._invalid.get(r.config.key) != r.config.mod_revision:
+                    self._invalid[r.config.key] = r.config.mod_revision
+                    log.warning("Ignored invalid rollout config", extra=logs.kv(reason=str(r.config.error)))
+                return None
+            decision = plan.plan(config, r.status, r.status_revision, self.world.members(service), self.clock())
+            if decision.status is None and not decision.writes:
+                return decision.wake_at
+            prefix = self.store.prefix
+            writes = [
+                Write(keys.instance_config(prefix, service, w.id), documents.dumps(w.doc), w.expect)
+                for w in decision.writes
+            ]
+            if decision.status is not None:
+                status_key = keys.rollout_status(prefix, service)
+                writes.append(Write(status_key, documents.dumps(decision.status), r.status_revision))
+            try:
+                revision = await self.store.apply(writes)
+            except Conflict as error:
+                # Our cache was behind: the watch brings the newer values, and with them another pass.
+                log.info("Lost a compare-and-swap; planning again", extra=logs.kv(service=service, reason=str(error)))
+                return None
+            self.world.wrote(prefix, ((w.key, w.value or b"") for w in writes), revision)
+            self.steps += 1
+            self._log(service, r, decision, revision)
+        return self.clock()  # more to do: come back at once
+
+    def _log(self, service: str, r: world.Rollout, decision: plan.Decision, revision: int) -> None:
         status = decision.status
         if status is not None and (decision.writes or r.status is None or status.phase != r.status.phase):
             log.info(
                 f"Wrote rollout step: {status.phase.value}",
                 extra=logs.kv(
-                    service=r.service,
+                    service=service,
                     to_version=status.to_version,
                     wrote=",".join(f"{w.id}={w.doc.service_version}" for w in decision.writes) or "-",
                     message=status.message,
                     revision=revision,
                 ),
             )
-        return decision.wake_at
 
     async def _pass(self) -> float:
         """Plan every rollout once; seconds until time alone needs another pass."""
         wake_at: dt.datetime | None = None
         for r in self.world.rollouts():
-            when = await self._step(r)
+            when = await self._step(r.service)
             if when is not None:
                 wake_at = when if wake_at is None else min(wake_at, when)
         if wake_at is None:
@@ -112,20 +123,18 @@ class Controller:
     async def _follow(self, start: int) -> None:
         async for batch in watch.watch(self.store, start):
             self.world.apply(batch)
-            if self.world.revision >= self._need:
-                self._wake.set()
+            self._wake.set()
 
     async def _act(self) -> None:
         snapshot = await self.store.snapshot()
         self.world.load(snapshot)
-        self._need = 0
         follower = asyncio.create_task(self._follow(snapshot.revision + 1), name="controller watch")
         try:
             while True:
                 if follower.done():
                     follower.result()  # raises why the watch ended
                 self._wake.clear()
-                timeout = await self._pass() if self.world.revision >= self._need else _IDLE
+                timeout = await self._pass()
                 waiter = asyncio.create_task(self._wake.wait())
                 await asyncio.wait([waiter, follower], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()

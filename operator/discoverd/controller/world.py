@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from discoverd.controller import plan
 from discoverd.schema import documents, keys, rollouts
 from discoverd.store import watch
-from discoverd.store.documents import Entry, Snapshot
+from discoverd.store.documents import Entry, Snapshot, decode
 
 __all__ = ["Rollout", "World"]
 
@@ -45,6 +45,17 @@ class World:
             elif isinstance(event, watch.Delete):
                 self.entries.pop(event.key, None)
             self.revision = max(self.revision, event.revision)
+
+    def wrote(self, prefix: str, writes: Iterable[tuple[str, bytes]], revision: int) -> None:
+        """Our own transaction succeeded at `revision`: know its values now, before the watch shows them.
+
+        Safe against older events still on their way: every key written was guarded by the
+        revision this cache held for it, so nothing older than `revision` is pending for it."""
+        for key, value in writes:
+            self.entries[key] = decode(prefix, key, value, revision)
+
+    def rollout(self, service: str) -> Rollout | None:
+        return next((r for r in self.rollouts() if r.service == service), None)
 
     def _of(self, kind: keys.Kind) -> Iterable[tuple[keys.Key, Entry]]:
         for entry in self.entries.values():
