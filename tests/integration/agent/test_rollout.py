@@ -9,7 +9,10 @@ each test rolls out its own service of 3 x 3 instances, through the real
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import pty
 import signal
 import subprocess
 import threading
@@ -227,9 +230,22 @@ def test_canary_pauses_then_batches_respect_max_unavailable(fleet: Fleet) -> Non
             return on_new == [canary] and running_new == [canary]
 
         stays(one_on_new, 2.0)
+        # Two watchers: one on a terminal (a progress bar), one on a pipe (plain lines).
+        base = [DISCOVERD, "--etcd-endpoints", fleet.endpoint, "--prefix", fleet.prefix, "rollout", "status", "canary"]
+        master, slave = pty.openpty()
+        on_tty = subprocess.Popen([*base, "-w"], stdout=slave, stderr=subprocess.STDOUT)
+        os.close(slave)
+        screen_chunks: list[bytes] = []
+        reader = threading.Thread(target=_read_all, args=(master, screen_chunks), daemon=True)
+        reader.start()
+        on_pipe = subprocess.Popen([*base, "-w"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         result = fleet.cli("rollout", "resume", "canary")
         assert result.returncode == 0, result.stderr
         done = fleet.wait_rollout("canary", "Succeeded", "Failed", "Reverted")
+        assert on_tty.wait(30) == 0 and on_pipe.wait(30) == 0
+        reader.join(10)
+        screen = b"".join(screen_chunks).decode(errors="replace")
+        lines = (on_pipe.stdout.read() if on_pipe.stdout else "").splitlines()
     assert done["phase"] == "Succeeded", done
     assert sorted(done["healthy"]) == ids and done["skipped"] == []
     assert fleet.all_running_on("canary", ids, "2.0")
@@ -237,6 +253,16 @@ def test_canary_pauses_then_batches_respect_max_unavailable(fleet: Fleet) -> Non
     shown = fleet.cli("rollout", "status", "canary", "-o", "json")
     assert json.loads(shown.stdout)["phase"] == "Succeeded"
     assert "Succeeded" in fleet.cli("rollout", "status", "canary").stdout
+    assert "\r\x1b[K" in screen and "[" + "#" * 30 + "] 9/9 healthy" in screen, screen
+    assert lines[0].startswith("canary -> 2.0: Paused") and lines[-1].startswith("canary -> 2.0: Succeeded"), lines
+    assert "\x1b" not in "".join(lines) and len(lines) >= 3
+
+
+def _read_all(fd: int, chunks: list[bytes]) -> None:
+    with contextlib.suppress(OSError):  # EIO once the writer has gone
+        while data := os.read(fd, 65536):
+            chunks.append(data)
+    os.close(fd)
 
 
 def test_a_version_that_exits_fails_and_every_instance_goes_back(fleet: Fleet) -> None:
@@ -365,3 +391,18 @@ def test_rollout_commands_refuse_bad_input_in_one_line(fleet: Fleet) -> None:
         result = fleet.cli(*args)
         assert result.returncode != 0 and text in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+def test_an_invalid_rollout_config_is_named_and_stops_nothing(fleet: Fleet) -> None:
+    fleet.etcd.put(
+        f"{fleet.prefix}/services/junk/rollout/config/details",
+        '{"name": "junk", "to_version": "2", "max_unavailable": "lots"}',
+    )
+    shown = fleet.cli("rollout", "status", "junk")
+    assert "services/junk/rollout/config/details: field 'max_unavailable'" in shown.stderr, shown.stderr
+    paused = fleet.cli("rollout", "pause", "junk")
+    assert paused.returncode == 1 and "field 'max_unavailable'" in paused.stderr and "Traceback" not in paused.stderr
+    acting = fleet.acting()
+    wait_until(lambda: "Ignored invalid rollout config" in acting.log(), 20, what="the controller naming it")
+    assert "services/junk/rollout/config/details" in acting.log()
+    assert all(c.process is not None and c.process.poll() is None for c in fleet.controllers[-2:])
