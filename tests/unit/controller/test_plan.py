@@ -6,6 +6,8 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from discoverd.controller import plan
 from discoverd.schema import documents
@@ -269,3 +271,40 @@ def test_nothing_changed_means_nothing_written() -> None:
     d2 = step(config(), members, 1, d.status)
     assert d2.status is not None and not d2.writes  # resolves "0" revisions once
     assert step(config(), members, 2, d2.status, 51) == plan.Decision(wake_at=at(600))  # the progress deadline
+
+
+_PHASES = st.sampled_from([Phase.RUNNING, Phase.RUNNING, Phase.STARTING, Phase.BACK_OFF, Phase.FAILED])
+
+
+@given(
+    phases=st.lists(st.tuples(_PHASES, st.booleans(), st.integers(0, 2)), min_size=1, max_size=12),
+    max_unavailable=st.one_of(st.integers(1, 6), st.sampled_from(["10%", "25%", "50%", "100%"])),
+    canary=st.integers(0, 4),
+)
+def test_a_first_step_never_takes_more_than_the_budget_and_never_touches_offline_servers(
+    phases: list[tuple[Phase, bool, int]], max_unavailable: int | str, canary: int
+) -> None:
+    members = {}
+    for n, (phase, online, servers) in enumerate(phases):
+        i = f"i{n:02d}"
+        reports = tuple(report(phase, online=online, server=f"n{k}") for k in range(servers))
+        members[i] = plan.Member(i, documents.Instance(name="web", service_version="1.0"), 10, reports)
+    cfg = config(max_unavailable=max_unavailable, canary=canary)
+    d = step(cfg, members)
+    chosen = {w.id for w in d.writes}
+
+    def available(m: plan.Member) -> bool:
+        return bool(m.reports) and all(
+            r.online and r.status is not None and r.status.phase is Phase.RUNNING for r in m.reports
+        )
+
+    down_before = sum(1 for m in members.values() if m.reports and not available(m))
+    taken = sum(1 for i in chosen if available(members[i]))
+    allowed = (
+        max_unavailable if isinstance(max_unavailable, int) else max(1, len(members) * int(max_unavailable[:-1]) // 100)
+    )
+    assert taken == 0 or down_before + taken <= allowed
+    assert not any(not r.online for i in chosen for r in members[i].reports)
+    if canary:
+        assert len(chosen) <= canary
+    assert all(w.expect == 10 and w.doc.service_version == "2.0" for w in d.writes)
