@@ -165,7 +165,13 @@ def _register() -> None:
     cli.add_command(get.get)
     cli.add_command(auth.auth)
     # Commands of the agent and the operator are added by their own modules when present.
-    for module, names in (("agent", ("agent",)), ("up", ("up",)), ("operator", ("operator",))):
+    for module, names in (
+        ("agent", ("agent",)),
+        ("up", ("up",)),
+        ("operator", ("operator",)),
+        ("controller", ("controller",)),
+        ("rollout", ("rollout",)),
+    ):
         try:
             imported = __import__(f"discoverd.cli.{module}", fromlist=["_"])
         except ModuleNotFoundError as error:

@@ -1,11 +1,13 @@
-"""`discoverd up`: an embedded etcd, one local agent and a sample service, to try discoverd.
+"""`discoverd up`: an embedded etcd, one local agent, the rollout controller and a sample service, to try discoverd.
 
 Starts a single-member etcd on loopback (data under the state directory),
 writes the bundled sample (a tiny HTTP service in two versions, from
-`discoverd/data/`) through the store, runs the agent in this process and
-tells, in plain words, what is downloading, installing and running and which
-URL to try. Ctrl-C stops everything it started: the sample instances, the
-agent and etcd.
+`discoverd/data/`; three instances on consecutive ports) through the store,
+runs the agent and the rollout controller in this process and tells, in plain
+words, what is downloading, installing and running, which URL to try and how
+to roll the sample out to 2.0 (docs/rollouts.md walks through it). Ctrl-C
+stops everything it started: the sample instances, the agent, the controller
+and etcd.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import click
 from discoverd.agent import loop, plan, status
 from discoverd.cli import main
 from discoverd.config import EtcdOptions
+from discoverd.controller import loop as controller_loop
 from discoverd.schema import documents, keys
 from discoverd.store import client, server
 from discoverd.store.documents import Store, Write
@@ -32,6 +35,8 @@ __all__ = ["default_state_dir", "sample_documents", "up"]
 SERVER_ID = "local"
 SERVICE = "hello"
 INSTANCE = "hello-1"
+INSTANCES = ("hello-1", "hello-2", "hello-3")
+"""Instance `hello-N` listens on the port given plus N - 1."""
 DATA = Path(__file__).resolve().parent.parent / "data"
 
 
@@ -58,10 +63,14 @@ def _version(version: str, state_dir: Path, port: int) -> documents.Version:
         "stop_timeout": 5,
     }
     if version == "2.0":
-        probe = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)"
+        # One health check for every instance: hello-N answers on the base port + N - 1.
+        probe = (
+            "import os, sys, urllib.request; n = int(os.environ['DISCOVERD_INSTANCE_ID'].rsplit('-', 1)[1]); "
+            "urllib.request.urlopen(f'http://127.0.0.1:{int(sys.argv[1]) + n - 1}/healthz', timeout=2)"
+        )
         doc["health_check"] = {
             "command": python,
-            "argv": ["-c", probe, f"http://127.0.0.1:{port}/healthz"],
+            "argv": ["-c", probe, str(port)],
             "interval": 5,
             "timeout": 3,
         }
@@ -69,15 +78,21 @@ def _version(version: str, state_dir: Path, port: int) -> documents.Version:
 
 
 def sample_documents(prefix: str, state_dir: Path, port: int) -> dict[str, documents.Document]:
-    """The sample: versions 1.0 and 2.0 of `hello`, one instance on 1.0, this server running it."""
-    return {
+    """The sample: versions 1.0 and 2.0 of `hello`, three instances on 1.0, this server running them."""
+    docs: dict[str, documents.Document] = {
         keys.version_config(prefix, SERVICE, "1.0"): _version("1.0", state_dir, port),
         keys.version_config(prefix, SERVICE, "2.0"): _version("2.0", state_dir, port),
-        keys.instance_config(prefix, SERVICE, INSTANCE): documents.Instance(name=SERVICE, service_version="1.0"),
-        keys.server_config(prefix, SERVER_ID): documents.Server(
-            service_instances=[documents.InstanceRef(name=SERVICE, id=INSTANCE)]
-        ),
     }
+    for n, instance in enumerate(INSTANCES):
+        # An instance's argv is appended to the version's run script: the last --port wins.
+        run = documents.Script(argv=["--port", str(port + n)]) if n else documents.Script()
+        docs[keys.instance_config(prefix, SERVICE, instance)] = documents.Instance(
+            name=SERVICE, service_version="1.0", **({"run_script": run} if n else {})
+        )
+    docs[keys.server_config(prefix, SERVER_ID)] = documents.Server(
+        service_instances=[documents.InstanceRef(name=SERVICE, id=i) for i in INSTANCES]
+    )
+    return docs
 
 
 _SAYS = {
@@ -96,6 +111,7 @@ _SAYS = {
 
 def _progress(url: str, endpoint: str) -> Callable[[plan.Ref, status.Summary], None]:
     shown: dict[plan.Ref, tuple[documents.Phase, str | None]] = {}
+    hinted = False
 
     def show(ref: plan.Ref, summary: status.Summary) -> None:
         seen = (summary.phase, summary.version)
@@ -109,11 +125,17 @@ def _progress(url: str, endpoint: str) -> Callable[[plan.Ref, status.Summary], N
         if summary.phase in (documents.Phase.FAILED, documents.Phase.ROLLED_BACK, documents.Phase.BACK_OFF):
             line += f": {summary.message}"
         click.echo(line)
-        if summary.phase is documents.Phase.RUNNING:
-            click.echo(f"\n  Try it:   curl {url}")
-            click.echo(f"  Status:   discoverd --etcd-endpoints {endpoint} get instances")
+        nonlocal hinted
+        if summary.phase is documents.Phase.RUNNING and not hinted:
+            hinted = True
+            d = f"discoverd --etcd-endpoints {endpoint}"
+            click.echo(f"\n  Try it:   curl {url}   (hello-2 and hello-3 on the next two ports)")
+            click.echo(f"  Status:   {d} get instances")
+            click.echo(f"  Roll out: {d} rollout start {SERVICE} --to 2.0 --canary 1 --pause-after-canary")
+            click.echo(f"            {d} rollout status {SERVICE} -w")
+            click.echo(f"            {d} rollout resume {SERVICE}    (or: rollout undo {SERVICE})")
             click.echo(
-                f"  Upgrade:  discoverd --etcd-endpoints {endpoint} apply -f - <<< "
+                f"  One only: {d} apply -f - <<< "
                 f"'{{kind: ServiceInstance, apiVersion: discoverd.io/v1alpha1, "
                 f'spec: {{service: {SERVICE}, id: {INSTANCE}, serviceVersion: "2.0"}}}}\''
             )
@@ -133,7 +155,10 @@ async def _apply_sample(options: EtcdOptions, state_dir: Path, port: int) -> Non
 
 async def _run(options: EtcdOptions, state_dir: Path, port: int) -> None:
     await _apply_sample(options, state_dir, port)
-    click.echo(f"Applied the sample: service {SERVICE!r} in versions 1.0 and 2.0, instance {INSTANCE!r} on 1.0.")
+    click.echo(
+        f"Applied the sample: service {SERVICE!r} in versions 1.0 and 2.0, "
+        f"instances {', '.join(INSTANCES)} on 1.0 (ports {port}-{port + len(INSTANCES) - 1})."
+    )
     agent_options = loop.Options(server_id=SERVER_ID, state_dir=state_dir, stop_instances_on_exit=True)
     agent = loop.Agent(
         options, agent_options, on_status=_progress(f"http://127.0.0.1:{port}/", str(options.endpoints[0]))
@@ -142,9 +167,14 @@ async def _run(options: EtcdOptions, state_dir: Path, port: int) -> None:
     running = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         running.add_signal_handler(sig, stop.set)
-    click.echo(f"Started the agent for server {SERVER_ID!r}:")
-    await agent.run(stop)
-    click.echo("Stopped the sample instances and the agent.")
+    click.echo(f"Started the agent for server {SERVER_ID!r} and the rollout controller:")
+    controller = asyncio.create_task(controller_loop.run(options, stop, ttl=5), name="rollout controller")
+    try:
+        await agent.run(stop)
+    finally:
+        stop.set()
+        await controller
+    click.echo("Stopped the sample instances, the agent and the controller.")
 
 
 @click.command()

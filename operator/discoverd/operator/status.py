@@ -145,4 +145,6 @@ def affected(view: View, key: keys.Key) -> set[keys.Key]:
                 keys.Key(keys.Kind.SERVER, server=key.server),
                 *view.versions_of(key.service),
             }
-    return {key}
+        case keys.Kind.SERVER | keys.Kind.VERSION | keys.Kind.INSTANCE:
+            return {key}
+    return set()  # rollout keys (DESIGN 2b) and whatever comes next have no object here (yet)

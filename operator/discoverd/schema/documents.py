@@ -318,6 +318,10 @@ D = TypeVar("D", bound=Document)
 
 
 def model_for(kind: keys.Kind) -> type[Document]:
+    if kind in (keys.Kind.ROLLOUT, keys.Kind.ROLLOUT_STATUS):
+        from discoverd.schema import rollouts  # builds on this module, so imported here (section 2b)
+
+        return rollouts.RolloutConfig if kind is keys.Kind.ROLLOUT else rollouts.RolloutStatus
     return _MODELS[kind]
 
 
@@ -359,6 +363,9 @@ def parse_at(key: keys.Key, key_str: str, raw: bytes) -> Document:
     doc = parse(model_for(key.kind), key_str, raw)
     if isinstance(doc, Version | Instance) and doc.name != key.service:
         raise InvalidDocument(key_str, "name", f"{doc.name!r} does not match the service {key.service!r} in the key")
+    name = getattr(doc, "name", None)
+    if key.kind is keys.Kind.ROLLOUT and name != key.service:
+        raise InvalidDocument(key_str, "name", f"{name!r} does not match the service {key.service!r} in the key")
     return doc
 
 

@@ -7,6 +7,9 @@ Key layout (DESIGN section 1 and 2), relative to the prefix:
     services/<service>/instances/<instance>/config/details
     servers/<server>/status/agent
     servers/<server>/status/instances/<service>/<instance>
+    services/<service>/rollout/config/details       (section 2b)
+    services/<service>/rollout/status
+    controller/leader
 """
 
 from __future__ import annotations
@@ -22,14 +25,19 @@ __all__ = [
     "Key",
     "Kind",
     "agent_status",
+    "controller_leader",
     "instance_config",
     "instance_status",
     "instance_status_prefix",
     "normalize_prefix",
     "parse",
     "prefix_range_end",
+    "rollout_config",
+    "rollout_prefix",
+    "rollout_status",
     "segment_error",
     "server_config",
+    "service_instances_prefix",
     "validate_segment",
     "version_config",
     "versions_prefix",
@@ -46,6 +54,8 @@ class Kind(enum.StrEnum):
     INSTANCE = "ServiceInstance"
     AGENT_STATUS = "AgentStatus"
     INSTANCE_STATUS = "InstanceStatus"
+    ROLLOUT = "ServiceRollout"
+    ROLLOUT_STATUS = "RolloutStatus"
 
 
 @dataclass(frozen=True, order=True)
@@ -70,6 +80,10 @@ class Key:
                 return agent_status(prefix, self.server)
             case Kind.INSTANCE_STATUS:
                 return instance_status(prefix, self.server, self.service, self.instance)
+            case Kind.ROLLOUT:
+                return rollout_config(prefix, self.service)
+            case Kind.ROLLOUT_STATUS:
+                return rollout_status(prefix, self.service)
 
 
 def segment_error(value: str) -> str | None:
@@ -159,6 +173,29 @@ def instance_status(prefix: str, server: str, service: str, instance: str) -> st
     return _join(prefix, "servers", server, "status", "instances", service, instance)
 
 
+def service_instances_prefix(prefix: str, service: str) -> str:
+    """Where the instance documents of `service` live (a prefix to read or watch)."""
+    return _join(prefix, "services", service, "instances") + "/"
+
+
+def rollout_prefix(prefix: str, service: str) -> str:
+    """The rollout config and status of `service` (a prefix to read or watch)."""
+    return _join(prefix, "services", service, "rollout") + "/"
+
+
+def rollout_config(prefix: str, service: str) -> str:
+    return f"{_join(prefix, 'services', service, 'rollout')}/{_CONFIG}"
+
+
+def rollout_status(prefix: str, service: str) -> str:
+    return _join(prefix, "services", service, "rollout", "status")
+
+
+def controller_leader(prefix: str) -> str:
+    """The rollout controllers' election key (its value names the leader; held by its lease)."""
+    return _join(prefix, "controller", "leader")
+
+
 def _checked(key: str, **names: str) -> dict[str, str]:
     for field, value in names.items():
         reason = segment_error(value)
@@ -191,6 +228,10 @@ def parse(prefix: str, key: str) -> Key | None:
             return Key(Kind.AGENT_STATUS, **_checked(key, server=server))
         case ["servers", server, "status", "instances", service, instance]:
             return Key(Kind.INSTANCE_STATUS, **_checked(key, server=server, service=service, instance=instance))
+        case ["services", service, "rollout", "config", "details"]:
+            return Key(Kind.ROLLOUT, **_checked(key, service=service))
+        case ["services", service, "rollout", "status"]:
+            return Key(Kind.ROLLOUT_STATUS, **_checked(key, service=service))
         case [("servers" | "services"), *_, "config", "details"]:
             raise InvalidDocument(key, "", "not a discoverd configuration key (a name with '/' in it?)")
     if not _is_utf8(key):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -57,6 +58,60 @@ def test_up_serves_the_sample_and_stops_cleanly_on_sigint(tmp_path: Path) -> Non
         assert _get(f"http://127.0.0.1:{port}/") == ""
         assert "Stopped etcd" in out.read_text()
     finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        for pid in _processes_mentioning(str(state)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL) if os.getpgid(pid) == pid else os.kill(pid, signal.SIGKILL)
+
+
+def test_up_runs_the_controller_and_rolls_the_sample_out_to_2_0_with_a_canary(tmp_path: Path) -> None:
+    state = tmp_path / "up-state"
+    port = free_port()
+    ports = [port, port + 1, port + 2]
+    out = tmp_path / "up.out"
+    with open(out, "wb") as f:
+        up = subprocess.Popen(
+            [DISCOVERD, "up", "--state-dir", str(state), "--port", str(port)], stdout=f, stderr=subprocess.STDOUT
+        )
+    try:
+        for p in ports:
+            wait_until(
+                lambda p=p: "version 1.0" in _get(f"http://127.0.0.1:{p}/"), 90, interval=0.2, what=f"{p} on 1.0"
+            )
+        text = wait_until(lambda: "Roll out:" in out.read_text() and out.read_text(), 10)
+        hint = next(line for line in text.splitlines() if "Roll out:" in line)
+        argv = hint.split("Roll out:", 1)[1].split()
+        assert argv[:4] == ["discoverd", "--etcd-endpoints", argv[2], "rollout"]
+        endpoint = argv[2]
+
+        def cli(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [DISCOVERD, "--etcd-endpoints", endpoint, *args], capture_output=True, text=True, timeout=60
+            )
+
+        started = cli(*argv[3:], "--min-healthy-seconds", "0")  # the hint as printed, and no extra wait
+        assert started.returncode == 0, started.stderr
+
+        def versions() -> list[str]:
+            return ["2.0" if "version 2.0" in _get(f"http://127.0.0.1:{p}/") else "1.0" for p in ports]
+
+        def paused() -> bool:
+            shown = cli("rollout", "status", "hello", "-o", "json")
+            return shown.returncode == 0 and json.loads(shown.stdout)["phase"] == "Paused"
+
+        wait_until(paused, 90, interval=0.5, what="the canary paused")
+        assert sorted(versions()) == ["1.0", "1.0", "2.0"]
+        assert cli("rollout", "resume", "hello").returncode == 0
+        watched = cli("rollout", "status", "hello", "-w")  # returns when the rollout ends
+        assert watched.returncode == 0 and "Succeeded" in watched.stdout.splitlines()[-1], watched.stdout
+        wait_until(lambda: versions() == ["2.0"] * 3, 30, interval=0.2, what="every instance answering 2.0")
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                up.wait(30)
         if up.poll() is None:
             up.kill()
             up.wait()

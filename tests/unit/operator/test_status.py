@@ -53,3 +53,10 @@ def test_version_counts_instances_running_it() -> None:
 
 def test_missing_status_equals_empty_status() -> None:
     assert status.normalized(keys.Kind.INSTANCE, None) == status.View().status_for(INSTANCE)
+
+
+def test_rollout_keys_touch_no_object_status() -> None:
+    # Rollout keys (DESIGN 2b) have no custom resource here: the etcd side must not try to sync one.
+    for kind in (keys.Kind.ROLLOUT, keys.Kind.ROLLOUT_STATUS):
+        assert status.affected(status.View(), keys.Key(kind, service="web")) == set()
+    assert status.affected(status.View(), INSTANCE) == {INSTANCE}

@@ -1,0 +1,222 @@
+"""The controller's main: campaign; while leading, watch the prefix, plan each rollout, write each step.
+
+`run` loops forever: campaign for the leader key (`leader`), then act until
+the lease is lost or `stop` is set. Acting is a snapshot of the prefix at one
+revision, a watch from the next, and after every change (or when `plan`
+asked to be woken) one `plan` per service with a rollout config. A step's
+instance writes and its new status go to etcd in one transaction, each
+instance guarded by its mod_revision and the status by its own: the step
+happens whole or not at all, and once. A successful step goes into the cache
+at once (`World.wrote`), so the next step (a revert after a failure) follows
+without waiting for the watch; after a lost compare-and-swap, nothing until
+the watch brings the newer values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+from discoverd import logs
+from discoverd.config import EtcdOptions
+from discoverd.controller import leader, plan, world
+from discoverd.errors import Compacted, Conflict, StoreUnavailable
+from discoverd.schema import documents, keys, rollouts
+from discoverd.store import client, leases, watch
+from discoverd.store.documents import Store, Write
+
+__all__ = ["Controller", "run"]
+
+log = logging.getLogger(__name__)
+
+_IDLE = 30.0
+"""Seconds between passes when nothing changes (a safety net: passes are event-driven)."""
+_CHAINED = 8
+"""Steps of one rollout written back to back in a pass (a failure and its revert are two)."""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class Controller:
+    """One copy of the controller. `steps` counts the steps it wrote (for logs and the bench)."""
+
+    def __init__(self, store: Store, identity: str, ttl: int = 10, clock: Callable[[], dt.datetime] = _now) -> None:
+        self.store = store
+        self.identity = identity
+        self.ttl = ttl
+        self.clock = clock
+        self.world = world.World()
+        self.steps = 0
+        self._wake = asyncio.Event()
+        self._invalid: dict[str, int] = {}
+
+    # one pass
+
+    async def _step(self, service: str) -> dt.datetime | None:
+        """Plan and write the steps of one rollout until it waits; when to look again because of time."""
+        for _ in range(_CHAINED):
+            r = self.world.rollout(service)
+            if r is None:
+                return None
+            config = r.config.document
+            if not isinstance(config, rollouts.RolloutConfig):
+                if self._invalid.get(r.config.key) != r.config.mod_revision:
+                    self._invalid[r.config.key] = r.config.mod_revision
+                    log.warning("Ignored invalid rollout config", extra=logs.kv(reason=str(r.config.error)))
+                return None
+            decision = plan.plan(config, r.status, r.status_revision, self.world.members(service), self.clock())
+            if decision.status is None and not decision.writes:
+                return decision.wake_at
+            prefix = self.store.prefix
+            writes = [
+                Write(keys.instance_config(prefix, service, w.id), documents.dumps(w.doc), w.expect)
+                for w in decision.writes
+            ]
+            if decision.status is not None:
+                status_key = keys.rollout_status(prefix, service)
+                writes.append(Write(status_key, documents.dumps(decision.status), r.status_revision))
+            try:
+                revision = await self.store.apply(writes)
+            except Conflict as error:
+                # Our cache was behind: the watch brings the newer values, and with them another pass.
+                log.info("Lost a compare-and-swap; planning again", extra=logs.kv(service=service, reason=str(error)))
+                return None
+            self.world.wrote(prefix, ((w.key, w.value or b"") for w in writes), revision)
+            self.steps += 1
+            self._log(service, r, decision, revision)
+        return self.clock()  # more to do: come back at once
+
+    def _log(self, service: str, r: world.Rollout, decision: plan.Decision, revision: int) -> None:
+        status = decision.status
+        if status is not None and (decision.writes or r.status is None or status.phase != r.status.phase):
+            log.info(
+                f"Wrote rollout step: {status.phase.value}",
+                extra=logs.kv(
+                    service=service,
+                    to_version=status.to_version,
+                    wrote=",".join(f"{w.id}={w.doc.service_version}" for w in decision.writes) or "-",
+                    message=status.message,
+                    revision=revision,
+                ),
+            )
+
+    async def _pass(self) -> float:
+        """Plan every rollout once; seconds until time alone needs another pass."""
+        wake_at: dt.datetime | None = None
+        for r in self.world.rollouts():
+            when = await self._step(r.service)
+            if when is not None:
+                wake_at = when if wake_at is None else min(wake_at, when)
+        if wake_at is None:
+            return _IDLE
+        return max(0.01, (wake_at - self.clock()).total_seconds())
+
+    # acting
+
+    async def _follow(self, start: int) -> None:
+        async for batch in watch.watch(self.store, start):
+            self.world.apply(batch)
+            self._wake.set()
+
+    async def _act(self) -> None:
+        snapshot = await self.store.snapshot()
+        self.world.load(snapshot)
+        follower = asyncio.create_task(self._follow(snapshot.revision + 1), name="controller watch")
+        try:
+            while True:
+                if follower.done():
+                    follower.result()  # raises why the watch ended
+                self._wake.clear()
+                timeout = await self._pass()
+                waiter = asyncio.create_task(self._wake.wait())
+                await asyncio.wait([waiter, follower], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+        finally:
+            follower.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StoreUnavailable, Compacted):
+                await follower
+
+    async def lead(self, lease: int) -> None:
+        """Act while the lease holds; return when it is lost."""
+        holder = asyncio.create_task(leader.hold(self.store, lease, self.ttl), name="leader lease")
+        delay = 0.5
+        try:
+            while not holder.done():
+                actor = asyncio.create_task(self._act(), name="controller")
+                await asyncio.wait([actor, holder], return_when=asyncio.FIRST_COMPLETED)
+                if not actor.done():
+                    actor.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await actor
+                    return
+                try:
+                    actor.result()
+                except (StoreUnavailable, Compacted) as error:
+                    log.warning("Lost the etcd watch; reading everything again", extra=logs.kv(reason=str(error)))
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        finally:
+            holder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await holder
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Campaign, lead, campaign again...; until `stop` is set (then give the lease back at once)."""
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                lease: int | None = None
+                try:
+                    campaigner = asyncio.create_task(leader.campaign(self.store, self.identity, self.ttl))
+                    await asyncio.wait([campaigner, stopper], return_when=asyncio.FIRST_COMPLETED)
+                    if not campaigner.done():
+                        campaigner.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await campaigner
+                        return
+                    lease = campaigner.result()
+                    leading = asyncio.create_task(self.lead(lease))
+                    await asyncio.wait([leading, stopper], return_when=asyncio.FIRST_COMPLETED)
+                    leading.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await leading
+                except StoreUnavailable as error:
+                    log.warning("etcd is unavailable; campaigning again", extra=logs.kv(reason=str(error)))
+                    await asyncio.sleep(1.0)
+                finally:
+                    if lease is not None:
+                        with contextlib.suppress(StoreUnavailable):
+                            await leases.revoke(self.store, lease)
+        finally:
+            stopper.cancel()
+
+
+def identity() -> str:
+    """Who leads, as the leader key shows it: host and pid."""
+    return f"{socket.gethostname()}/{os.getpid()}"
+
+
+async def run(options: EtcdOptions, stop: asyncio.Event, ttl: int = 10) -> None:
+    """Connect (retrying while etcd is away) and run one controller until `stop` is set."""
+    delay = 0.5
+    while True:
+        try:
+            store = Store(await client.connect(options))
+            break
+        except StoreUnavailable as error:
+            log.warning("Failed to connect to etcd", extra=logs.kv(reason=str(error), retry_in=f"{delay:g}s"))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    try:
+        log.info("Started controller", extra=logs.kv(identity=identity(), prefix=options.prefix, ttl=ttl))
+        await Controller(store, identity(), ttl).run(stop)
+    finally:
+        await store.close()
+        log.info("Stopped controller")

@@ -1,0 +1,307 @@
+"""The rollout decision: (config, status, instances, agent reports, now) -> instance writes and the new status.
+
+Pure: no I/O, no clock (`now` is passed in), so every rule below is tested as
+a table (tests/unit/controller/test_plan.py). `loop` gathers the inputs from
+etcd, writes the result in one transaction, and calls `plan` again whenever
+something changes or `wake_at` comes. The steps, in the order they are tried:
+
+    no status, or one for another to_version   start: record from_versions and revisions, go on
+    Succeeded / Reverted                        done (an undo of a Succeeded rollout still reverts)
+    undo requested                              revert every updated instance now -> Reverted
+    Failed                                      auto_revert: revert now -> Reverted; else stay Failed
+    an updated instance failed or missed        -> Failed (reverted on the next step when auto_revert)
+      its progress deadline
+    every instance updated and healthy          -> Succeeded
+    paused                                      -> Paused, no writes
+    canary not yet all updated                  update the next canary instances (within the budget)
+    canary not yet healthy                      wait
+    canary healthy and pause_after_canary       -> Paused ("resume" clears pause_after_canary)
+    otherwise                                   update the next batch within the budget
+
+Budget: at most max_unavailable instances of the service may be upgrading or
+not healthy at once. Already unavailable ones count (agent offline: no
+`status/agent`; instance not `Running`). An instance whose agent is offline is
+not updated while it is (nobody would install it, and its deadline would
+run); an online instance that is already unavailable costs nothing more to
+update; an instance no server lists is updated without cost and needs no
+health. Every write is guarded by the document's mod_revision: a document
+at any revision but the one the rollout last read or wrote was changed by
+someone else, is never written again, and is listed in `skipped`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from discoverd.schema import documents
+from discoverd.schema.documents import Phase
+from discoverd.schema.rollouts import RolloutConfig, RolloutPhase, RolloutStatus, max_unavailable_count
+
+__all__ = ["Decision", "Member", "Report", "Write", "plan"]
+
+
+@dataclass(frozen=True)
+class Report:
+    """What one server says about one instance it lists."""
+
+    server: str
+    online: bool
+    """The server's agent has a `status/agent` key (its lease is alive)."""
+    status: documents.InstanceStatus | None = None
+    revision: int = 0
+    """mod_revision of the status key (0: none)."""
+
+
+@dataclass(frozen=True)
+class Member:
+    """One instance of the service: its document (None: deleted or invalid) and the servers listing it."""
+
+    id: str
+    doc: documents.Instance | None
+    revision: int
+    reports: tuple[Report, ...] = ()
+
+
+@dataclass(frozen=True)
+class Write:
+    """Set one instance document to `doc` if it is still at mod_revision `expect`."""
+
+    id: str
+    doc: documents.Instance
+    expect: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    writes: tuple[Write, ...] = ()
+    status: RolloutStatus | None = None
+    """The status to write with the writes (None: it has not changed)."""
+    wake_at: dt.datetime | None = None
+    """When time alone changes the answer (a health period or a deadline ends)."""
+
+
+@dataclass
+class _Pass:
+    """The facts one call of `plan` works from."""
+
+    config: RolloutConfig
+    status: RolloutStatus
+    members: Mapping[str, Member]
+    now: dt.datetime
+    expected: dict[str, int] = field(default_factory=dict)
+    wake: list[dt.datetime] = field(default_factory=list)
+
+    def running_everywhere(self, m: Member) -> bool:
+        return all(r.online and r.status is not None and r.status.phase is Phase.RUNNING for r in m.reports)
+
+    def healthy(self, m: Member) -> bool:
+        if not m.reports:
+            return False
+        for r in m.reports:
+            s = r.status
+            if not r.online or s is None or s.phase is not Phase.RUNNING or s.version != self.config.to_version:
+                return False
+            ready_at = s.since + dt.timedelta(seconds=self.config.min_healthy_seconds)
+            if ready_at > self.now:
+                self.wake.append(ready_at)
+                return False
+        return True
+
+    def failure(self, m: Member) -> str | None:
+        """Why an updated instance counts as failed on to_version, if it does."""
+        written = self.expected.get(m.id, 0)
+        for r in m.reports:
+            s = r.status
+            if s is None or r.revision <= written:
+                continue  # a report from before our write says nothing about the new version
+            rolled_back = s.phase is Phase.ROLLED_BACK and s.previous_version == self.config.to_version
+            if rolled_back or s.phase is Phase.FAILED:
+                return f"instance {m.id} on server {r.server} is {s.phase.value}: {s.message}".rstrip(": ")
+        changed = self.status.changed_at.get(m.id)
+        if changed is not None and m.reports and not self.healthy(m):
+            deadline = changed + dt.timedelta(seconds=self.config.progress_deadline_seconds)
+            if self.now >= deadline:
+                return (
+                    f"instance {m.id} was not healthy on {self.config.to_version} within "
+                    f"{self.config.progress_deadline_seconds:g} s"
+                )
+            self.wake.append(deadline)
+        return None
+
+
+def _start(config: RolloutConfig, members: Mapping[str, Member], now: dt.datetime) -> RolloutStatus:
+    valid = {i: m for i, m in sorted(members.items()) if m.doc is not None}
+    return RolloutStatus(
+        phase=RolloutPhase.PROGRESSING,
+        to_version=config.to_version,
+        from_versions={i: m.doc.service_version for i, m in valid.items() if m.doc is not None},
+        skipped=sorted(i for i, m in members.items() if m.doc is None),
+        total=len(valid),
+        message="started",
+        started_at=now,
+        updated_at=now,
+        revisions={i: m.revision for i, m in valid.items()},
+    )
+
+
+def _with_version(doc: documents.Instance, version: str) -> documents.Instance:
+    return doc.model_copy(update={"service_version": version})
+
+
+def _revert(p: _Pass, status: RolloutStatus, reason: str, skipped: list[str]) -> Decision:
+    writes: list[Write] = []
+    revisions = dict(status.revisions)
+    reverted = list(status.reverted)
+    for i in status.updated:
+        if i in skipped or i in reverted:
+            continue
+        m = p.members[i]
+        assert m.doc is not None  # not skipped: its document is the one we wrote
+        writes.append(Write(i, _with_version(m.doc, status.from_versions[i]), m.revision))
+        revisions[i] = 0
+        reverted.append(i)
+    message = f"{reason}; set {len(writes)} instance(s) back to their previous version"
+    new = status.model_copy(
+        update={
+            "phase": RolloutPhase.REVERTED,
+            "skipped": skipped,
+            "reverted": reverted,
+            "revisions": revisions,
+            "healthy": [],
+            "message": message,
+            "updated_at": p.now,
+        }
+    )
+    return Decision(tuple(writes), new)
+
+
+def _same(a: RolloutStatus, b: RolloutStatus) -> bool:
+    return a.model_dump(exclude={"updated_at"}) == b.model_dump(exclude={"updated_at"})
+
+
+def _unavailable(p: _Pass, ids: Iterable[str], updated: set[str], healthy: set[str]) -> int:
+    count = 0
+    for i in ids:
+        m = p.members[i]
+        if not m.reports:
+            continue
+        if not p.running_everywhere(m) or (i in updated and i not in healthy):
+            count += 1
+    return count
+
+
+def plan(
+    config: RolloutConfig,
+    status: RolloutStatus | None,
+    status_revision: int,
+    members: Mapping[str, Member],
+    now: dt.datetime,
+) -> Decision:
+    """The next step of the rollout `config` asks for; see the module docstring for the rules."""
+    started = status is None or status.to_version != config.to_version
+    if status is None or started:
+        status = _start(config, members, now)
+    p = _Pass(config, status, members, now)
+    p.expected = {i: (r or status_revision) for i, r in status.revisions.items()}
+    # Resolve "written with this status" (0) now: the status we write next has another revision.
+    base = status.model_copy(update={"revisions": dict(p.expected)}) if not started else status
+
+    skipped = list(base.skipped)
+    for i in base.from_versions:
+        m = members.get(i)
+        if i not in skipped and (m is None or m.doc is None or m.revision != p.expected.get(i)):
+            skipped.append(i)
+    skip = set(skipped)
+    updated = [i for i in base.updated if i not in skip]
+
+    def finish(new: RolloutStatus, writes: tuple[Write, ...] = ()) -> Decision:
+        changed = started or writes or not _same(new, status)
+        return Decision(writes, new if changed else None, min(p.wake, default=None))
+
+    phase = base.phase
+    if phase is RolloutPhase.REVERTED or (phase is RolloutPhase.SUCCEEDED and not config.undo):
+        return Decision()
+    if config.undo:
+        return _revert(p, base, "undone by request", skipped)
+    if phase is RolloutPhase.FAILED:
+        if config.auto_revert:
+            return _revert(p, base, base.message, skipped)
+        return Decision()
+
+    live = [i for i in updated if i not in base.reverted]
+    for i in live:
+        reason = p.failure(members[i])
+        if reason is not None:
+            failed = base.model_copy(
+                update={"phase": RolloutPhase.FAILED, "skipped": skipped, "message": reason, "updated_at": now}
+            )
+            return Decision((), failed)
+
+    healthy = [i for i in live if p.healthy(members[i])]
+    todo = [i for i in base.from_versions if i not in skip and i not in updated]
+    done = {*healthy, *(i for i in live if not members[i].reports)}
+    progress = f"{len(updated)} of {base.total} updated, {len(healthy)} healthy"
+    if skipped:
+        progress += f", {len(skipped)} skipped"
+    current = base.model_copy(update={"skipped": skipped, "healthy": healthy, "updated_at": now})
+
+    if not todo and all(i in done for i in live):
+        return finish(current.model_copy(update={"phase": RolloutPhase.SUCCEEDED, "message": progress}))
+    if config.paused:
+        return finish(current.model_copy(update={"phase": RolloutPhase.PAUSED, "message": f"paused; {progress}"}))
+
+    canary = min(config.canary, len(base.from_versions) - len(skip & set(base.from_versions)))
+    limit = len(todo)
+    if len(updated) < canary:
+        limit = canary - len(updated)
+    elif canary and not all(i in done for i in updated[:canary]):
+        limit = 0
+    elif canary and config.pause_after_canary:
+        message = f"paused after the canary ({progress}); `discoverd rollout resume {config.name}` goes on"
+        return finish(current.model_copy(update={"phase": RolloutPhase.PAUSED, "message": message}))
+
+    # Budget: instances of the service (all of them, in the rollout or not) upgrading or not healthy.
+    allowed = max_unavailable_count(config.max_unavailable, base.total)
+    budget = allowed - _unavailable(p, members, set(live), set(healthy))
+    chosen: list[str] = []
+    waiting_offline = 0
+    for i in todo:
+        if len(chosen) >= limit:
+            break
+        m = members[i]
+        if any(not r.online for r in m.reports):
+            waiting_offline += 1
+            continue
+        if m.reports and p.running_everywhere(m):
+            if budget <= 0:
+                continue
+            budget -= 1
+        chosen.append(i)
+
+    writes: list[Write] = []
+    revisions = dict(current.revisions)
+    changed_at = dict(current.changed_at)
+    for i in chosen:
+        m = members[i]
+        assert m.doc is not None
+        writes.append(Write(i, _with_version(m.doc, config.to_version), m.revision))
+        revisions[i] = 0
+        changed_at[i] = now
+    new_updated = [*updated, *chosen]
+    message = f"{len(new_updated)} of {base.total} updated, {len(healthy)} healthy"
+    if skipped:
+        message += f", {len(skipped)} skipped"
+    if waiting_offline:
+        message += f"; {waiting_offline} waiting for their server to come online"
+    new = current.model_copy(
+        update={
+            "phase": RolloutPhase.PROGRESSING,
+            "updated": new_updated,
+            "revisions": revisions,
+            "changed_at": changed_at,
+            "message": message,
+        }
+    )
+    return finish(new, tuple(writes))

@@ -1,0 +1,100 @@
+"""What the controller knows of etcd: every entry under the prefix, turned into `plan`'s inputs.
+
+`loop` keeps `World.entries` current from a snapshot and the watch; `rollout`
+and `members` read one service's rollout and instances out of it, joining each
+instance with the servers that list it, whether their agents are online, and
+what those agents report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from discoverd.controller import plan
+from discoverd.schema import documents, keys, rollouts
+from discoverd.store import watch
+from discoverd.store.documents import Entry, Snapshot, decode
+
+__all__ = ["Rollout", "World"]
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One service's rollout: its config entry (maybe invalid) and its status, if any."""
+
+    service: str
+    config: Entry
+    status: rollouts.RolloutStatus | None
+    status_revision: int
+
+
+class World:
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+        self.revision = 0
+
+    def load(self, snapshot: Snapshot) -> None:
+        self.entries = dict(snapshot.entries)
+        self.revision = snapshot.revision
+
+    def apply(self, batch: Iterable[watch.Event]) -> None:
+        for event in batch:
+            if isinstance(event, watch.Put):
+                self.entries[event.entry.key] = event.entry
+            elif isinstance(event, watch.Delete):
+                self.entries.pop(event.key, None)
+            self.revision = max(self.revision, event.revision)
+
+    def wrote(self, prefix: str, writes: Iterable[tuple[str, bytes]], revision: int) -> None:
+        """Our own transaction succeeded at `revision`: know its values now, before the watch shows them.
+
+        Safe against older events still on their way: every key written was guarded by the
+        revision this cache held for it, so nothing older than `revision` is pending for it."""
+        for key, value in writes:
+            self.entries[key] = decode(prefix, key, value, revision)
+
+    def rollout(self, service: str) -> Rollout | None:
+        return next((r for r in self.rollouts() if r.service == service), None)
+
+    def _of(self, kind: keys.Kind) -> Iterable[tuple[keys.Key, Entry]]:
+        for entry in self.entries.values():
+            if entry.parsed is not None and entry.parsed.kind is kind:
+                yield entry.parsed, entry
+
+    def rollouts(self) -> list[Rollout]:
+        statuses = {k.service: e for k, e in self._of(keys.Kind.ROLLOUT_STATUS)}
+        found = []
+        for key, entry in sorted(self._of(keys.Kind.ROLLOUT), key=lambda item: item[0]):
+            s = statuses.get(key.service)
+            doc = s.document if s is not None and isinstance(s.document, rollouts.RolloutStatus) else None
+            # An unreadable status is overwritten by a fresh start, guarded by its revision.
+            found.append(Rollout(key.service, entry, doc, s.mod_revision if s is not None else 0))
+        return found
+
+    def members(self, service: str) -> dict[str, plan.Member]:
+        """Every instance document of `service` (None for invalid ones), with what each server reports."""
+        docs: dict[str, tuple[documents.Instance | None, int]] = {}
+        for key, entry in self._of(keys.Kind.INSTANCE):
+            if key.service == service:
+                doc = entry.document if isinstance(entry.document, documents.Instance) else None
+                docs[key.instance] = (doc, entry.mod_revision)
+        online = {k.server for k, _ in self._of(keys.Kind.AGENT_STATUS)}
+        statuses: dict[tuple[str, str], Entry] = {
+            (k.server, k.instance): e for k, e in self._of(keys.Kind.INSTANCE_STATUS) if k.service == service
+        }
+        listed: dict[str, list[str]] = {}
+        for key, entry in self._of(keys.Kind.SERVER):
+            if isinstance(entry.document, documents.Server):
+                for ref in entry.document.service_instances:
+                    if ref.name == service:
+                        listed.setdefault(ref.id, []).append(key.server)
+        members = {}
+        for instance, (doc, revision) in docs.items():
+            reports = []
+            for server in sorted(listed.get(instance, ())):
+                s = statuses.get((server, instance))
+                status = s.document if s is not None and isinstance(s.document, documents.InstanceStatus) else None
+                reports.append(plan.Report(server, server in online, status, s.mod_revision if s is not None else 0))
+            members[instance] = plan.Member(instance, doc, revision, tuple(reports))
+        return members

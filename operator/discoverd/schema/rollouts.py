@@ -1,0 +1,135 @@
+"""The rollout documents of DESIGN section 2b: what a person asks for, and where the controller is.
+
+    <prefix>/services/<service>/rollout/config/details   RolloutConfig  (written by people and the CLI)
+    <prefix>/services/<service>/rollout/status           RolloutStatus  (written by the acting controller)
+
+Like every document they are untrusted input: `documents.parse` turns bytes
+into one of these or an `InvalidDocument` naming the key and the field.
+Unknown fields are kept. Two fields beyond the design's list are ours and
+documented in docs/rollouts.md: the config's `undo` (the CLI's `rollout undo`
+sets it) and the status's `revisions` and `changed_at` (what the controller
+needs to continue after a change of leader).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import math
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field, StrictInt
+
+from discoverd.schema import documents
+from discoverd.schema.documents import Segment
+
+__all__ = [
+    "TERMINAL",
+    "MaxUnavailable",
+    "RolloutConfig",
+    "RolloutPhase",
+    "RolloutStatus",
+    "max_unavailable_count",
+    "parse_max_unavailable",
+]
+
+_PERCENT = re.compile(r"^(\d{1,3})%$")
+
+
+def parse_max_unavailable(value: int | str) -> int | str:
+    """An int >= 1 or "N%" with 1 <= N <= 100; ValueError saying which form is wanted."""
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"must be at least 1, not {value}")
+        return value
+    match = _PERCENT.match(value.strip())
+    if match is None:
+        raise ValueError(f"{value!r} is neither a whole number nor a percentage such as 25%")
+    percent = int(match.group(1))
+    if not 1 <= percent <= 100:
+        raise ValueError(f"{value!r} must be between 1% and 100%")
+    return f"{percent}%"
+
+
+MaxUnavailable = Annotated[StrictInt | str, AfterValidator(parse_max_unavailable)]
+"""How many instances may be upgrading or unhealthy at once: a count, or a percentage of the total."""
+
+
+def max_unavailable_count(value: int | str, total: int) -> int:
+    """The count `value` allows out of `total` instances: percentages round down, but never below 1."""
+    if isinstance(value, int):
+        return value
+    return max(1, math.floor(total * int(value.rstrip("%")) / 100))
+
+
+_Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+class RolloutConfig(documents.Document):
+    """`<prefix>/services/<service>/rollout/config/details`; `name` is the service."""
+
+    name: Segment
+    to_version: Segment
+    canary: Annotated[StrictInt, Field(ge=0)] = 0
+    pause_after_canary: bool = False
+    max_unavailable: MaxUnavailable = 1
+    min_healthy_seconds: _Seconds = 10.0
+    progress_deadline_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 600.0
+    auto_revert: bool = True
+    paused: bool = False
+    undo: bool = False
+    """Ours: set by `discoverd rollout undo`; every changed instance goes back to its previous version now."""
+
+
+class RolloutPhase(enum.StrEnum):
+    PROGRESSING = "Progressing"
+    PAUSED = "Paused"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    REVERTED = "Reverted"
+
+
+TERMINAL = frozenset({RolloutPhase.SUCCEEDED, RolloutPhase.REVERTED})
+"""Phases after which the controller writes nothing more for this rollout.
+
+`Failed` is terminal only without `auto_revert`: with it, the next step reverts."""
+
+
+class RolloutStatus(documents.Document):
+    """`<prefix>/services/<service>/rollout/status`, written whole by the acting controller."""
+
+    keep_defaults = True
+
+    phase: RolloutPhase
+    to_version: Segment
+    from_versions: dict[Segment, Segment] = Field(default_factory=dict)
+    """Every instance of the service when the rollout started, and the version it ran then."""
+    updated: list[Segment] = Field(default_factory=list)
+    """Instances the rollout set to `to_version` (in the order it did)."""
+    healthy: list[Segment] = Field(default_factory=list)
+    skipped: list[Segment] = Field(default_factory=list)
+    """Instances someone else changed meanwhile: never written again by this rollout."""
+    total: Annotated[int, Field(ge=0)] = 0
+    message: str = ""
+    started_at: dt.datetime
+    updated_at: dt.datetime
+    revisions: dict[Segment, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    """Ours: the mod_revision each instance document had when the controller last read or wrote it;
+    0 means "written in the same transaction as this status" (its own mod_revision). A document at
+    any other revision was changed by someone else."""
+    changed_at: dict[Segment, dt.datetime] = Field(default_factory=dict)
+    """Ours: when each updated instance was written (its progress deadline runs from there)."""
+    reverted: list[Segment] = Field(default_factory=list)
+    """Ours: instances set back to their `from_versions` entry by a revert or an undo."""
+
+    def summary(self) -> dict[str, Any]:
+        """The counts people look at first."""
+        return {
+            "phase": self.phase.value,
+            "to_version": self.to_version,
+            "updated": len(self.updated),
+            "healthy": len(self.healthy),
+            "skipped": len(self.skipped),
+            "total": self.total,
+        }
