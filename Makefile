@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Go-built kube-apiserver, kubectl and helm are cached outside git, once per machine.
 export DISCOVERD_TOOLS_DIR ?= $(HOME)/.cache/discoverd/tools
 
-.PHONY: venv tools lint test test-fast up clean
+.PHONY: venv tools lint test test-fast up clean image e2e
 
 venv: $(VENV)/.installed
 
@@ -31,6 +31,13 @@ test: venv tools lint
 # Without the Kubernetes tools: unit and etcd integration tests only.
 test-fast: venv
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -p no:cacheprovider tests/unit tests/integration
+
+# The discoverd image (hack/image.sh, Docker's engine; a private one from Debian's
+# docker.io is started when none answers). BASE_IMAGE=local makes the base from
+# Debian packages (no image registry needed); the default is python:3.11-slim-bookworm.
+IMAGE ?= discoverd:dev
+image:
+	IMAGE=$(IMAGE) bash hack/image.sh build $(if $(BASE_IMAGE),--base $(BASE_IMAGE))
 
 up: venv
 	$(BIN)/discoverd up

@@ -59,7 +59,10 @@ def test_template_renders_every_component(values: str) -> None:
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
-        ("agent.hostPid=true", "at '/agent': additional properties 'hostPid' not allowed"),
+        ("agent.hostPID=true", "at '/agent': additional properties 'hostPID' not allowed"),
+        ("agent.hostPid=0", "at '/agent/hostPid'"),
+        ("agent.capabilities={ALL}", "at '/agent/capabilities/0'"),
+        ("etcd.server.storage.type=nfs", "at '/etcd/server/storage/type'"),
         ("logFormat=xml", "at '/logFormat': value must be one of 'json', 'text'"),
         (
             "agent.terminationGracePeriodSeconds=soon",
@@ -140,14 +143,45 @@ def test_schema_forbids_unknown_keys_everywhere() -> None:
 # --- the agent --------------------------------------------------------------------------------
 
 
-def test_agent_runs_privileged_in_the_host_pid_namespace() -> None:
+def test_agent_runs_unprivileged_with_named_capabilities_in_the_host_pid_namespace() -> None:
     daemonset = chart.find(chart.render(), "DaemonSet", "-agent")
     pod = daemonset["spec"]["template"]["spec"]
     container = _container(daemonset)
     assert pod["hostPID"] is True
-    assert container["securityContext"]["privileged"] is True
-    assert container["securityContext"]["runAsUser"] == 0
+    assert pod["hostNetwork"] is True
+    security = container["securityContext"]
+    assert security["privileged"] is False
+    assert security["capabilities"] == {"add": ["SYS_ADMIN", "SYS_PTRACE"]}
+    assert security["seccompProfile"] == {"type": "Unconfined"}
+    assert security["runAsUser"] == 0
     assert "--host-namespaces" in container["args"]
+    assert "--host-pid=1" in container["args"]
+    assert not [a for a in container["args"] if a.startswith("--cgroups")]
+
+
+def test_agent_nsenter_target_and_capabilities_come_from_values() -> None:
+    daemonset = chart.find(
+        chart.render(
+            "agent.hostPid=4242", "agent.capabilities={SYS_ADMIN,SYS_PTRACE,NET_ADMIN}", "agent.cgroups.mode=cgroupfs"
+        ),
+        "DaemonSet",
+        "-agent",
+    )
+    container = _container(daemonset)
+    assert "--host-pid=4242" in container["args"]
+    assert "--cgroups=cgroupfs" in container["args"]
+    assert container["securityContext"]["capabilities"]["add"] == ["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN"]
+
+
+def test_agent_mounts_the_hosts_cgroupfs_writable_at_the_same_path() -> None:
+    daemonset = chart.find(chart.render(), "DaemonSet", "-agent")
+    volumes = {v["name"]: v for v in daemonset["spec"]["template"]["spec"]["volumes"]}
+    mounts = {m["name"]: m for m in _container(daemonset)["volumeMounts"]}
+    assert volumes["cgroupfs"]["hostPath"] == {"path": "/sys/fs/cgroup", "type": "Directory"}
+    assert mounts["cgroupfs"]["mountPath"] == "/sys/fs/cgroup"
+    assert not mounts["cgroupfs"].get("readOnly", False)
+    daemonset = chart.find(chart.render("agent.cgroups.hostPath="), "DaemonSet", "-agent")
+    assert "cgroupfs" not in {v["name"] for v in daemonset["spec"]["template"]["spec"]["volumes"]}
 
 
 def test_agent_server_id_is_the_node_name_from_the_downward_api() -> None:
@@ -180,9 +214,11 @@ def test_agent_has_no_kubernetes_credentials_or_rights() -> None:
 
 
 def test_agent_without_host_namespaces_leaves_the_host_pid_namespace() -> None:
-    daemonset = chart.find(chart.render("agent.hostNamespaces=false"), "DaemonSet", "-agent")
+    daemonset = chart.find(chart.render("agent.hostNamespaces=false", "agent.hostNetwork=false"), "DaemonSet", "-agent")
     assert daemonset["spec"]["template"]["spec"]["hostPID"] is False
+    assert "hostNetwork" not in daemonset["spec"]["template"]["spec"]
     assert "--host-namespaces" not in _container(daemonset)["args"]
+    assert not [a for a in _container(daemonset)["args"] if a.startswith("--host-pid")]
 
 
 def test_agent_tolerations_node_selector_and_resources_come_from_values() -> None:
@@ -370,3 +406,89 @@ def test_rendered_command_line_is_accepted_by_discoverd(kind: str, verbose: str)
     discoverd = Path(sys.executable).with_name("discoverd")
     proc = subprocess.run([str(discoverd), *args, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+# --- etcd in the release (etcd.server) --------------------------------------------------------
+
+
+def test_no_etcd_in_the_release_by_default() -> None:
+    objects = chart.render()
+    assert not [o for o in objects if o["kind"] in ("StatefulSet", "Service")]
+    assert (
+        _env(_container(chart.find(objects, "Deployment", "-operator")))["DISCOVERD_ETCD_ENDPOINTS"]
+        == "http://etcd:2379"
+    )
+
+
+def test_etcd_server_is_one_member_with_a_claim_that_both_parts_use() -> None:
+    objects = chart.render("etcd.server.enabled=true", "etcd.endpoints={http://elsewhere:2379}")
+    statefulset = chart.find(objects, "StatefulSet", "-etcd")
+    service = chart.find(objects, "Service", "-etcd")
+    assert statefulset["spec"]["replicas"] == 1
+    assert statefulset["spec"]["serviceName"] == service["metadata"]["name"] == "dd-discoverd-etcd"
+    assert service["spec"]["clusterIP"] == "None"
+    claim = statefulset["spec"]["volumeClaimTemplates"][0]
+    assert claim["metadata"]["name"] == "data"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    container = _container(statefulset)
+    assert container["image"] == "gcr.io/etcd-development/etcd:v3.5.21"
+    assert container["command"] == ["/usr/local/bin/etcd"]
+    assert "--listen-client-urls=http://0.0.0.0:2379" in container["args"]
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/var/lib/etcd"}
+    endpoint = "http://dd-discoverd-etcd.discoverd.svc:2379"
+    assert f"--advertise-client-urls={endpoint}" in container["args"]
+    for kind in ("Deployment", "DaemonSet"):
+        assert _env(_container(chart.find(objects, kind)))["DISCOVERD_ETCD_ENDPOINTS"] == endpoint
+
+
+def test_etcd_server_on_the_host_network_listens_on_loopback_with_a_host_path() -> None:
+    objects = chart.render(
+        "etcd.server.enabled=true",
+        "etcd.server.hostNetwork=true",
+        "etcd.server.clientPort=23790",
+        "etcd.server.peerPort=23800",
+        "etcd.server.storage.type=hostPath",
+        "etcd.server.storage.hostPath=/srv/etcd",
+        "etcd.server.image.repository=localhost/etcd",
+        "etcd.server.image.tag=local",
+    )
+    statefulset = chart.find(objects, "StatefulSet", "-etcd")
+    pod = statefulset["spec"]["template"]["spec"]
+    container = _container(statefulset)
+    assert pod["hostNetwork"] is True
+    assert "volumeClaimTemplates" not in statefulset["spec"]
+    assert pod["volumes"] == [{"name": "data", "hostPath": {"path": "/srv/etcd", "type": "DirectoryOrCreate"}}]
+    assert container["image"] == "localhost/etcd:local"
+    assert "--listen-client-urls=http://127.0.0.1:23790" in container["args"]
+    assert "--listen-peer-urls=http://127.0.0.1:23800" in container["args"]
+    for kind in ("Deployment", "DaemonSet"):
+        assert _env(_container(chart.find(objects, kind)))["DISCOVERD_ETCD_ENDPOINTS"] == "http://127.0.0.1:23790"
+
+
+def test_etcd_server_refuses_tls_or_auth_settings_it_cannot_honour() -> None:
+    proc = chart.helm(
+        "template",
+        "dd",
+        str(chart.CHART),
+        "--set",
+        "etcd.server.enabled=true",
+        "--values",
+        str(chart.TLS_AUTH_VALUES),
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "etcd.server.enabled runs an etcd without TLS or auth" in proc.stderr
+
+
+def test_operator_host_network_and_env_also_apply_to_the_helm_test_pod() -> None:
+    objects = chart.render(
+        "operator.hostNetwork=true",
+        "operator.extraEnv[0].name=KUBERNETES_SERVICE_HOST",
+        "operator.extraEnv[0].value=127.0.0.1",
+    )
+    for kind in ("Deployment", "Pod"):
+        found = chart.find(objects, kind)
+        spec = found["spec"] if kind == "Pod" else found["spec"]["template"]["spec"]
+        assert spec["hostNetwork"] is True
+        assert {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"} in spec["containers"][0]["env"]
+    assert "hostNetwork" not in chart.find(chart.render(), "Pod")["spec"]

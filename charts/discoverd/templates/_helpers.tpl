@@ -95,6 +95,29 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* The etcd run in the release (etcd.server.enabled): its object names. */}}
+{{- define "discoverd.etcd.fullname" -}}
+{{- printf "%s-etcd" (include "discoverd.fullname" .) -}}
+{{- end -}}
+
+{{/*
+The etcd client URLs, comma-separated: the release's own etcd when
+etcd.server.enabled (its Service, or 127.0.0.1 with etcd.server.hostNetwork),
+else etcd.endpoints.
+*/}}
+{{- define "discoverd.etcdEndpoints" -}}
+{{- $server := .Values.etcd.server -}}
+{{- if $server.enabled -}}
+{{- if $server.hostNetwork -}}
+{{- printf "http://127.0.0.1:%d" (int $server.clientPort) -}}
+{{- else -}}
+{{- printf "http://%s.%s.svc:%d" (include "discoverd.etcd.fullname" .) .Release.Namespace (int $server.clientPort) -}}
+{{- end -}}
+{{- else -}}
+{{- join "," .Values.etcd.endpoints -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Where the etcd TLS Secret is mounted. */}}
 {{- define "discoverd.etcdTLSDir" -}}
 /etc/discoverd/etcd-tls
@@ -107,7 +130,7 @@ the pod spec, only a reference to its Secret.
 */}}
 {{- define "discoverd.etcdEnv" -}}
 - name: DISCOVERD_ETCD_ENDPOINTS
-  value: {{ join "," .Values.etcd.endpoints | quote }}
+  value: {{ include "discoverd.etcdEndpoints" . | quote }}
 - name: DISCOVERD_PREFIX
   value: {{ .Values.etcd.prefix | quote }}
 - name: DISCOVERD_ETCD_TIMEOUT
@@ -161,6 +184,9 @@ the pod spec, only a reference to its Secret.
 {{- define "discoverd.validate" -}}
 {{- if and .Values.etcd.tls.enabled (not .Values.etcd.tls.secretName) -}}
 {{- fail "etcd.tls.secretName is required when etcd.tls.enabled is true" -}}
+{{- end -}}
+{{- if and .Values.etcd.server.enabled (or .Values.etcd.tls.enabled .Values.etcd.auth.enabled) -}}
+{{- fail "etcd.server.enabled runs an etcd without TLS or auth: set etcd.tls.enabled and etcd.auth.enabled to false, or point etcd.endpoints at your etcd" -}}
 {{- end -}}
 {{- if and .Values.etcd.auth.enabled (not .Values.etcd.auth.secretName) -}}
 {{- fail "etcd.auth.secretName is required when etcd.auth.enabled is true" -}}
