@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
@@ -24,36 +23,11 @@ from discoverd.operator import reconciler, status
 from discoverd.schema import keys, resources
 from discoverd.store import documents, watch
 
-__all__ = ["TolerantStore", "resync", "run"]
+__all__ = ["resync", "run"]
 
 logger = logging.getLogger(__name__)
 
 _MAX_BACKOFF = 10.0
-
-
-class TolerantStore(documents.Store):
-    """The store, with every decoding failure turned into an invalid entry.
-
-    `documents.decode` promises an Entry carrying an InvalidDocument for bad data,
-    but a decoder bug (say a RecursionError on deeply nested JSON) raised inside
-    `Store.snapshot` or `watch.watch` would fail the whole read, and every resync
-    after it, over one value. Overriding the store's private `_decode` is the one
-    seam both of them go through (the watch calls it too).
-    """
-
-    def _decode(self, kv: Any) -> documents.Entry:
-        try:
-            return super()._decode(kv)
-        except Exception as error:  # anything: one value must not stop the others
-            key = kv.key.decode("utf-8", errors="surrogateescape")
-            problem = InvalidDocument(key, "", f"could not be decoded: {type(error).__name__}: {error}"[:500])
-            try:
-                parsed = keys.parse(self.prefix, key)
-            except Exception:
-                parsed = None
-            return documents.Entry(
-                key, kv.value, kv.mod_revision, kv.create_revision, kv.lease, parsed=parsed, error=problem
-            )
 
 
 def _utf8(key: str) -> bool:

@@ -30,7 +30,7 @@ async def connect(options: EtcdOptions) -> documents.Store:
     delay = 0.5
     while True:
         try:
-            return etcd_to_k8s.TolerantStore(await client.connect(options))
+            return documents.Store(await client.connect(options))
         except StoreUnavailable as error:
             logger.warning("etcd is unavailable, retrying", extra=logs.kv(reason=str(error), retry_in=delay))
             await asyncio.sleep(delay)

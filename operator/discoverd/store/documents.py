@@ -50,17 +50,24 @@ class Entry:
 
 
 def decode(prefix: str, key: str, value: bytes, mod_revision: int, create_revision: int = 0, lease: int = 0) -> Entry:
-    """Parse a key and its value; never raises for bad data (the Entry carries the error)."""
+    """Parse a key and its value; never raises for bad data (the Entry carries the error).
+
+    The schema promises InvalidDocument for every bad value; should a decoder bug raise
+    anything else (a RecursionError, say), it is caught here too, the one place the agent,
+    the operator and the controller all decode through, so one value never fails a whole
+    read or watch, and every resync after it.
+    """
+    parsed: keys.Key | None = None
     try:
         parsed = keys.parse(prefix, key)
-    except InvalidDocument as error:
-        return Entry(key, value, mod_revision, create_revision, lease, error=error)
-    if parsed is None:
-        return Entry(key, value, mod_revision, create_revision, lease)
-    try:
+        if parsed is None:
+            return Entry(key, value, mod_revision, create_revision, lease)
         doc = documents.parse_at(parsed, key, value)
     except InvalidDocument as error:
         return Entry(key, value, mod_revision, create_revision, lease, parsed=parsed, error=error)
+    except Exception as error:  # a decoder bug: one value must not stop the others
+        problem = InvalidDocument(key, "", f"could not be decoded: {type(error).__name__}: {error}"[:500])
+        return Entry(key, value, mod_revision, create_revision, lease, parsed=parsed, error=problem)
     return Entry(key, value, mod_revision, create_revision, lease, parsed=parsed, document=doc)
 
 
