@@ -41,22 +41,32 @@ class DiscoverdError(Exception):
     """Base of every error discoverd raises on purpose."""
 
 
+_MAX_SHOWN = 1024
+"""Longest key, field or reason an error shows: a hostile value must not make a status document huge."""
+
+
+def _shown(text: str) -> str:
+    text = printable(text)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 1] + "…"
+
+
 class InvalidDocument(DiscoverdError):
     """A key or document that breaks the schema; permanent until the data changes.
 
     `field` and `reason` are the first problem; `problems` holds every
     problem as (field, reason), the first included, for callers that show
     them all (`lines()`). Every text is made `printable`, so the error can be
-    logged and written to etcd whatever bytes the key or value held.
+    logged and written to etcd whatever bytes the key or value held, and
+    cut to 1024 characters.
     """
 
     def __init__(self, key: str, field: str, reason: str, more: Iterable[tuple[str, str]] = ()) -> None:
-        self.key = printable(key)
-        self.field = printable(field)
-        self.reason = printable(reason)
+        self.key = _shown(key)
+        self.field = _shown(field)
+        self.reason = _shown(reason)
         self.problems: tuple[tuple[str, str], ...] = (
             (self.field, self.reason),
-            *((printable(f), printable(r)) for f, r in more),
+            *((_shown(f), _shown(r)) for f, r in more),
         )
         super().__init__(str(self))
 

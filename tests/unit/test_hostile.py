@@ -224,6 +224,28 @@ def test_errors_escape_what_cannot_be_printed() -> None:
     str(error).encode("utf-8")  # loggable, and storable in a status document
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        version(stop_signal="x" * 500_000),
+        run(env={"A=" * 100_000: "x"}),
+        json.dumps({"service_instances": [{"name": "web", "id": "a" * 500_000}]}).encode(),
+    ],
+)
+def test_error_messages_stay_short_whatever_the_value(raw: bytes) -> None:
+    model = documents.Server if b"service_instances" in raw else documents.Version
+    error = refuse(raw, model)
+    assert len(str(error)) < 400, str(error)
+
+
+def test_a_huge_key_is_named_cut_short() -> None:
+    key = "/discoverd/servers/" + "n" * 500_000 + "/config/details"
+    with pytest.raises(InvalidDocument) as caught:
+        keys.parse(P, key)
+    assert caught.value.field == "server" and "at most 253 bytes" in caught.value.reason
+    assert len(str(caught.value)) < 2 * 1024
+
+
 # keys
 
 

@@ -95,6 +95,11 @@ Segment = Annotated[str, AfterValidator(keys.validate_segment)]
 """A name or ID that becomes a path segment: non-empty, no '/', not '.' or '..', no control characters."""
 
 
+def _quoted(value: str, limit: int = 64) -> str:
+    """`value` quoted for an error message, cut to `limit` characters (a hostile value may be huge)."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "..."
+
+
 def _text(value: str) -> str:
     if untrusted.first_surrogate(value) is not None:
         raise ValueError("must be valid Unicode text (it holds a lone surrogate)")
@@ -115,10 +120,10 @@ def _env_name(value: str) -> str:
     if not value:
         raise ValueError("an environment variable name must not be empty")
     if "=" in value:
-        raise ValueError(f"environment variable name {value!r} must not contain '='")
+        raise ValueError(f"environment variable name {_quoted(value)} must not contain '='")
     if value.startswith(RESERVED_ENV_PREFIX):
         raise ValueError(
-            f"environment variable name {value!r} is reserved: the agent sets {RESERVED_ENV_PREFIX}* itself"
+            f"environment variable name {_quoted(value)} is reserved: the agent sets {RESERVED_ENV_PREFIX}* itself"
         )
     return value
 
@@ -152,7 +157,7 @@ def _signal_name(value: str) -> str:
     if not name.startswith("SIG"):
         name = "SIG" + name
     if not isinstance(getattr(signal, name, None), signal.Signals):
-        raise ValueError(f"{value!r} is not a signal name such as SIGTERM")
+        raise ValueError(f"{_quoted(value)} is not a signal name such as SIGTERM")
     return name
 
 

@@ -200,7 +200,8 @@ def _checked(key: str, **names: str) -> dict[str, str]:
     for field, value in names.items():
         reason = segment_error(value)
         if reason is not None:
-            raise InvalidDocument(key, field, f"'{printable(value)}' is not a valid name: {reason}")
+            shown = printable(value[:64]) + ("..." if len(value) > 64 else "")
+            raise InvalidDocument(key, field, f"'{shown}' is not a valid name: {reason}")
     return names
 
 
