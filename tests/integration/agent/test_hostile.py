@@ -12,8 +12,6 @@ import json
 import time
 from typing import Any
 
-import pytest
-
 from support.wait import wait_until
 
 LEASE_TTL = 2
@@ -106,11 +104,6 @@ def test_hostile_instance_and_version_documents_fail_only_their_instance(node: A
     assert_unharmed(node, agent, identity, *refs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/loop.py logs no line for an invalid document (only phase changes); "
-    "the logging belongs to the agent loop, owned by the watch-scope work",
-)
 def test_an_invalid_document_is_logged_once_not_once_per_pass(node: Any) -> None:
     agent, _ = start(node)
     raw, _, _ = variants({"name": "web", "service_version": "1.0"})["nan"]
