@@ -165,11 +165,13 @@ class Reconciler:
         context = logs.kv(key=built, error=type(error).__name__, retry_in=delay)
         if self.queue.failures(key) == 1:
             logger.error("Failed to mirror key (unexpected error), will retry", exc_info=error, extra=context)
-            body = self.index.matching(key)
-            if body:
-                await self.api.warn(
-                    body[0], "MirrorFailed", f"mirroring {built} failed: {type(error).__name__}: {error}"
-                )
+            matching = self.index.matching(key)
+            if matching:
+                message = f"mirroring {built} failed: {type(error).__name__}: {error}"
+                try:
+                    await self.api.warn(matching[0], "MirrorFailed", message)
+                except Exception as failed:  # the report must not fail the worker
+                    logger.warning("Failed to post event: %s", failed, extra=logs.kv(key=built))
         else:
             logger.warning("Failed to mirror key again (unexpected error), will retry: %s", error, extra=context)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from discoverd.schema import keys
+from discoverd.schema import keys, resources
 
 __all__ = ["MAX_LENGTH", "is_valid", "object_name"]
 
@@ -30,17 +30,6 @@ def is_valid(name: str) -> bool:
     return len(name) <= MAX_LENGTH and bool(_SUBDOMAIN.match(name))
 
 
-def _parts(key: keys.Key) -> tuple[str, ...]:
-    match key.kind:
-        case keys.Kind.SERVER:
-            return (key.server,)
-        case keys.Kind.VERSION:
-            return (key.service, key.version)
-        case keys.Kind.INSTANCE:
-            return (key.service, key.instance)
-    raise ValueError(f"{key.kind} has no custom resource")
-
-
 def _fold(text: str) -> str:
     folded = re.sub(r"[^a-z0-9.]+", "-", text.lower())
     folded = re.sub(r"\.{2,}", ".", folded)
@@ -49,8 +38,8 @@ def _fold(text: str) -> str:
 
 
 def object_name(key: keys.Key) -> str:
-    """The object name for the document at `key` (Server, ServiceVersion or ServiceInstance)."""
-    parts = _parts(key)
+    """The object name for the document at `key` (any kind in `resources.RESOURCES`)."""
+    parts = resources.key_names(key)
     lossless = ".".join(parts)
     if _FIRST.match(parts[0]) and "--" not in lossless and is_valid(lossless):
         return lossless

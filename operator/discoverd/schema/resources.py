@@ -34,6 +34,7 @@ __all__ = [
     "ServiceInstanceSpec",
     "ServiceVersionSpec",
     "Spec",
+    "key_names",
     "resource",
     "spec_for",
     "to_document",
@@ -94,6 +95,8 @@ class Resource:
     short_names: tuple[str, ...]
     spec: type[Spec]
     status: type[BaseModel]
+    names: tuple[tuple[str, str], ...]
+    """The names that live in the etcd key: (spec field, `keys.Key` attribute), in key order."""
     columns: tuple[Column, ...]
     cli_name: str
     """What `discoverd get` calls them."""
@@ -113,6 +116,7 @@ RESOURCES: dict[keys.Kind, Resource] = {
             ("dsrv",),
             ServerSpec,
             resource_status.ServerStatus,
+            (("id", "server"),),
             (
                 Column("ID", ".spec.id"),
                 Column("Phase", ".status.phase"),
@@ -129,6 +133,7 @@ RESOURCES: dict[keys.Kind, Resource] = {
             ("sv", "dsv"),
             ServiceVersionSpec,
             resource_status.ServiceVersionStatus,
+            (("service", "service"), ("version", "version")),
             (
                 Column("Service", ".spec.service"),
                 Column("Version", ".spec.version"),
@@ -144,6 +149,7 @@ RESOURCES: dict[keys.Kind, Resource] = {
             ("si", "dsi"),
             ServiceInstanceSpec,
             resource_status.ServiceInstanceStatus,
+            (("service", "service"), ("id", "instance")),
             (
                 Column("Service", ".spec.service"),
                 Column("ID", ".spec.id"),
@@ -160,6 +166,7 @@ RESOURCES: dict[keys.Kind, Resource] = {
     )
 }
 """Every custom-resource kind, by etcd key kind."""
+_BY_SPEC = {r.spec: r for r in RESOURCES.values()}
 
 
 def resource(kind: keys.Kind | str) -> Resource:
@@ -169,9 +176,6 @@ def resource(kind: keys.Kind | str) -> Resource:
     except (KeyError, ValueError):
         known = ", ".join(sorted(r.name for r in RESOURCES.values()))
         raise ValueError(f"unknown kind {kind!r} (expected one of {known})") from None
-
-
-_NAMES = {"service", "version", "id"}
 
 
 @dataclass(frozen=True)
@@ -187,18 +191,23 @@ def spec_for(kind: keys.Kind | str) -> type[Spec]:
 
 
 def to_document(spec: Spec) -> Mapped:
-    """The etcd key and document a spec stands for."""
-    body = spec.model_dump(exclude=_NAMES, exclude_unset=True)
-    if isinstance(spec, ServiceVersionSpec):
-        key = keys.Key(keys.Kind.VERSION, service=spec.service, version=spec.version)
-        doc: documents.Document = documents.Version.model_validate({"name": spec.service, **body})
-    elif isinstance(spec, ServiceInstanceSpec):
-        key = keys.Key(keys.Kind.INSTANCE, service=spec.service, instance=spec.id)
-        doc = documents.Instance.model_validate({"name": spec.service, **body})
-    else:
-        key = keys.Key(keys.Kind.SERVER, server=spec.id)
-        doc = documents.Server.model_validate({"service_instances": [], **body})
-    return Mapped(key, doc)
+    """The etcd key and document a spec stands for.
+
+    The names (`Resource.names`) go into the key; the rest is the document's body.
+    A document with a `name` field gets the spec's `service` there (the seed's
+    convention); fields the document requires and the spec left at their
+    default are written out.
+    """
+    entry = _BY_SPEC[type(spec)]
+    fields = {field for field, _ in entry.names}
+    key = keys.Key(entry.kind, **{attr: getattr(spec, field) for field, attr in entry.names})
+    model = documents.model_for(entry.kind)
+    body = spec.model_dump(exclude=fields, exclude_unset=True)
+    required = {n for n, f in model.model_fields.items() if f.is_required() and n not in body}
+    body |= spec.model_dump(include=required & set(type(spec).model_fields))
+    if "name" in model.model_fields:
+        body["name"] = spec.service  # type: ignore[union-attr]
+    return Mapped(key, model.model_validate(body))
 
 
 def _known_fields(doc: documents.Document) -> dict[str, Any]:
@@ -209,11 +218,10 @@ def _known_fields(doc: documents.Document) -> dict[str, Any]:
 
 def to_spec(key: keys.Key, doc: documents.Document) -> dict[str, Any]:
     """The camelCase spec (a plain dict, ready for the API) for the document at `key`."""
-    match key.kind:
-        case keys.Kind.VERSION:
-            return {"service": key.service, "version": key.version, **_known_fields(doc)}
-        case keys.Kind.INSTANCE:
-            return {"service": key.service, "id": key.instance, **_known_fields(doc)}
-        case keys.Kind.SERVER:
-            return {"id": key.server, **_known_fields(doc)}
-    raise ValueError(f"{key.kind} has no custom resource")
+    entry = resource(key.kind)
+    return {**{field: getattr(key, attr) for field, attr in entry.names}, **_known_fields(doc)}
+
+
+def key_names(key: keys.Key) -> tuple[str, ...]:
+    """The names a key holds for its resource, in key order (`web`, `1.0`)."""
+    return tuple(getattr(key, attr) for _, attr in resource(key.kind).names)

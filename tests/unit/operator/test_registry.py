@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from discoverd.cli import get
-from discoverd.schema import crd, keys, resource_status, resources
+from discoverd.schema import crd, documents, keys, resource_status, resources
 
 
 def test_every_kind_with_a_configuration_key_is_a_resource_and_nothing_else() -> None:
@@ -45,5 +45,26 @@ def test_the_cli_offers_every_kind() -> None:
 
 
 def test_an_instance_on_a_server_is_the_agents_summary_plus_server_and_since() -> None:
-    summary = set(resource_status.documents.InstanceState.model_fields)
+    summary = set(documents.InstanceState.model_fields)
     assert set(resource_status.InstanceOnServer.model_fields) == summary | {"server", "since"}
+
+
+SPECS = {
+    keys.Kind.SERVER: {"id": "node-1", "serviceInstances": [{"name": "web", "id": "i1"}]},
+    keys.Kind.VERSION: {"service": "web", "version": "1.0", "runScript": {"command": "./web"}},
+    keys.Kind.INSTANCE: {"service": "web", "id": "i1", "serviceVersion": "1.0"},
+}
+
+
+@pytest.mark.parametrize("kind", list(resources.RESOURCES))
+def test_a_spec_maps_to_its_key_and_document_and_back_through_the_registry(kind: keys.Kind) -> None:
+    spec = resources.spec_for(kind).model_validate(SPECS[kind])
+    mapped = resources.to_document(spec)
+    assert mapped.key.kind is kind
+    assert resources.to_spec(mapped.key, mapped.document) == SPECS[kind]
+    assert resources.key_names(mapped.key) == tuple(SPECS[kind][field] for field, _ in resources.resource(kind).names)
+
+
+def test_a_server_spec_without_instances_is_a_document_with_an_empty_list() -> None:
+    mapped = resources.to_document(resources.ServerSpec.model_validate({"id": "node-1"}))
+    assert documents.dump(mapped.document) == {"service_instances": []}
