@@ -111,6 +111,7 @@ _SAYS = {
 
 def _progress(url: str, endpoint: str) -> Callable[[plan.Ref, status.Summary], None]:
     shown: dict[plan.Ref, tuple[documents.Phase, str | None]] = {}
+    running: set[str] = set()
     hinted = False
 
     def show(ref: plan.Ref, summary: status.Summary) -> None:
@@ -126,7 +127,9 @@ def _progress(url: str, endpoint: str) -> Callable[[plan.Ref, status.Summary], N
             line += f": {summary.message}"
         click.echo(line)
         nonlocal hinted
-        if summary.phase is documents.Phase.RUNNING and not hinted:
+        if summary.phase is documents.Phase.RUNNING:
+            running.add(ref.instance)
+        if running >= set(INSTANCES) and not hinted:  # once the whole sample is up
             hinted = True
             d = f"discoverd --etcd-endpoints {endpoint}"
             click.echo(f"\n  Try it:   curl {url}   (hello-2 and hello-3 on the next two ports)")

@@ -239,13 +239,16 @@ def test_canary_pauses_then_batches_respect_max_unavailable(fleet: Fleet) -> Non
         reader = threading.Thread(target=_read_all, args=(master, screen_chunks), daemon=True)
         reader.start()
         on_pipe = subprocess.Popen([*base, "-w"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert on_pipe.stdout is not None
+        first = on_pipe.stdout.readline()  # both watchers have shown the pause before the resume
+        wait_until(lambda: screen_chunks, 30, what="the terminal watcher's first line")
         result = fleet.cli("rollout", "resume", "canary")
         assert result.returncode == 0, result.stderr
         done = fleet.wait_rollout("canary", "Succeeded", "Failed", "Reverted")
         assert on_tty.wait(30) == 0 and on_pipe.wait(30) == 0
         reader.join(10)
         screen = b"".join(screen_chunks).decode(errors="replace")
-        lines = (on_pipe.stdout.read() if on_pipe.stdout else "").splitlines()
+        lines = [first.rstrip("\n"), *on_pipe.stdout.read().splitlines()]
     assert done["phase"] == "Succeeded", done
     assert sorted(done["healthy"]) == ids and done["skipped"] == []
     assert fleet.all_running_on("canary", ids, "2.0")

@@ -53,7 +53,10 @@ def test_up_serves_the_sample_and_stops_cleanly_on_sigint(tmp_path: Path) -> Non
         assert _processes_mentioning(str(state))  # etcd and the sample run under the state directory
 
         up.send_signal(signal.SIGINT)
-        assert up.wait(30) == 0, out.read_text()
+        try:
+            assert up.wait(30) == 0, out.read_text()
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"discoverd up still running 30 s after SIGINT:\n{out.read_text()[-4000:]}") from None
         wait_until(lambda: not _processes_mentioning(str(state)), 10, what="nothing left behind")
         assert _get(f"http://127.0.0.1:{port}/") == ""
         assert "Stopped etcd" in out.read_text()
