@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from discoverd.embedded_etcd import EtcdServer
 from discoverd.schema import keys
-from discoverd.store.server import EtcdServer
 from support.cli import discoverd
 from support.etcd import RawEtcd
 
