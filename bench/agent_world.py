@@ -33,7 +33,7 @@ from typing import Any
 import aetcd
 import common
 
-from discoverd.store.server import EtcdServer
+from discoverd.embedded_etcd import EtcdServer
 
 __all__ = ["MARKER", "StatusWatch", "World", "agent_events", "profiled", "sh_run", "top_frames", "wait_for", "world"]
 

@@ -3,7 +3,7 @@
 Every bench script in this directory:
 
 - starts what it measures as real processes on loopback (an etcd through
-  `discoverd.store.server.EtcdServer`, the test control plane through
+  `discoverd.embedded_etcd.EtcdServer`, the test control plane through
   `hack/control-plane.sh`, `discoverd` itself) and stops exactly those pids;
 - is bounded in time (every wait has a deadline);
 - prints one JSON line per figure on stdout (`emit`) and a short human
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from discoverd.store.server import EtcdServer
+from discoverd.embedded_etcd import EtcdServer
 
 __all__ = [
     "DISCOVERD",

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from discoverd import embedded_etcd
 from discoverd.config import EtcdOptions
-from discoverd.store import client, documents, server
+from discoverd.store import client, documents
 from support.etcd import RawEtcd
 
 # Timing is not what property tests check; a busy 2-core CI machine must not fail them.
@@ -19,9 +20,9 @@ settings.load_profile("discoverd")
 
 
 @pytest.fixture(scope="session")
-def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[server.EtcdServer]:
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[embedded_etcd.EtcdServer]:
     """One etcd for the session; tests keep apart by prefix."""
-    etcd = server.EtcdServer(tmp_path_factory.mktemp("etcd") / "data").start()
+    etcd = embedded_etcd.EtcdServer(tmp_path_factory.mktemp("etcd") / "data").start()
     try:
         yield etcd
     finally:
@@ -29,9 +30,9 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[server.Etc
 
 
 @pytest.fixture
-def private_etcd(tmp_path: Path) -> Iterator[server.EtcdServer]:
+def private_etcd(tmp_path: Path) -> Iterator[embedded_etcd.EtcdServer]:
     """An etcd for this test alone, for tests that stop, pause or compact it."""
-    etcd = server.EtcdServer(tmp_path / "etcd-data").start()
+    etcd = embedded_etcd.EtcdServer(tmp_path / "etcd-data").start()
     try:
         yield etcd
     finally:
@@ -44,12 +45,12 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def etcd_options(etcd_server: server.EtcdServer, prefix: str) -> EtcdOptions:
+def etcd_options(etcd_server: embedded_etcd.EtcdServer, prefix: str) -> EtcdOptions:
     return EtcdOptions(endpoints=etcd_server.endpoint, prefix=prefix)
 
 
 @pytest.fixture
-def raw_etcd(etcd_server: server.EtcdServer) -> RawEtcd:
+def raw_etcd(etcd_server: embedded_etcd.EtcdServer) -> RawEtcd:
     return RawEtcd(etcd_server.endpoint)
 
 

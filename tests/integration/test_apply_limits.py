@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from discoverd.store.server import EtcdServer
+from discoverd.embedded_etcd import EtcdServer
 from support.cli import discoverd
 from support.etcd import RawEtcd
 

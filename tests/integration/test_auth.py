@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from discoverd.config import EtcdOptions
+from discoverd.embedded_etcd import EtcdServer, find_binary
 from discoverd.errors import StoreUnavailable
 from discoverd.schema import documents, keys
 from discoverd.store import client, leases
 from discoverd.store.documents import Store
-from discoverd.store.server import EtcdServer, find_binary
 from support.cli import discoverd
 from support.wait import wait_until
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from discoverd.embedded_etcd import EtcdServer, free_port
 from discoverd.schema import keys
-from discoverd.store.server import EtcdServer, free_port
 from support.cli import discoverd
 from support.etcd import RawEtcd
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from discoverd.store.server import EtcdServer
+from discoverd.embedded_etcd import EtcdServer
 from support.cli import discoverd
 from support.etcd import RawEtcd
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from discoverd.store.server import EtcdServer, free_port
+from discoverd.embedded_etcd import EtcdServer, free_port
 from support.cli import discoverd
 from support.cluster import Cluster, Pki, make_pki, read_key
 from support.wait import wait_until

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from discoverd.store.server import EtcdServer, TLSFiles, find_binary
+from discoverd.embedded_etcd import EtcdServer, TLSFiles, find_binary
 from support.cli import discoverd
 
 

@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,68 @@ def test_a_broken_unit_fails_the_check(systemd_analyze: str, tmp_path: Path) -> 
     """The check above can fail: a wrong value is reported."""
     result = verify(systemd_analyze, UNIT.read_text().replace("KillMode=process", "KillMode=sometimes"), tmp_path)
     assert "kill mode" in result.stderr and "sometimes" in result.stderr
+
+
+def _copy_source(destination: Path) -> Path:
+    """The working tree without the venv, git and caches: the build never writes into the repository."""
+    skip = shutil.ignore_patterns(
+        ".venv", ".git", "*.egg-info", "__pycache__", "build", "dist", ".*_cache", ".hypothesis"
+    )
+    shutil.copytree(REPO, destination, ignore=skip)
+    return destination
+
+
+def _run(*argv: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([str(a) for a in argv], capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert result.returncode == 0, f"{argv}: {result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_a_wheel_and_an_sdist_install_into_a_fresh_venv_and_run(tmp_path: Path) -> None:
+    source = _copy_source(tmp_path / "source")
+    out = tmp_path / "out"
+    # --no-isolation: the build backend comes from the dev dependencies, so the test needs no network.
+    _run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, source)
+    (wheel,) = out.glob("discoverd-*.whl")
+    (sdist,) = out.glob("discoverd-*.tar.gz")
+
+    with zipfile.ZipFile(wheel) as z:
+        metadata = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+        names = z.namelist()
+    assert "License-Expression: Apache-2.0" in metadata
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
+    assert "Classifier: Operating System :: POSIX :: Linux" in metadata
+    assert "Project-URL: Source, https://github.com/discoverd/discoverd" in metadata
+    assert "Requires-Dist: aetcd" in metadata
+    assert "discoverd/data/hello-1.0.py" in names and "discoverd/py.typed" in names
+    with tarfile.open(sdist) as t:
+        members = t.getnames()
+    assert any(m.endswith("packaging/systemd/discoverd-agent.service") for m in members)
+    assert any(m.endswith("docs/install-standalone.md") for m in members)
+
+    # Dependencies come from this venv (no network): on PYTHONPATH, where discoverd itself is not
+    # importable (this venv has it as an editable path in a .pth file, which PYTHONPATH does not read).
+    dependencies = next(p for p in sys.path if p.endswith("site-packages") and Path(p).is_relative_to(sys.prefix))
+    env = {**os.environ, "PYTHONPATH": dependencies}
+    for artifact in (wheel, sdist):
+        venv = tmp_path / f"venv-{artifact.suffix.lstrip('.')}"
+        _run(sys.executable, "-m", "venv", "--without-pip", venv)
+        python = venv / "bin" / "python"
+        _run(
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            python,
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            artifact,
+            env=env,
+        )
+        version = _run(venv / "bin" / "discoverd", "--version", env=env)
+        assert version.stdout == "discoverd, version 0.1.0\n"
+        where = _run(python, "-c", "import discoverd; print(discoverd.__file__)", env=env)
+        assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout

@@ -8,11 +8,11 @@ import json
 import pytest
 
 from discoverd.config import EtcdOptions
+from discoverd.embedded_etcd import EtcdServer
 from discoverd.errors import Compacted, Conflict, StoreUnavailable
 from discoverd.schema import documents, keys
 from discoverd.store import client, leases, watch
 from discoverd.store.documents import Store, Write
-from discoverd.store.server import EtcdServer
 from support.etcd import RawEtcd
 
 SEED_VERSION = {
@@ -165,7 +165,7 @@ async def test_lease_keys_vanish_when_the_lease_is_revoked(store: Store, raw_etc
 
 
 async def test_unreachable_etcd_is_a_clear_error_within_seconds() -> None:
-    from discoverd.store.server import free_port
+    from discoverd.embedded_etcd import free_port
 
     with pytest.raises(StoreUnavailable, match=r"is unreachable"):
         await asyncio.wait_for(client.connect(EtcdOptions(endpoints=f"http://127.0.0.1:{free_port()}", timeout=1)), 5)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from discoverd import embedded_etcd
 from discoverd.config import EtcdOptions
 from discoverd.schema import keys
-from discoverd.store import client, server, watch
+from discoverd.store import client, watch
 from discoverd.store.documents import Store
 from support.etcd import RawEtcd
 
@@ -19,12 +20,12 @@ COUNT = 72  # 72 MiB in all: more than one gRPC message (64 MiB) can carry
 
 
 @pytest.fixture
-def big_etcd(tmp_path: Path) -> server.EtcdServer:
-    return server.EtcdServer(tmp_path / "etcd", extra_args=["--quota-backend-bytes=1073741824"])
+def big_etcd(tmp_path: Path) -> embedded_etcd.EtcdServer:
+    return embedded_etcd.EtcdServer(tmp_path / "etcd", extra_args=["--quota-backend-bytes=1073741824"])
 
 
 @pytest.fixture
-async def big_store(big_etcd: server.EtcdServer) -> AsyncIterator[Store]:
+async def big_store(big_etcd: embedded_etcd.EtcdServer) -> AsyncIterator[Store]:
     big_etcd.start()
     try:
         s = Store(await client.connect(EtcdOptions(endpoints=big_etcd.endpoint, prefix="/big")))
@@ -41,7 +42,7 @@ def value(i: int) -> bytes:
 
 
 async def test_a_full_read_of_values_near_1_mib_returns_every_key_intact(
-    big_store: Store, big_etcd: server.EtcdServer
+    big_store: Store, big_etcd: embedded_etcd.EtcdServer
 ) -> None:
     raw = RawEtcd(big_etcd.endpoint)
     for i in range(COUNT):
@@ -72,7 +73,7 @@ async def test_many_small_values_are_read_in_few_large_pages(store: Store, raw_e
 
 
 async def test_a_watch_catching_up_on_values_near_1_mib_gets_them_all(
-    big_store: Store, big_etcd: server.EtcdServer
+    big_store: Store, big_etcd: embedded_etcd.EtcdServer
 ) -> None:
     raw = RawEtcd(big_etcd.endpoint)
     first = raw.put(keys.server_config("/big", "n1"), '{"service_instances":[]}')

@@ -8,11 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from discoverd.config import EtcdOptions
+from discoverd.embedded_etcd import EtcdServer
 from discoverd.errors import Compacted
 from discoverd.schema import keys
 from discoverd.store import client, watch
 from discoverd.store.documents import Store
-from discoverd.store.server import EtcdServer
 from support.etcd import RawEtcd
 
 

@@ -18,8 +18,8 @@ import trustme
 from aetcd import rpc
 
 from discoverd.config import EtcdOptions
+from discoverd.embedded_etcd import EtcdServer, TLSFiles
 from discoverd.store import client
-from discoverd.store.server import EtcdServer, TLSFiles
 from support.wait import wait_until
 
 __all__ = ["Cluster", "Pki", "make_pki"]

@@ -3,26 +3,32 @@
 Reads the whole prefix at one revision. Tables for people; `-o json|yaml`
 gives the documents in the custom-resource format (what `apply -f` takes),
 with the status agents reported. Invalid keys are listed on standard error
-with the reason, and the rest is shown.
+with the reason, and the rest is shown. `-w` prints again whenever what it
+shows changes (a watch on the prefix; each change re-reads it at one
+revision), until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import click
 import yaml
 
 from discoverd.cli import main
+from discoverd.config import EtcdOptions
+from discoverd.errors import Compacted, StoreUnavailable
 from discoverd.schema import documents, keys, names, resources
-from discoverd.store import client
+from discoverd.store import client, watch
 from discoverd.store import documents as store_documents
 
-__all__ = ["View", "build_view", "get"]
+__all__ = ["View", "build_view", "get", "render"]
 
 
 @dataclass
@@ -202,13 +208,71 @@ _KINDS = {r.cli_name: r.kind for r in resources.RESOURCES.values()}
 """`discoverd get` words -> kinds, from the one registry of kinds."""
 
 
+def render(view: View, what: str, output: str, prefix: str, now: dt.datetime) -> str | None:
+    """The text `get` prints for `view`; None when there is nothing to list (a table of no rows)."""
+    if output != "table":
+        document = {"apiVersion": "v1", "kind": "List", "items": objects(view, what, prefix)}
+        return json.dumps(document, indent=2) if output == "json" else yaml.safe_dump(document, sort_keys=False)
+    if what == "instances":
+        header = ["SERVICE", "ID", "SERVER", "VERSION", "PHASE", "PID", "RESTARTS", "AGE", "MESSAGE"]
+        rows = instance_rows(view, now)
+    elif what == "versions":
+        header, rows = ["SERVICE", "VERSION", "INSTANCES", "RUN"], version_rows(view)
+    else:
+        header, rows = ["SERVER", "AGENT", "INSTANCES", "RUNNING", "AGENT-VERSION", "AGE"], server_rows(view, now)
+    return _table(header, rows) if rows else None
+
+
+async def _read(store: store_documents.Store) -> View:
+    return build_view(await store.snapshot())
+
+
+async def _follow(options: EtcdOptions, what: str, output: str) -> None:
+    """Print, then print again whenever what is shown changes (a watch on the prefix), until Ctrl-C."""
+    store = store_documents.Store(await client.connect(options))
+    last: str | None = None
+    warned: set[str] = set()
+    try:
+        while True:
+            try:
+                view = await _read(store)
+                while True:
+                    for problem in view.invalid:
+                        if problem not in warned:
+                            warned.add(problem)
+                            click.echo(f"warning: invalid: {problem}", err=True)
+                    text = render(view, what, output, options.prefix, dt.datetime.now(dt.UTC))
+                    shown = text if text is not None else f"No {what} under {options.prefix}."
+                    if shown != last:
+                        if last is not None:
+                            click.echo("---" if output == "yaml" else "")
+                        click.echo(shown)
+                        last = shown
+                    # watch() is an async generator: close it (and its stream) when we stop reading it.
+                    events = cast(AsyncGenerator[list[watch.Event], None], watch.watch(store, view.revision + 1))
+                    async with contextlib.aclosing(events) as batches:
+                        async for batch in batches:
+                            if any(not isinstance(event, watch.Progress) for event in batch):
+                                break
+                    view = await _read(store)
+            except (StoreUnavailable, Compacted) as error:
+                click.echo(f"warning: {error}; reading again in 1 s", err=True)
+                await asyncio.sleep(1)
+    finally:
+        await store.close()
+
+
 @click.command()
 @click.argument("what", type=click.Choice(list(_KINDS)))
 @click.option("-o", "--output", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
+@click.option("-w", "--watch", "follow", is_flag=True, help="After printing, print again whenever it changes.")
 @click.pass_context
-def get(ctx: click.Context, what: str, output: str) -> None:
+def get(ctx: click.Context, what: str, output: str, follow: bool) -> None:
     """Show servers, versions or instances with the status agents reported."""
     options = main.etcd_options(ctx)
+    if follow:
+        main.run_async(_follow(options, what, output))
+        return
 
     async def read() -> store_documents.Snapshot:
         store = store_documents.Store(await client.connect(options))
@@ -220,20 +284,8 @@ def get(ctx: click.Context, what: str, output: str) -> None:
     view = build_view(main.run_async(read()))
     for problem in view.invalid:
         click.echo(f"warning: invalid: {problem}", err=True)
-    if output != "table":
-        items = objects(view, what, options.prefix)
-        document = {"apiVersion": "v1", "kind": "List", "items": items}
-        click.echo(json.dumps(document, indent=2) if output == "json" else yaml.safe_dump(document, sort_keys=False))
-        return
-    now = dt.datetime.now(dt.UTC)
-    if what == "instances":
-        header = ["SERVICE", "ID", "SERVER", "VERSION", "PHASE", "PID", "RESTARTS", "AGE", "MESSAGE"]
-        rows = instance_rows(view, now)
-    elif what == "versions":
-        header, rows = ["SERVICE", "VERSION", "INSTANCES", "RUN"], version_rows(view)
-    else:
-        header, rows = ["SERVER", "AGENT", "INSTANCES", "RUNNING", "AGENT-VERSION", "AGE"], server_rows(view, now)
-    if not rows:
+    text = render(view, what, output, options.prefix, dt.datetime.now(dt.UTC))
+    if text is None:
         click.echo(f"No {what} under {options.prefix} in etcd at {options.describe()}.", err=True)
         return
-    click.echo(_table(header, rows))
+    click.echo(text)

@@ -28,7 +28,7 @@ from discoverd.config import DEFAULT_ENDPOINT, EtcdOptions
 from discoverd.errors import DiscoverdError
 from discoverd.schema import keys
 
-__all__ = ["cli", "etcd_options", "fail", "main", "run_async"]
+__all__ = ["cli", "etcd_options", "fail", "hoist_options", "main", "run_async"]
 
 T = TypeVar("T")
 
@@ -109,7 +109,69 @@ def _configure_logging(verbose: int, log_format: str) -> None:
     logs.configure(level=logging.DEBUG if verbose else logging.INFO, json_format=log_format == "json")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "DISCOVERD"})
+def _option_names(command: click.Command) -> set[str]:
+    """Every option name `command` and the commands under it take."""
+    names = {o for p in command.params if isinstance(p, click.Option) for o in (*p.opts, *p.secondary_opts)}
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            names |= _option_names(sub)
+    return names
+
+
+def hoist_options(group: click.Group, ctx: click.Context, args: list[str]) -> list[str]:
+    """`args` with the group's own options moved before the subcommand, wherever they were given.
+
+    `discoverd get instances --etcd-endpoints URL` becomes `discoverd --etcd-endpoints URL get
+    instances`. An option the subcommand defines itself stays where it is, and so does everything
+    after `--`.
+    """
+    takes_value = {
+        o: not (p.is_flag or p.count)
+        for p in group.params
+        if isinstance(p, click.Option)
+        for o in (*p.opts, *p.secondary_opts)
+    }
+    i = 0
+    while i < len(args) and args[i].startswith("-") and args[i] != "--":
+        name = args[i].split("=", 1)[0]
+        i += 2 if takes_value.get(name) and "=" not in args[i] else 1
+    if i >= len(args) or args[i] == "--":
+        return args
+    sub = group.get_command(ctx, args[i])
+    if sub is None:
+        return args
+    own = _option_names(sub)
+    moved: list[str] = []
+    kept: list[str] = []
+    rest = args[i + 1 :]
+    j = 0
+    while j < len(rest):
+        token = rest[j]
+        if token == "--":
+            kept += rest[j:]
+            break
+        name = token.split("=", 1)[0]
+        if name in takes_value and name not in own:
+            width = 2 if takes_value[name] and "=" not in token and j + 1 < len(rest) else 1
+            moved += rest[j : j + width]
+            j += width
+            continue
+        kept.append(token)
+        j += 1
+    return [*args[:i], *moved, args[i], *kept]
+
+
+class _Root(click.Group):
+    """Takes the connection and logging options before or after the subcommand, as kubectl and nomad do."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_options(self, ctx, args))
+
+
+@click.group(
+    cls=_Root,
+    context_settings={"help_option_names": ["-h", "--help"], "auto_envvar_prefix": "DISCOVERD"},
+)
 @click.version_option(__version__, prog_name="discoverd")
 @click.option(
     "--etcd-endpoints",
@@ -153,17 +215,33 @@ def _configure_logging(verbose: int, log_format: str) -> None:
 @click.option("-v", "--verbose", count=True, help="More detail in logs.")
 @click.pass_context
 def cli(ctx: click.Context, /, verbose: int, log_format: str, **_: Any) -> None:
-    """discoverd deploys and upgrades services on servers from configuration in etcd."""
+    """discoverd deploys and upgrades services on servers from configuration in etcd.
+
+    The options above are taken before or after the command (`discoverd get instances --prefix /p`).
+    """
     _configure_logging(verbose, log_format)
 
 
+@click.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script: eval "$(discoverd completion bash)" in ~/.bashrc."""
+    from click.shell_completion import get_completion_class
+
+    complete = get_completion_class(shell)
+    assert complete is not None
+    click.echo(complete(cli, {}, "discoverd", "_DISCOVERD_COMPLETE").source())
+
+
 def _register() -> None:
-    from discoverd.cli import apply, auth, get
+    from discoverd.cli import apply, auth, describe, get
 
     cli.add_command(apply.apply)
     cli.add_command(apply.validate)
     cli.add_command(get.get)
     cli.add_command(auth.auth)
+    cli.add_command(describe.describe)
+    cli.add_command(completion)
     # Commands of the agent and the operator are added by their own modules when present.
     for module, names in (
         ("agent", ("agent",)),

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import click
 
+from discoverd import embedded_etcd
 from discoverd.agent import loop, plan, status
 from discoverd.cli import main
 from discoverd.config import EtcdOptions
 from discoverd.controller import loop as controller_loop
 from discoverd.schema import documents, keys
-from discoverd.store import client, server
+from discoverd.store import client
 from discoverd.store.documents import Store, Write
 
 __all__ = ["default_state_dir", "sample_documents", "up"]
@@ -195,7 +196,7 @@ def up(ctx: click.Context, state_dir: Path | None, port: int) -> None:
     state.mkdir(parents=True, exist_ok=True)
     if not ctx.find_root().params.get("verbose"):
         logging.getLogger().setLevel(logging.WARNING)
-    etcd = server.EtcdServer(state / "etcd" / "data")
+    etcd = embedded_etcd.EtcdServer(state / "etcd" / "data")
     click.echo(f"Starting etcd (data in {etcd.data_dir}) ...")
     try:
         etcd.start()

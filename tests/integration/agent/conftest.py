@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
+from discoverd import embedded_etcd
 from discoverd.agent import observe
-from discoverd.store import server
 from support.etcd import RawEtcd
 from support.wait import wait_until
 
@@ -221,7 +221,7 @@ def group_alive(pgid: int) -> bool:
     return False
 
 
-def _node(etcd: server.EtcdServer, prefix: str, tmp_path: Path) -> Iterator[Node]:
+def _node(etcd: embedded_etcd.EtcdServer, prefix: str, tmp_path: Path) -> Iterator[Node]:
     node = Node(RawEtcd(etcd.endpoint), etcd.endpoint, prefix, tmp_path / "state")
     try:
         yield node
@@ -230,13 +230,13 @@ def _node(etcd: server.EtcdServer, prefix: str, tmp_path: Path) -> Iterator[Node
 
 
 @pytest.fixture
-def node(etcd_server: server.EtcdServer, prefix: str, tmp_path: Path) -> Iterator[Node]:
+def node(etcd_server: embedded_etcd.EtcdServer, prefix: str, tmp_path: Path) -> Iterator[Node]:
     """A server on the shared etcd."""
     yield from _node(etcd_server, prefix, tmp_path)
 
 
 @pytest.fixture
-def private_node(private_etcd: server.EtcdServer, prefix: str, tmp_path: Path) -> Iterator[Node]:
+def private_node(private_etcd: embedded_etcd.EtcdServer, prefix: str, tmp_path: Path) -> Iterator[Node]:
     """A server on an etcd of its own, for tests that stop, pause or compact it."""
     yield from _node(private_etcd, prefix, tmp_path)
 

@@ -6,7 +6,7 @@ import signal
 import time
 from typing import Any
 
-from discoverd.store.server import EtcdServer
+from discoverd.embedded_etcd import EtcdServer
 from support.wait import wait_until
 
 

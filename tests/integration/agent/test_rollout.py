@@ -25,8 +25,9 @@ from typing import Any
 
 import pytest
 
+from discoverd import embedded_etcd
 from discoverd.config import EtcdOptions
-from discoverd.store import client, server, watch
+from discoverd.store import client, watch
 from discoverd.store.documents import Store
 from integration.agent.conftest import DISCOVERD, Agent, Node
 from support.cli import discoverd
@@ -154,7 +155,7 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(etcd_server: server.EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(etcd_server: embedded_etcd.EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     root = tmp_path_factory.mktemp("fleet")
     prefix = f"/t-{uuid.uuid4().hex[:10]}"
     nodes = []

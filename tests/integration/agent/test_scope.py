@@ -12,7 +12,7 @@ import re
 import signal
 from typing import Any
 
-from discoverd.store.server import EtcdServer
+from discoverd.embedded_etcd import EtcdServer
 from support.wait import wait_until
 
 SLEEP = {"min_healthy_seconds": 0.3}

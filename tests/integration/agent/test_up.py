@@ -11,7 +11,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from discoverd.store.server import free_port
+from discoverd.embedded_etcd import free_port
 from support.wait import wait_until
 
 DISCOVERD = str(Path(sys.executable).parent / "discoverd")

