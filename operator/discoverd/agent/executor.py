@@ -57,9 +57,9 @@ class Executor:
         return self._locks[(service, version)]
 
     def adopt_all(self) -> None:
-        """Supervise again every instance with a record on disk (after an agent restart)."""
+        """Supervise again every instance with a record or a directory on disk (after an agent restart)."""
         self.layout.prepare()
-        for ref in self.layout.recorded():
+        for ref in sorted({*self.layout.recorded(), *self.layout.instance_dirs()}):
             sup = self._supervisor(ref)
             if not sup.adopt():
                 del self.supervisors[ref]

@@ -90,6 +90,13 @@ class Layout:
     def record_path(self, ref: model.Ref) -> Path:
         return self._join("records", ref.service, ref.instance + ".json")
 
+    def instance_dirs(self) -> list[model.Ref]:
+        """Every instance with a directory on disk."""
+        refs = (model.Ref(p.parent.name, p.name) for p in self.root.glob("instances/*/*") if p.is_dir())
+        return sorted(
+            r for r in refs if keys.segment_error(r.service) is None and keys.segment_error(r.instance) is None
+        )
+
     def remove_instance_dir(self, ref: model.Ref) -> None:
         shutil.rmtree(self.instance_dir(ref), ignore_errors=True)
 

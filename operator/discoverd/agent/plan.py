@@ -205,6 +205,8 @@ def plan(
     """Actions for every instance desired or known, in a stable order."""
     actions: list[Action] = []
     for ref in sorted(set(desired) | set(states)):
-        s = states.get(ref) or model.InstanceState(ref=ref)
+        s = states.get(ref)
+        if s is None:
+            s = model.InstanceState(ref=ref)
         actions += plan_instance(desired.get(ref), s, now, backoff_base, removed_grace)
     return actions

@@ -96,10 +96,16 @@ class Supervisor:
     # adoption
 
     def adopt(self) -> bool:
-        """Take over the saved state and what it says runs; False when there is no usable record."""
+        """Take over the saved state and what it says runs; False when there is neither a record nor files."""
         state = self.layout.load(self.ref)
         if state is None:
-            return False
+            if not self.layout.instance_dir(self.ref).is_dir():
+                return False
+            # Files without a record: left by an agent before format 2, which deleted the record on
+            # removal and kept the directory forever. Kept for the grace period from now, like a removal.
+            self._apply(model.InstanceState(ref=self.ref).removed(time.time()))
+            log.info("Found files of a removed instance", extra=self._kv())
+            return True
         self.state = state
         p = state.process
         if p is None:

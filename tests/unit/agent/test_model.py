@@ -153,3 +153,24 @@ def test_forgetting_a_removed_instance_deletes_its_record_and_directory(tmp_path
     asyncio.run(main())
     assert not lay.instance_dir(REF).exists()
     assert lay.load(REF) is None and lay.recorded() == []
+
+
+def test_files_of_an_instance_an_earlier_agent_removed_are_kept_for_the_grace_period(tmp_path: Path) -> None:
+    """Agents before format 2 deleted the record on removal and kept the directory forever."""
+    lay = layout.Layout(tmp_path)
+    lay.prepare()
+    lay.log_path(REF, "run")
+    assert lay.instance_dirs() == [REF] and lay.recorded() == []
+    sup = supervisor.Supervisor(
+        REF, lay, steps.Context("n1"), lambda: None, lambda s, v: asyncio.Lock(), lambda r, p: None
+    )
+    assert sup.adopt()
+    removed_at = sup.state.removed_at
+    assert removed_at is not None and lay.load(REF) == sup.state
+    assert plan.plan({}, {REF: sup.state}, removed_at + 1) == [
+        plan.Wait(REF, removed_at + model.REMOVED_GRACE, "keeping its files")
+    ]
+    other = supervisor.Supervisor(
+        Ref("web", "none"), lay, steps.Context("n1"), lambda: None, lambda s, v: asyncio.Lock(), lambda r, p: None
+    )
+    assert not other.adopt()
