@@ -74,7 +74,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
             if args.profile:
                 spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
                 argv_prefix = [spy, "record", "-o", str(tmp / "agent.svg"), "--rate", "200", "--"]
-            w.start_agent(argv_prefix=argv_prefix)
+            agent = w.start_agent(argv_prefix=argv_prefix)
             await agent_world.wait_for(
                 lambda: status.count("Running") == 1 + args.bystanders, 60, "v0 Running", interval=0.05
             )
@@ -90,6 +90,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
             watcher = asyncio.create_task(baseline())
             idir = w.state_dir / "instances" / SERVICE / INSTANCE
             sent: dict[str, tuple[float, int]] = {}
+            cpu0 = common.cpu_seconds(agent.pid)
             for i in range(1, args.changes + 1):
                 version = f"v{i}"
                 await asyncio.sleep(args.pause)
@@ -104,6 +105,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
 
                 await agent_world.wait_for(started, 30, f"{version} Running", interval=0.005)
             await asyncio.sleep(0.2)
+            # CPU the agent spent per change (user + system): less sensitive to a loaded machine than latency
+            cpu_per_change = 1000 * (common.cpu_seconds(agent.pid) - cpu0) / args.changes
             watcher.cancel()
             starts, stops = stamps(idir / "starts"), stamps(idir / "stops")
 
@@ -130,6 +133,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
     common.emit(BENCH, "upgrade_gap_p50", p(gap, 50), "ms", target="<= 50 ms", note=f"{len(gap)} upgrades")
     common.emit(BENCH, "upgrade_gap_p99", p(gap, 99), "ms")
     common.emit(BENCH, "upgrade_gap_max", max(gap), "ms")
+    common.emit(BENCH, "agent_cpu_per_change", cpu_per_change, "ms", note="agent user+system CPU / changes")
     extra = [f"baseline samples {len(base)}/{n}, gap samples {len(gap)}/{n}"]
     if args.profile:
         extra.append(f"profile: {tmp / 'agent.svg'}")

@@ -283,9 +283,10 @@ class World:
         return found
 
     def record(self, service: str, instance: str) -> dict[str, Any] | None:
-        path = self.state_dir / "instances" / service / instance / ".discoverd" / "record.json"
-        with contextlib.suppress(OSError, ValueError):
-            return dict(json.loads(path.read_text()))
+        """The instance's saved state (`records/<service>/<id>.json`, format 2)."""
+        path = self.state_dir / "records" / service / f"{instance}.json"
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            return dict(json.loads(path.read_text())["state"])
         return None
 
     def identity(self, service: str, instance: str) -> tuple[int, int] | None:

@@ -1,7 +1,8 @@
 """The node agent: makes this server run what etcd configures (DESIGN section 3).
 
-Flow: `desired` (etcd entries -> targets) -> `plan` (pure decisions) ->
-`executor` -> `supervisor` (per instance; `steps` runs scripts, `observe`
-identifies processes, `layout` is the state directory) -> `status` (etcd).
-`loop` wires them together.
+Flow: `desired` (etcd entries -> targets) -> `plan` (pure decisions over each
+instance's `model.InstanceState`) -> `executor` -> `supervisor` (per instance;
+`steps` runs scripts, `observe` identifies processes, `layout` is the state
+directory and saves the states) -> `status` (etcd). `model` holds the types
+and the rules; `loop` wires them together. See docs/architecture.md.
 """

@@ -1,11 +1,11 @@
 """Carry out the plan: each instance's actions in its own task, so none waits for another.
 
-`loop` calls `execute(actions)` after every `plan`. Actions are grouped by
-instance and handed to that instance's `Supervisor` in a task of its own; an
-instance with a task under way is `busy` and gets no new actions until it is
-done. The executor acts, never decides: it also owns what is shared between
-instances (one install at a time per version, pruning old installs) and the
-shutdown of every task.
+`loop` calls `states()` and, after every `plan`, `execute(actions)`. Actions
+are grouped by instance and handed to that instance's `Supervisor` in a task
+of its own; an instance with a task under way has a `step` and gets no new
+actions until it is done. The executor acts, never decides: it also owns what
+is shared between instances (one install at a time per version, pruning old
+installs) and the shutdown of every task.
 """
 
 from __future__ import annotations
@@ -19,18 +19,11 @@ from collections.abc import Callable
 
 from discoverd import logs
 from discoverd.agent import layout as layout_
-from discoverd.agent import plan, steps, supervisor
+from discoverd.agent import model, plan, steps, supervisor
 
 __all__ = ["Executor"]
 
 log = logging.getLogger(__name__)
-
-_BUSY = {
-    plan.Install: "Downloading",
-    plan.Start: "Starting",
-    plan.Stop: "Stopping",
-    plan.Remove: "Stopping",
-}
 
 
 class Executor:
@@ -38,13 +31,13 @@ class Executor:
         self.layout = layout
         self.ctx = ctx
         self.notify = notify
-        self.supervisors: dict[plan.Ref, supervisor.Supervisor] = {}
-        self.tasks: dict[plan.Ref, asyncio.Task[None]] = {}
+        self.supervisors: dict[model.Ref, supervisor.Supervisor] = {}
+        self.tasks: dict[model.Ref, asyncio.Task[None]] = {}
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._rng = random.Random()
         self._sweeper = steps.Sweeper()
 
-    def _supervisor(self, ref: plan.Ref) -> supervisor.Supervisor:
+    def _supervisor(self, ref: model.Ref) -> supervisor.Supervisor:
         sup = self.supervisors.get(ref)
         if sup is None:
             sup = supervisor.Supervisor(
@@ -64,18 +57,26 @@ class Executor:
         return self._locks[(service, version)]
 
     def adopt_all(self) -> None:
-        """Supervise again every instance with a record on disk (after an agent restart)."""
-        for ref in self.layout.recorded():
+        """Supervise again every instance with a record or a directory on disk (after an agent restart)."""
+        self.layout.prepare()
+        for ref in sorted({*self.layout.recorded(), *self.layout.instance_dirs()}):
             sup = self._supervisor(ref)
             if not sup.adopt():
                 del self.supervisors[ref]
 
-    def observed(self) -> dict[plan.Ref, plan.Observed]:
-        return {ref: sup.observed() for ref, sup in self.supervisors.items()}
+    def states(self) -> dict[model.Ref, model.InstanceState]:
+        """Every known instance's state, with its service's install markers (read once per service)."""
+        installed: dict[str, frozenset[tuple[str, str]]] = {}
+        states = {}
+        for ref, sup in self.supervisors.items():
+            if ref.service not in installed:
+                installed[ref.service] = self.layout.installed(ref.service)
+            states[ref] = sup.snapshot(installed[ref.service])
+        return states
 
     def execute(self, actions: list[plan.Action]) -> None:
         """Start a task per instance for its actions (Wait actions are the loop's business)."""
-        by_ref: dict[plan.Ref, list[plan.Action]] = defaultdict(list)
+        by_ref: dict[model.Ref, list[plan.Action]] = defaultdict(list)
         for action in actions:
             if not isinstance(action, plan.Wait):
                 by_ref[action.ref].append(action)
@@ -83,7 +84,7 @@ class Executor:
             if ref in self.tasks:
                 continue  # plan gives no actions to a busy instance; this is only a guard
             sup = self._supervisor(ref)
-            sup.busy = _BUSY.get(type(todo[0]))  # None for the instant ones (Promote, Reject)
+            sup.begin(todo)
             task = asyncio.create_task(self._run(sup, todo), name=f"instance {ref}")
             self.tasks[ref] = task
 
@@ -96,13 +97,17 @@ class Executor:
             log.exception("Failed an action", extra=logs.kv(service=sup.ref.service, instance=sup.ref.instance))
         finally:
             self.tasks.pop(sup.ref, None)
-            if any(isinstance(a, plan.Remove) for a in todo) and sup.process is None:
+            kv = logs.kv(service=sup.ref.service, instance=sup.ref.instance)
+            if any(isinstance(a, plan.Remove) for a in todo) and sup.state.removed_at is not None:
+                await sup.close(stop=False)  # its state stays, as a tombstone, until `plan` forgets it
+                log.info("Removed instance", extra=kv)
+            if any(isinstance(a, plan.Forget) for a in todo):
                 await sup.close(stop=False)
                 self.supervisors.pop(sup.ref, None)
-                log.info("Removed instance", extra=logs.kv(service=sup.ref.service, instance=sup.ref.instance))
+                log.info("Forgot instance", extra=kv)
             self.notify()
 
-    def _prune(self, ref: plan.Ref, previous: str | None) -> None:
+    def _prune(self, ref: model.Ref, previous: str | None) -> None:
         """After `ref` counted as started: remove the service's installs that no instance uses any more.
 
         Kept: versions any instance of the service runs, ran last or may roll back to, the
@@ -111,13 +116,14 @@ class Executor:
         """
         keep = {previous} if previous else set()
         for other in self.supervisors.values():
-            if other.ref.service != ref.service:
+            state = other.state
+            if other.ref.service != ref.service or state.removed_at is not None:
                 continue
-            for target in (other.current, other.good):
+            for target in (state.current, state.good):
                 if target is not None:
                     keep.add(target.version)
-            if other.process is not None:
-                keep.add(other.process.version)
+            if state.process is not None:
+                keep.add(state.process.version)
         for version in self.layout.service_versions(ref.service):
             if version in keep or self._locks[(ref.service, version)].locked():
                 continue

@@ -1,10 +1,16 @@
-"""The state directory: where versions are installed, where instances run, and what is written there.
+"""The state directory: where versions are installed, where instances run, and where their state is saved.
 
-    <state>/versions/<service>/<version>/            cwd of download and install
+    <state>/                                          0700: records hold env values
+    <state>/versions/<service>/<version>/             cwd of download and install
     <state>/versions/<service>/<version>/.discoverd-installed   marker: hash of the version document
     <state>/instances/<service>/<id>/                 cwd of the run script
-    <state>/instances/<service>/<id>/.discoverd/record.json  pid, process start time, configuration
-    <state>/instances/<service>/<id>/.discoverd/logs/<step>.log  output of every step
+    <state>/instances/<service>/<id>/.discoverd/logs/<step>.log  output of every step (0600)
+    <state>/records/<service>/<id>.json               the instance's saved `model.InstanceState` (0600)
+
+Records live outside every directory a script runs in, so a run script
+cannot forge the pid the next agent adopts (agents before format 2 kept them
+in `instances/<service>/<id>/.discoverd/record.json`; such a record is read
+once, migrated here, and deleted).
 
 The supervisor writes and reads these; `observe` turns a record into a live
 process or a known exit. Names become path segments only after they are
@@ -16,52 +22,42 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from discoverd.agent import plan
-from discoverd.schema import documents, keys
+import pydantic
 
-__all__ = ["Layout", "Record", "UnsafePath"]
+from discoverd import logs
+from discoverd.agent import model
+from discoverd.schema import keys
+
+__all__ = ["Layout", "UnsafePath"]
+
+log = logging.getLogger(__name__)
 
 _MARKER = ".discoverd-installed"
+_OLD_RECORD = Path(".discoverd") / "record.json"
+"""Where agents before format 2 kept the record, inside the instance directory."""
 
 
 class UnsafePath(ValueError):
     """A name that would escape the state directory."""
 
 
-@dataclass(frozen=True)
-class Record:
-    """What the supervisor knows about an instance and must survive an agent restart."""
-
-    ref: plan.Ref
-    process: plan.Process | None
-    current: plan.Target | None
-    good: plan.Target | None
-    restarts: int = 0
-
-
-def _target_data(target: plan.Target | None) -> dict[str, Any] | None:
-    if target is None:
-        return None
-    return {"version": target.version, "document": documents.dump(target.document), "run": documents.dump(target.run)}
-
-
-def _target(ref: plan.Ref, data: Any) -> plan.Target | None:
-    if not isinstance(data, dict):
-        return None
-    version = documents.Version.model_validate(data["document"])
-    return plan.Target(ref, str(data["version"]), version, documents.Script.model_validate(data["run"]))
-
-
 class Layout:
     def __init__(self, root: Path) -> None:
         self.root = root.resolve()
+
+    def prepare(self) -> None:
+        """Create the state directory, readable by its owner only (also when an older agent made it)."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.root, 0o700)
+        records = self.root / "records"
+        records.mkdir(exist_ok=True, mode=0o700)
+        os.chmod(records, 0o700)
 
     def _join(self, *segments: str) -> Path:
         for segment in segments:
@@ -81,16 +77,28 @@ class Layout:
             return sorted(p.name for p in self._join("versions", service).iterdir() if p.is_dir())
         return []
 
-    def instance_dir(self, ref: plan.Ref) -> Path:
+    def instance_dir(self, ref: model.Ref) -> Path:
         return self._join("instances", ref.service, ref.instance)
 
-    def log_path(self, ref: plan.Ref, step: str) -> Path:
+    def log_path(self, ref: model.Ref, step: str) -> Path:
+        """The log of `step`, created readable by the owner only (it may show env values)."""
         path = self.instance_dir(ref) / ".discoverd" / "logs" / f"{step}.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         return path
 
-    def record_path(self, ref: plan.Ref) -> Path:
-        return self.instance_dir(ref) / ".discoverd" / "record.json"
+    def record_path(self, ref: model.Ref) -> Path:
+        return self._join("records", ref.service, ref.instance + ".json")
+
+    def instance_dirs(self) -> list[model.Ref]:
+        """Every instance with a directory on disk."""
+        refs = (model.Ref(p.parent.name, p.name) for p in self.root.glob("instances/*/*") if p.is_dir())
+        return sorted(
+            r for r in refs if keys.segment_error(r.service) is None and keys.segment_error(r.instance) is None
+        )
+
+    def remove_instance_dir(self, ref: model.Ref) -> None:
+        shutil.rmtree(self.instance_dir(ref), ignore_errors=True)
 
     # install markers
 
@@ -103,9 +111,9 @@ class Layout:
                 found.add((version, str(data["hash"])))
         return frozenset(found)
 
-    def mark_installed(self, target: plan.Target) -> None:
+    def mark_installed(self, target: model.Target) -> None:
         path = self.version_dir(target.ref.service, target.version) / _MARKER
-        _write_json(path, {"hash": target.install_hash, "installed_at": time.time()})
+        _write(path, json.dumps({"hash": target.install_hash, "installed_at": time.time()}).encode())
 
     def unmark_installed(self, service: str, version: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -114,83 +122,65 @@ class Layout:
     def remove_version(self, service: str, version: str) -> None:
         shutil.rmtree(self.version_dir(service, version), ignore_errors=True)
 
-    # records
+    # records: the whole InstanceState
 
-    def write_record(self, record: Record) -> None:
-        p = record.process
-        data = {
-            "service": record.ref.service,
-            "instance": record.ref.instance,
-            "process": None
-            if p is None
-            else {
-                "pid": p.pid,
-                "start_time": p.start_time,
-                "config_hash": p.config_hash,
-                "version": p.version,
-                "started_at": p.started_at,
-                "run_id": p.run_id,
-            },
-            "current": _target_data(record.current),
-            "good": _target_data(record.good),
-            "restarts": record.restarts,
-        }
-        _write_json(self.record_path(record.ref), data)
+    def save(self, state: model.InstanceState) -> None:
+        _write(self.record_path(state.ref), model.Saved(state=state).model_dump_json().encode())
 
-    def read_record(self, ref: plan.Ref) -> Record | None:
-        """The record of `ref`, or None when there is none or it cannot be read."""
+    def load(self, ref: model.Ref) -> model.InstanceState | None:
+        """The saved state of `ref` (migrating a record of an older agent), or None when there is none usable."""
+
+        def kv(**more: object) -> dict[str, object]:
+            return logs.kv(service=ref.service, instance=ref.instance, **more)
+
         try:
-            data = json.loads(self.record_path(ref).read_text())
-            p = data.get("process")
-            process = (
-                None
-                if not p
-                else plan.Process(
-                    int(p["pid"]),
-                    int(p["start_time"]),
-                    str(p["config_hash"]),
-                    str(p["version"]),
-                    float(p["started_at"]),
-                    str(p.get("run_id", "")),
-                )
-            )
-            return Record(
-                ref,
-                process,
-                _target(ref, data.get("current")),
-                _target(ref, data.get("good")),
-                int(data.get("restarts", 0)),
-            )
+            return model.Saved.model_validate_json(self.record_path(ref).read_bytes()).state.restored()
+        except FileNotFoundError:
+            pass
+        except (OSError, pydantic.ValidationError) as error:
+            log.warning("Ignored unreadable record", extra=kv(reason=str(error).splitlines()[0]))
+            return None
+        old = self.instance_dir(ref) / _OLD_RECORD
+        try:
+            state = model.from_v1(ref, json.loads(old.read_text()))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning("Ignored unreadable record", extra=kv(path=str(old), reason=str(error)))
             return None
+        self.save(state)
+        old.unlink()
+        log.info("Migrated record", extra=kv(path=str(self.record_path(ref))))
+        return state
 
-    def delete_record(self, ref: plan.Ref) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.record_path(ref).unlink()
+    def delete_record(self, ref: model.Ref) -> None:
+        for path in (self.record_path(ref), self.instance_dir(ref) / _OLD_RECORD):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
-    def recorded(self) -> list[plan.Ref]:
-        """Every instance with a record on disk (to adopt after an agent restart)."""
-        refs: list[plan.Ref] = []
-        base = self.root / "instances"
-        for path in sorted(base.glob("*/*/.discoverd/record.json")):
-            service, instance = path.parent.parent.parent.name, path.parent.parent.name
-            if keys.segment_error(service) is None and keys.segment_error(instance) is None:
-                refs.append(plan.Ref(service, instance))
-        return refs
+    def recorded(self) -> list[model.Ref]:
+        """Every instance with a record on disk (to adopt after an agent restart), in either place."""
+        found: set[model.Ref] = set()
+        for path in self.root.glob("records/*/*.json"):
+            found.add(model.Ref(path.parent.name, path.name.removesuffix(".json")))
+        for path in self.root.glob(f"instances/*/*/{_OLD_RECORD}"):
+            found.add(model.Ref(path.parent.parent.parent.name, path.parent.parent.name))
+        return sorted(
+            r for r in found if keys.segment_error(r.service) is None and keys.segment_error(r.instance) is None
+        )
 
 
-def _write_json(path: Path, data: Any) -> None:
-    """Write atomically: a crash of the agent leaves the old file or the new one, never half of one.
+def _write(path: Path, data: bytes) -> None:
+    """Write atomically, readable by the owner only: a crash leaves the old file or the new one, never half.
 
     No fsync: the rename is atomic for other processes (a restarted agent) as soon as it returns,
     and what fsync adds (surviving a power loss) buys nothing here: after a reboot no recorded
     process is alive anyway, and a record that did not reach the disk only means a fresh start.
     The fsync was a quarter of the agent's time when starting 1,000 instances (bench/agent_scale.py).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with open(fd, "wb") as f:
+        f.write(data)
     os.replace(tmp, path)

@@ -32,7 +32,7 @@ from discoverd import logs
 from discoverd.agent import desired as desired_
 from discoverd.agent import executor as executor_
 from discoverd.agent import layout as layout_
-from discoverd.agent import plan, scope, status, steps, tasks
+from discoverd.agent import model, plan, scope, status, steps, tasks
 from discoverd.config import EtcdOptions
 from discoverd.errors import StoreUnavailable
 from discoverd.store import client
@@ -54,7 +54,9 @@ class Options:
     host_pid: int = 1
     stop_instances_on_exit: bool = False
     lease_ttl: int = 15
-    backoff_base: float = plan.BACKOFF_BASE
+    backoff_base: float = model.BACKOFF_BASE
+    removed_grace: float = model.REMOVED_GRACE
+    """Seconds a removed instance's directory (its logs) is kept."""
 
 
 class Agent:
@@ -62,7 +64,7 @@ class Agent:
         self,
         etcd: EtcdOptions,
         options: Options,
-        on_status: Callable[[plan.Ref, status.Summary], None] | None = None,
+        on_status: Callable[[model.Ref, status.Summary], None] | None = None,
     ) -> None:
         self.etcd = etcd
         self.options = options
@@ -73,7 +75,7 @@ class Agent:
         self.executor = executor_.Executor(self.layout, ctx, self._wake.set)
         self.entries: dict[str, Entry] | None = None
         self.desired = desired_.Desired()
-        self._summaries: dict[plan.Ref, status.Summary] = {}
+        self._summaries: dict[model.Ref, status.Summary] = {}
         self.store: Store | None = None
         self.writer: status.Writer | None = None
         self.watch: scope.ScopedWatch | None = None
@@ -135,7 +137,10 @@ class Agent:
             now = time.time()
             wake_at = now + _IDLE_PASS
             if self.entries is not None:
-                actions = plan.plan(self.desired.instances, self.executor.observed(), now, self.options.backoff_base)
+                states = self.executor.states()
+                actions = plan.plan(
+                    self.desired.instances, states, now, self.options.backoff_base, self.options.removed_grace
+                )
                 self.executor.execute(actions)
                 for action in actions:
                     if isinstance(action, plan.Wait):
@@ -145,11 +150,15 @@ class Agent:
                 await asyncio.wait_for(self._wake.wait(), max(0.01, wake_at - time.time()))
 
     def _report(self) -> None:
-        observed = self.executor.observed()
-        summaries: dict[plan.Ref, status.Summary] = {}
-        for ref in set(self.desired.instances) | set(observed):
-            o = observed.get(ref, plan.Observed(ref))
-            summaries[ref] = status.summarize(self.desired.instances.get(ref), o, self.options.backoff_base)
+        """Rebuild every instance's status from its state; hand what changed to the writer."""
+        wanted = self.desired.instances
+        summaries: dict[model.Ref, status.Summary] = {}
+        for ref, sup in self.executor.supervisors.items():
+            state = sup.state
+            if ref in wanted or state.removed_at is None:  # a removed one has no status key
+                summaries[ref] = status.summarize(wanted.get(ref), state, self.options.backoff_base)
+        for ref in wanted.keys() - summaries.keys():
+            summaries[ref] = status.summarize(wanted[ref], model.InstanceState(ref=ref), self.options.backoff_base)
         for ref, summary in summaries.items():
             old = self._summaries.get(ref)
             if old != summary:

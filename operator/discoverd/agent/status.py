@@ -1,7 +1,7 @@
 """Status documents rebuilt from observation and written to etcd under the agent's lease.
 
 Last stage of the agent's flow: after each pass `loop` calls `summarize` for
-every instance (a pure function of desired and observed state) and hands the
+every instance (a pure function of the desired state and the instance's `model.InstanceState`) and hands the
 results to the `Writer`. The writer holds one lease (kept alive every third
 of its TTL), writes `status/agent` when it gets a lease, and writes an
 instance's status only when its summary changed, so an idle agent sends
@@ -20,7 +20,7 @@ import socket
 from collections.abc import Mapping
 
 from discoverd import __version__, logs
-from discoverd.agent import plan
+from discoverd.agent import model
 from discoverd.errors import StoreUnavailable
 from discoverd.schema import documents, keys
 from discoverd.schema.documents import Phase
@@ -41,44 +41,45 @@ def _with(base: Summary, **changes: object) -> Summary:
 
 
 def summarize(
-    want: plan.Target | plan.Broken | None, o: plan.Observed, backoff_base: float = plan.BACKOFF_BASE
+    want: model.Target | model.Broken | None, s: model.InstanceState, backoff_base: float = model.BACKOFF_BASE
 ) -> Summary:
-    """The status of one instance, from what is wanted and what is observed."""
-    p = o.process
+    """The status of one instance, from what is wanted and its state (the rules are `model`'s)."""
+    p = s.process
     base = Summary(
         phase=Phase.PENDING,
-        version=p.version if p else (o.current.version if o.current else None),
-        previous_version=o.previous_version,
+        version=p.version if p else (s.current.version if s.current else None),
+        previous_version=s.previous_version,
         pid=p.pid if p else None,
-        restarts=o.restarts,
-        last_exit_code=o.last_exit.code if o.last_exit else None,
-        message=o.message,
+        restarts=s.restarts,
+        last_exit_code=s.last_exit.code if s.last_exit else None,
+        message=s.message,
     )
-    unhealthy = isinstance(want, plan.Target) and 0 < want.health_threshold <= o.health_failures
-    if o.busy == "Stopping" and unhealthy and p is not None:
-        return _with(base, phase=Phase.UNHEALTHY, message=f"{o.message}; stopping it")
-    if o.busy is not None:
-        return _with(base, phase=Phase(o.busy))
+    unhealthy = isinstance(want, model.Target) and s.unhealthy(want)
+    if s.step is model.Step.STOPPING and unhealthy and p is not None:
+        return _with(base, phase=Phase.UNHEALTHY, message=f"{s.message}; stopping it")
+    if s.step is not None:
+        return _with(base, phase=Phase(s.step.value))
     if want is None:
         return _with(base, phase=Phase.STOPPING, message="removed from the server")
-    if isinstance(want, plan.Broken):
+    if isinstance(want, model.Broken):
         running = f"; still running version {p.version}, its last valid configuration" if p else ""
         return _with(base, phase=Phase.FAILED, message=want.message + running)
-    reason = o.rejected.get(want.config_hash)
+    reason = s.rejected.get(want.config_hash)
     if reason is not None:
-        if p is not None and o.good is not None and p.config_hash == o.good.config_hash:
-            message = f"rolled back from version {want.version} to {o.good.version}: {reason}"
+        if p is not None and s.good is not None and p.config_hash == s.good.config_hash:
+            message = f"rolled back from version {want.version} to {s.good.version}: {reason}"
             return _with(base, phase=Phase.ROLLED_BACK, previous_version=want.version, message=message)
         return _with(base, phase=Phase.FAILED, message=reason)
     if p is not None:
         if unhealthy:
             return _with(base, phase=Phase.UNHEALTHY)
-        if o.good is None or o.good.config_hash != p.config_hash:
+        if s.in_probation(p.config_hash):
             return _with(base, phase=Phase.STARTING)
         return _with(base, phase=Phase.RUNNING)
-    if o.failures and o.last_exit is not None:
-        delay = plan.backoff_delay(o.failures, o.jitter, backoff_base)
-        return _with(base, phase=Phase.BACK_OFF, message=f"{o.message}; restarting in {delay:.1f} s")
+    until = s.backoff_until(backoff_base)
+    if until is not None and s.last_exit is not None:
+        delay = until - s.last_exit.at
+        return _with(base, phase=Phase.BACK_OFF, message=f"{s.message}; restarting in {delay:.1f} s")
     return base
 
 
@@ -96,14 +97,14 @@ class Writer:
         self.started_at = _now()
         self.lease: int | None = None
         self.agent_message = ""
-        self._wanted: dict[plan.Ref, Summary] = {}
-        self._since: dict[plan.Ref, tuple[Phase, dt.datetime]] = {}
-        self._written: dict[plan.Ref, Summary] = {}
+        self._wanted: dict[model.Ref, Summary] = {}
+        self._since: dict[model.Ref, tuple[Phase, dt.datetime]] = {}
+        self._written: dict[model.Ref, Summary] = {}
         self._written_agent_message: str | None = None
         self._dirty = asyncio.Event()
         self._down_since: float | None = None
 
-    def update(self, summaries: Mapping[plan.Ref, Summary], agent_message: str) -> None:
+    def update(self, summaries: Mapping[model.Ref, Summary], agent_message: str) -> None:
         """The statuses to have in etcd now; written by `run` when they differ from what was written."""
         now = _now()
         for ref, summary in summaries.items():

@@ -1,10 +1,12 @@
-"""One instance's state machine: carries out its actions, watches its process, keeps its record.
+"""One instance's actor: carries out its actions, watches its process, keeps its state saved.
 
-`executor` gives each instance a `Supervisor`; `plan` reads its `observed()`
-and decides. The supervisor acts and records what happened (an exit, a failed
-step, a health check), never decides what comes next. It survives agent
-restarts through its record: `adopt()` trusts a recorded pid only when the
-process start time matches, then watches it through a pidfd like its own
+`executor` gives each instance a `Supervisor`; `plan` reads its `state` and
+decides. The supervisor acts and reports what happened (a step failed, the
+process exited, a health check failed) as events applied to its
+`model.InstanceState` (the rules of what an event means are there), saved
+whole after every event; it never decides what comes next. It survives agent
+restarts through that saved state: `adopt()` trusts a recorded pid only when
+the process start time matches, then watches it through a pidfd like its own
 children, so an instance is never started twice.
 """
 
@@ -23,30 +25,30 @@ from collections.abc import Callable
 
 from discoverd import logs
 from discoverd.agent import layout as layout_
-from discoverd.agent import observe, plan, steps
+from discoverd.agent import model, observe, plan, steps
 
 __all__ = ["Supervisor"]
 
 log = logging.getLogger(__name__)
 
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "exited while the agent was not watching"
-    if code < 0:
-        return f"was killed by signal {-code}"
-    return f"exited with code {code}"
+_STEP: dict[type[plan.Action], model.Step] = {
+    plan.Install: model.Step.DOWNLOADING,
+    plan.Start: model.Step.STARTING,
+    plan.Stop: model.Step.STOPPING,
+    plan.Remove: model.Step.STOPPING,
+}
+"""The step an instance is in as soon as it is handed these actions (Promote, Reject, Forget: instant)."""
 
 
 class Supervisor:
     def __init__(
         self,
-        ref: plan.Ref,
+        ref: model.Ref,
         layout: layout_.Layout,
         ctx: steps.Context,
         notify: Callable[[], None],
         install_lock: Callable[[str, str], asyncio.Lock],
-        on_promote: Callable[[plan.Ref, str | None], None],
+        on_promote: Callable[[model.Ref, str | None], None],
         rng: random.Random | None = None,
         sweeper: steps.Sweeper | None = None,
     ) -> None:
@@ -58,78 +60,71 @@ class Supervisor:
         self.on_promote = on_promote
         self.rng = rng or random.Random()
         self.sweeper = sweeper or steps.Sweeper()
+        self.state = model.InstanceState(ref=ref)
+        """Everything known about the instance; replaced (never changed) by each event, and saved."""
+        self.popen: subprocess.Popen[bytes] | None = None
         self._swept = False
         """Swept by instance tag since the agent started: no unrecorded run of an earlier agent is left."""
         self._sweeps: set[asyncio.Task[None]] = set()
-        self.busy: str | None = None
-        self.process: plan.Process | None = None
-        self.popen: subprocess.Popen[bytes] | None = None
-        self.current: plan.Target | None = None
-        self.good: plan.Target | None = None
-        self.rejected: dict[str, str] = {}
-        self.last_exit: plan.Exit | None = None
-        self.failures = 0
-        self.jitter = 0.0
-        self.restarts = 0
-        self.health_failures = 0
-        self.previous_version: str | None = None
-        self.message = ""
         self._stopping = False
         self._watch: asyncio.Task[None] | None = None
         self._health: asyncio.Task[None] | None = None
 
     def _kv(self, version: str | None = None, **more: object) -> dict[str, object]:
-        v = version or (self.current.version if self.current else "")
+        current = self.state.current
+        v = version or (current.version if current else "")
         return logs.kv(service=self.ref.service, instance=self.ref.instance, version=v, **more)
 
-    def observed(self) -> plan.Observed:
-        return plan.Observed(
-            ref=self.ref,
-            busy=self.busy,
-            process=self.process,
-            current=self.current,
-            good=self.good,
-            installed=self.layout.installed(self.ref.service),
-            rejected=dict(self.rejected),
-            last_exit=self.last_exit,
-            failures=self.failures,
-            jitter=self.jitter,
-            restarts=self.restarts,
-            health_failures=self.health_failures,
-            previous_version=self.previous_version,
-            message=self.message,
-        )
+    def snapshot(self, installed: frozenset[tuple[str, str]]) -> model.InstanceState:
+        """The state for `plan`, with the service's install markers as read from disk this pass."""
+        return self.state.model_copy(update={"installed": installed})
 
-    def _save(self) -> None:
-        self.layout.write_record(layout_.Record(self.ref, self.process, self.current, self.good, self.restarts))
+    def _apply(self, state: model.InstanceState) -> None:
+        """Take the state an event produced, and save it whole (before anything else can happen)."""
+        if state is not self.state:
+            self.state = state
+            self.layout.save(state)
+
+    def _step(self, step: model.Step | None) -> None:
+        """The step under way: shown in the status, not saved (a step does not survive the agent)."""
+        self.state = self.state.begun(step, time.time())
+
+    def begin(self, actions: list[plan.Action]) -> None:
+        """Mark the instance busy at once, before its task runs, so the next pass plans nothing for it."""
+        self._step(_STEP.get(type(actions[0])))
 
     # adoption
 
     def adopt(self) -> bool:
-        """Take over what the record says runs; False when there is no usable record."""
-        record = self.layout.read_record(self.ref)
-        if record is None:
-            return False
-        self.current, self.good, self.restarts = record.current, record.good, record.restarts
-        p = record.process
+        """Take over the saved state and what it says runs; False when there is neither a record nor files."""
+        state = self.layout.load(self.ref)
+        if state is None:
+            if not self.layout.instance_dir(self.ref).is_dir():
+                return False
+            # Files without a record: left by an agent before format 2, which deleted the record on
+            # removal and kept the directory forever. Kept for the grace period from now, like a removal.
+            self._apply(model.InstanceState(ref=self.ref).removed(time.time()))
+            log.info("Found files of a removed instance", extra=self._kv())
+            return True
+        self.state = state
+        p = state.process
         if p is None:
             return True
         if p.pid == 0 and p.run_id:
             p = self._find_run(p)
         if observe.alive(p.pid, p.start_time):
-            self.process = p
-            if p is not record.process:
-                self._save()  # now with its pid and start time
+            if p != state.process:
+                self._apply(state.model_copy(update={"process": p}))  # now with its pid and start time
             self._watch_process(p, None)
             self._start_health()
             log.info("Adopted instance", extra=self._kv(p.version, pid=p.pid))
         else:
             log.warning("Found instance gone", extra=self._kv(p.version, pid=p.pid))
-            self.process = p
-            self._exited(p, None, ours=False)
+            self.state = state.model_copy(update={"process": p})
+            self._exited(None, ours=False)
         return True
 
-    def _find_run(self, p: plan.Process) -> plan.Process:
+    def _find_run(self, p: model.Process) -> model.Process:
         """The run a record names by its run ID only (the agent died between spawning and recording it).
 
         Its leader is the process carrying the run ID that leads its own process group.
@@ -144,7 +139,7 @@ class Supervisor:
     # execution
 
     async def execute(self, actions: list[plan.Action]) -> None:
-        """Carry out one instance's actions in order; every failure is recorded, none escapes."""
+        """Carry out one instance's actions in order; what happens is reported as events on the state."""
         for action in actions:
             try:
                 match action:
@@ -159,37 +154,41 @@ class Supervisor:
                     case plan.Promote(target=target):
                         self._promote(target)
                     case plan.Reject(config_hash=config_hash, version=version, reason=reason):
-                        self.rejected[config_hash] = reason
-                        self.message = reason
+                        self._apply(self.state.rejecting(config_hash, reason, time.time()))
                         log.warning("Rejected version", extra=self._kv(version, reason=reason))
                     case plan.Remove():
                         await self._stop("removed from the server", False)
                         await asyncio.gather(*self._sweeps)  # before `close` would cancel them
+                        self._apply(self.state.removed(time.time()))
+                    case plan.Forget(delete_files=delete_files):
                         self.layout.delete_record(self.ref)
+                        if delete_files:
+                            self.layout.remove_instance_dir(self.ref)
+                            log.info("Deleted instance files", extra=self._kv())
                     case plan.Wait():
                         pass
             finally:
-                self.busy = None
+                self._step(None)
                 self.notify()
 
-    async def _install(self, target: plan.Target) -> None:
+    async def _install(self, target: model.Target) -> None:
         service, version = self.ref.service, target.version
         doc = target.document
         vdir = self.layout.version_dir(service, version)
         idir = self.layout.instance_dir(self.ref)
-        self.busy = "Downloading"
+        self._step(model.Step.DOWNLOADING)
         self.notify()
         async with self.install_lock(service, version):
             if (version, target.install_hash) in self.layout.installed(service):
                 return  # another instance of the service installed it meanwhile
             self.layout.unmark_installed(service, version)
-            for name, script, busy in (
-                ("download", doc.download_script, "Downloading"),
-                ("install", doc.install_script, "Installing"),
+            for name, script, step in (
+                ("download", doc.download_script, model.Step.DOWNLOADING),
+                ("install", doc.install_script, model.Step.INSTALLING),
             ):
                 if script.empty:
                     continue
-                self.busy = busy
+                self._step(step)
                 self.notify()
                 log.info(f"Running {name} script", extra=self._kv(version))
                 result = await steps.run_step(
@@ -202,12 +201,11 @@ class Supervisor:
                 )
                 if not result.ok:
                     reason = f"{result.reason} (version {version}, log {self.layout.log_path(self.ref, name)})"
-                    self.rejected[target.config_hash] = reason
-                    self.message = reason
+                    self._apply(self.state.install_failed(target, reason, time.time()))
                     log.warning(f"Failed {name}", extra=self._kv(version, reason=result.reason))
                     return
             self.layout.mark_installed(target)
-            self.message = f"installed version {version}"
+            self._apply(self.state.installed_version(target, time.time()))
             log.info("Installed version", extra=self._kv(version, hash=target.install_hash))
 
     async def _sweep(self) -> None:
@@ -217,7 +215,7 @@ class Supervisor:
         if killed:
             log.warning("Killed leftover processes", extra=self._kv(count=killed))
 
-    def _sweep_run(self, p: plan.Process) -> None:
+    def _sweep_run(self, p: model.Process) -> None:
         """In the background, kill what run `p` left outside its process group (a daemon).
 
         Its tag is unique to that run, so this never touches the run started next and need not
@@ -235,21 +233,17 @@ class Supervisor:
         self._sweeps.add(task)
         task.add_done_callback(self._sweeps.discard)
 
-    def _start(self, target: plan.Target) -> None:
-        self.busy = "Starting"
+    def _start(self, target: model.Target) -> None:
+        self._step(model.Step.STARTING)
         vdir = self.layout.version_dir(self.ref.service, target.version)
         idir = self.layout.instance_dir(self.ref)
         argv = steps.argv_for(target.run, self.ctx, vdir, idir)
-        if self.last_exit is not None and self.last_exit.config_hash == target.config_hash:
-            self.restarts += 1
-        self.current = target
-        self.health_failures = 0
         started_at = time.time()
         run_id = uuid.uuid4().hex
         # Recorded before it exists: an agent killed between the spawn and the record below leaves
         # this, through which the next agent finds the run and adopts it instead of starting another.
-        pending = plan.Process(0, 0, target.config_hash, target.version, started_at, run_id)
-        self.layout.write_record(layout_.Record(self.ref, pending, self.current, self.good, self.restarts))
+        pending = model.Process(0, 0, target.config_hash, target.version, started_at, run_id)
+        self._apply(self.state.spawning(target, pending, started_at))
         try:
             popen = steps.spawn(
                 argv,
@@ -259,59 +253,51 @@ class Supervisor:
             )
         except OSError as error:
             reason = f"could not start {argv[0]!r}: {error.strerror or error}"
-            p = plan.Process(0, 0, target.config_hash, target.version, started_at)
-            self.process = p
-            self._exited(p, None, reason)
+            self.state = self.state.model_copy(update={"process": dataclasses.replace(pending, run_id="")})
+            self._exited(None, reason)
             return
         start_time = observe.start_time(popen.pid) or 0
-        p = plan.Process(popen.pid, start_time, target.config_hash, target.version, started_at, run_id)
-        self.process, self.popen = p, popen
-        self._save()
-        self.message = f"started version {target.version}"
-        log.info("Started instance", extra=self._kv(target.version, pid=p.pid, restarts=self.restarts))
+        p = model.Process(popen.pid, start_time, target.config_hash, target.version, started_at, run_id)
+        self.popen = popen
+        self._apply(self.state.started(p, time.time()))
+        log.info("Started instance", extra=self._kv(target.version, pid=p.pid, restarts=self.state.restarts))
         self._watch_process(p, popen)
         self._start_health()
 
-    def _watch_process(self, p: plan.Process, popen: subprocess.Popen[bytes] | None) -> None:
+    def _watch_process(self, p: model.Process, popen: subprocess.Popen[bytes] | None) -> None:
         async def watch() -> None:
             await observe.exited(p.pid)
             code = popen.wait() if popen is not None else None
-            if not self._stopping and self.process is p:
-                self._exited(p, code)
+            if not self._stopping and self.state.process == p:
+                self._exited(code)
                 self.notify()
 
         self._watch = asyncio.create_task(watch(), name=f"watch {self.ref}")
 
-    def _exited(self, p: plan.Process, code: int | None, reason: str | None = None, ours: bool = True) -> None:
-        """Record that the run process ended by itself (or failed to start): back-off follows.
+    def _exited(self, code: int | None, reason: str | None = None, ours: bool = True) -> None:
+        """Report that the run process ended by itself (or failed to start).
 
         `ours`: it ended just now under our watch, so its process group is still ours to clean up
         (a process found gone after an agent restart may have had its pid reused since).
         """
-        now = time.time()
-        probation = self.good is None or self.good.config_hash != p.config_hash
-        why = reason or _describe_exit(code)
-        if probation and self.current is not None:
-            why += f" before it stayed up {self.current.min_healthy_seconds:g} s"
-        self.failures = plan.failures_after_exit(self.failures, now - p.started_at)
-        self.jitter = self.rng.uniform(0.0, plan.MAX_JITTER)
-        self.last_exit = plan.Exit(p.config_hash, p.version, code, now, probation, why)
-        self.process, self.popen = None, None
-        self.message = f"version {p.version} {why}"
+        p = self.state.process
+        assert p is not None
+        self._apply(self.state.exited(code, time.time(), self.rng.uniform(0.0, model.MAX_JITTER), reason))
+        self.popen = None
         self._cancel_health()
         if p.pid and ours:
             steps.kill_group(p.pid)
         self._sweep_run(p)
-        self._save()
+        why = self.state.last_exit.reason if self.state.last_exit else ""
         log.warning("Exited instance", extra=self._kv(p.version, pid=p.pid, code=code, reason=why))
 
     async def _stop(self, reason: str, failure: bool) -> None:
-        p = self.process
+        p = self.state.process
         if p is None:
             return
-        self.busy = "Stopping"
+        self._step(model.Step.STOPPING)
         self.notify()
-        target = self.current
+        target = self.state.current
         doc = target.document if target is not None and target.config_hash == p.config_hash else None
         log.info("Stopping instance", extra=self._kv(p.version, pid=p.pid, reason=reason))
         self._stopping = True
@@ -327,33 +313,23 @@ class Supervisor:
         finally:
             self._stopping = False
         if failure:
-            self._exited(p, code, f"was stopped: {reason}")
+            self._exited(code, f"was stopped: {reason}")
         else:
-            self.process, self.popen = None, None
-            self.last_exit = None
-            self.failures = 0
-            self._save()
-            self.message = f"stopped version {p.version}: {reason}"
+            self.popen = None
+            self._apply(self.state.stopped(reason, time.time()))
         log.info("Stopped instance", extra=self._kv(p.version, pid=p.pid, code=code))
 
-    def _promote(self, target: plan.Target) -> None:
-        previous = self.good
-        self.good = target
-        if previous is not None and previous.version != target.version:
-            self.previous_version = previous.version
-        self.rejected.pop(target.config_hash, None)
-        self._save()
-        self.message = f"version {target.version} is running"
-        log.info(
-            "Counted instance as started",
-            extra=self._kv(target.version, pid=self.process.pid if self.process else None),
-        )
+    def _promote(self, target: model.Target) -> None:
+        previous = self.state.good
+        self._apply(self.state.promoted(target, time.time()))
+        p = self.state.process
+        log.info("Counted instance as started", extra=self._kv(target.version, pid=p.pid if p else None))
         self.on_promote(self.ref, previous.version if previous is not None else None)
 
     # health checks
 
     def _start_health(self) -> None:
-        target, p = self.current, self.process
+        target, p = self.state.current, self.state.process
         if target is None or p is None or target.config_hash != p.config_hash:
             return
         check = target.document.health_check
@@ -373,12 +349,11 @@ class Supervisor:
                     self.layout.log_path(self.ref, "health"),
                     check.timeout_seconds if check.timeout is not None else check.interval,
                 )
-                before = self.health_failures
-                self.health_failures = 0 if result.ok else before + 1
+                before = self.state
+                self._apply(self.state.health_checked(result.ok, result.reason, time.time()))
                 if not result.ok:
-                    self.message = f"{result.reason} ({self.health_failures} in a row)"
                     log.warning("Failed health check", extra=self._kv(target.version, reason=result.reason))
-                if self.health_failures != before:
+                if self.state is not before:
                     self.notify()
 
         self._health = asyncio.create_task(probe(), name=f"health {self.ref}")
@@ -391,7 +366,7 @@ class Supervisor:
     async def close(self, stop: bool) -> None:
         """On agent exit: stop watching (the process keeps running), or stop the process too."""
         self._cancel_health()
-        if stop and self.process is not None:
+        if stop and self.state.process is not None:
             await self._stop("the agent is exiting with --stop-instances-on-exit", False)
         for task in (self._watch, *self._sweeps):
             if task is not None:

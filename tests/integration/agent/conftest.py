@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -136,11 +136,22 @@ class Node:
     def version_dir(self, service: str, version: str) -> Path:
         return self.state_dir / "versions" / service / version
 
+    def record_path(self, service: str, instance: str) -> Path:
+        """The saved state of an instance: outside the instance directory, which the run script can write."""
+        return self.state_dir / "records" / service / f"{instance}.json"
+
     def record(self, service: str, instance: str) -> dict[str, Any] | None:
-        path = self.instance_dir(service, instance) / ".discoverd" / "record.json"
+        """The saved `InstanceState` as JSON (`process`, `current`, `rejected`...)."""
         with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
-            return dict(json.loads(path.read_text()))
+            return dict(json.loads(self.record_path(service, instance).read_text())["state"])
         return None
+
+    def edit_record(self, service: str, instance: str, change: Callable[[dict[str, Any]], None]) -> None:
+        """Change the saved state in place (as an agent killed at some moment would have left it)."""
+        path = self.record_path(service, instance)
+        saved = json.loads(path.read_text())
+        change(saved["state"])
+        path.write_text(json.dumps(saved))
 
     def process(self, service: str, instance: str) -> tuple[int, int] | None:
         """(pid, start time) of the live run process the record names, or None."""
@@ -181,9 +192,14 @@ class Node:
     def cleanup(self) -> None:
         for a in self.agents:
             a.kill()
-        for record in self.state_dir.glob("instances/*/*/.discoverd/record.json"):
+        records = [
+            *self.state_dir.glob("records/*/*.json"),
+            *self.state_dir.glob("instances/*/*/.discoverd/record.json"),
+        ]
+        for record in records:
             with contextlib.suppress(ValueError, KeyError, TypeError):
-                p = json.loads(record.read_text()).get("process")
+                data = json.loads(record.read_text())
+                p = data.get("state", data).get("process")
                 if p and observe.alive(p["pid"], p["start_time"]):
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(p["pid"], signal.SIGKILL)

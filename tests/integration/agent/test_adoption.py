@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -62,10 +61,7 @@ def test_a_reused_pid_is_not_adopted(node: Any) -> None:
     # Another process now has the recorded pid's place: same pid in the record, different start time.
     stranger = subprocess.Popen([sys.executable, "-c", node.sleep_forever], start_new_session=True)
     try:
-        path = node.instance_dir("web", "a") / ".discoverd" / "record.json"
-        record = json.loads(path.read_text())
-        record["process"]["pid"] = stranger.pid
-        path.write_text(json.dumps(record))
+        node.edit_record("web", "a", lambda state: state["process"].update(pid=stranger.pid))
 
         node.agent()
         pid, _ = node.wait_process("web", "a")

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
-from pathlib import Path
 from typing import Any
 
 from discoverd.agent import observe
@@ -62,10 +60,7 @@ def test_orphan_missing_from_the_record_is_killed_before_the_next_start(node: An
     orphan = node.wait_process("web", "a")
     daemon = daemon_pid(node, "a")
     node.agents[-1].kill()
-    record_path = Path(node.instance_dir("web", "a")) / ".discoverd" / "record.json"
-    record = json.loads(record_path.read_text())
-    record["process"] = None  # as if the agent died before writing it
-    record_path.write_text(json.dumps(record))
+    node.edit_record("web", "a", lambda state: state.update(process=None))  # as if the agent died before writing it
     (node.instance_dir("web", "a") / "daemon.pid").unlink()
     try:
         node.agent()
@@ -90,10 +85,7 @@ def test_run_recorded_only_by_its_run_id_is_adopted_not_started_again(node: Any)
     node.wait_phase("web", "a", "Running")
     before = node.wait_process("web", "a")
     node.agents[-1].kill()
-    record_path = Path(node.instance_dir("web", "a")) / ".discoverd" / "record.json"
-    record = json.loads(record_path.read_text())
-    record["process"].update(pid=0, start_time=0)  # what `_start` writes before spawning
-    record_path.write_text(json.dumps(record))
+    node.edit_record("web", "a", lambda state: state["process"].update(pid=0, start_time=0))  # as before spawning
 
     again = node.agent()
     again.wait_log("Adopted instance")

@@ -1,34 +1,37 @@
-"""status.summarize: the status document rebuilt from desired and observed state."""
+"""status.summarize: the status document rebuilt from the desired state and the instance's state."""
 
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
-from discoverd.agent import layout, plan, states, status, steps, supervisor
+from discoverd.agent import layout, model, states, status, steps, supervisor
+from discoverd.agent.model import InstanceState
 from discoverd.schema.documents import Phase
 
-REF = plan.Ref("web", "i1")
+REF = model.Ref("web", "i1")
 NOW = 1_000_000.0
 
 
-def target(version: str, **doc: object) -> plan.Target:
+def target(version: str, **doc: object) -> model.Target:
     from discoverd.schema import documents
 
     document = documents.Version.model_validate({"name": "web", "run_script": {"command": "./web"}, **doc})
-    return plan.Target(REF, version, document, document.run_script)
+    return model.Target(REF, version, document, document.run_script)
 
 
 V1, V2 = target("1.0"), target("2.0")
 CHECKED = target("1.0", health_check={"command": "true", "failure_threshold": 2})
 
 
-def proc(t: plan.Target) -> plan.Process:
-    return plan.Process(42, 7, t.config_hash, t.version, NOW - 60)
+def proc(t: model.Target) -> model.Process:
+    return model.Process(42, 7, t.config_hash, t.version, NOW - 60)
 
 
 def test_rolled_back_names_both_versions_and_the_reason() -> None:
-    o = plan.Observed(REF, process=proc(V1), current=V1, good=V1, rejected={V2.config_hash: "it exited with code 2"})
+    o = InstanceState(
+        ref=REF, process=proc(V1), current=V1, good=V1, rejected={V2.config_hash: "it exited with code 2"}
+    )
     s = status.summarize(V2, o)
     assert s.phase is Phase.ROLLED_BACK
     assert (s.version, s.previous_version, s.pid) == ("1.0", "2.0", 42)
@@ -36,25 +39,29 @@ def test_rolled_back_names_both_versions_and_the_reason() -> None:
 
 
 def test_failed_install_with_nothing_to_go_back_to_is_failed() -> None:
-    s = status.summarize(V1, plan.Observed(REF, rejected={V1.config_hash: "the install script timed out after 2 s"}))
+    s = status.summarize(
+        V1, InstanceState(ref=REF, rejected={V1.config_hash: "the install script timed out after 2 s"})
+    )
     assert s.phase is Phase.FAILED and "timed out" in s.message
 
 
 def test_starting_until_counted_then_running() -> None:
-    assert status.summarize(V1, plan.Observed(REF, process=proc(V1), current=V1)).phase is Phase.STARTING
-    assert status.summarize(V1, plan.Observed(REF, process=proc(V1), current=V1, good=V1)).phase is Phase.RUNNING
+    assert status.summarize(V1, InstanceState(ref=REF, process=proc(V1), current=V1)).phase is Phase.STARTING
+    assert status.summarize(V1, InstanceState(ref=REF, process=proc(V1), current=V1, good=V1)).phase is Phase.RUNNING
 
 
 def test_unhealthy_shows_while_it_is_being_stopped() -> None:
-    o = plan.Observed(REF, busy="Stopping", process=proc(CHECKED), current=CHECKED, good=CHECKED, health_failures=2)
+    o = InstanceState(
+        ref=REF, step=model.Step.STOPPING, process=proc(CHECKED), current=CHECKED, good=CHECKED, health_failures=2
+    )
     assert status.summarize(CHECKED, o).phase is Phase.UNHEALTHY
 
 
 def test_backoff_after_an_exit_and_broken_documents_fail() -> None:
-    exit_ = plan.Exit(V1.config_hash, "1.0", 3, NOW, False, "exited with code 3")
-    s = status.summarize(V1, plan.Observed(REF, current=V1, last_exit=exit_, failures=2, message="x"))
+    exit_ = model.Exit(V1.config_hash, "1.0", 3, NOW, False, "exited with code 3")
+    s = status.summarize(V1, InstanceState(ref=REF, current=V1, last_exit=exit_, failures=2, message="x"))
     assert (s.phase, s.last_exit_code) == (Phase.BACK_OFF, 3)
-    broken = status.summarize(plan.Broken(REF, "key: field 'x': bad"), plan.Observed(REF))
+    broken = status.summarize(model.Broken(REF, "key: field 'x': bad"), InstanceState(ref=REF))
     assert broken.phase is Phase.FAILED and broken.message == "key: field 'x': bad"
 
 
@@ -69,7 +76,7 @@ def test_jitter_differs_between_instances_that_fail_together(tmp_path: Path) -> 
     seeds = random.Random(1)
     jitters = []
     for i in range(5):
-        ref = plan.Ref("web", f"i{i}")
+        ref = model.Ref("web", f"i{i}")
         sup = supervisor.Supervisor(
             ref,
             layout.Layout(tmp_path),
@@ -79,9 +86,9 @@ def test_jitter_differs_between_instances_that_fail_together(tmp_path: Path) -> 
             lambda r, p: None,
             random.Random(seeds.random()),
         )
-        sup.process = plan.Process(0, 0, V1.config_hash, "1.0", NOW)
-        sup._exited(sup.process, 1, ours=False)
-        jitters.append(sup.jitter)
-        assert sup.failures == 1
+        sup.state = InstanceState(ref=ref, process=model.Process(0, 0, V1.config_hash, "1.0", NOW))
+        sup._exited(1, ours=False)
+        jitters.append(sup.state.jitter)
+        assert sup.state.failures == 1 and sup.state.process is None
     assert len(set(jitters)) == 5
-    assert all(0 <= j < plan.MAX_JITTER for j in jitters)
+    assert all(0 <= j < model.MAX_JITTER for j in jitters)
