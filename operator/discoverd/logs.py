@@ -24,16 +24,29 @@ def kv(**fields: Any) -> dict[str, Any]:
     return {_FIELDS: fields}
 
 
+def _is_control(c: str) -> bool:
+    """C0, DEL, C1 (such as U+0085) and the Unicode line separators: they could forge a log line
+    or rewrite a terminal, so a text log never prints them raw."""
+    return ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029"
+
+
+def _escape_controls(text: str) -> str:
+    """A message stays one line: control characters (from a value formatted into it) become escapes."""
+    if not any(_is_control(c) for c in text):
+        return text
+    return "".join(c.encode("unicode_escape").decode("ascii") if _is_control(c) else c for c in text)
+
+
 def _format_value(value: Any) -> str:
     text = str(value)
-    return json.dumps(text) if (not text or any(c in text for c in ' "=\n')) else text
+    return json.dumps(text) if (not text or any(c in ' "=' or _is_control(c) for c in text)) else text
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields: dict[str, Any] = getattr(record, _FIELDS, {})
         when = dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
-        parts = [when, record.levelname[0], record.getMessage()]
+        parts = [when, record.levelname[0], _escape_controls(record.getMessage())]
         parts += [f"{k}={_format_value(v)}" for k, v in fields.items()]
         line = " ".join(parts)
         if record.exc_info:
