@@ -343,10 +343,10 @@ def identity(state_dir: Path, service: str, instance: str) -> tuple[int, int] | 
     """(pid, start time) of the run process the agent recorded, if that very process is alive."""
     from discoverd.agent import observe
 
-    path = state_dir / "instances" / service / instance / ".discoverd" / "record.json"
+    path = state_dir / "records" / service / f"{instance}.json"  # the saved InstanceState (format 2)
     try:
-        p = json.loads(path.read_text()).get("process")
-    except (OSError, ValueError):
+        p = json.loads(path.read_text())["state"].get("process")
+    except (OSError, ValueError, KeyError):
         return None
     if not p or not observe.alive(int(p["pid"]), int(p["start_time"])):
         return None
