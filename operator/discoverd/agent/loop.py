@@ -25,14 +25,14 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from discoverd import logs
 from discoverd.agent import desired as desired_
 from discoverd.agent import executor as executor_
 from discoverd.agent import layout as layout_
-from discoverd.agent import model, plan, scope, status, steps, tasks
+from discoverd.agent import cgroups, model, plan, scope, status, steps, tasks
 from discoverd.config import EtcdOptions
 from discoverd.errors import StoreUnavailable
 from discoverd.store import client
@@ -57,6 +57,8 @@ class Options:
     backoff_base: float = model.BACKOFF_BASE
     removed_grace: float = model.REMOVED_GRACE
     """Seconds a removed instance's directory (its logs) is kept."""
+    placement: cgroups.Placement = cgroups.NONE
+    script_logs: steps.LogLimit = field(default_factory=steps.LogLimit)
 
 
 class Agent:
@@ -70,7 +72,9 @@ class Agent:
         self.options = options
         self.on_status = on_status
         self.layout = layout_.Layout(options.state_dir)
-        ctx = steps.Context(options.server_id, options.host_namespaces, options.host_pid)
+        ctx = steps.Context(
+            options.server_id, options.host_namespaces, options.host_pid, options.placement, options.script_logs
+        )
         self._wake = asyncio.Event()
         self.executor = executor_.Executor(self.layout, ctx, self._wake.set)
         self.entries: dict[str, Entry] | None = None

@@ -18,7 +18,18 @@ before the first start after an agent restart, so nothing of an earlier run
 survives it.
 
 With host namespaces every argv is wrapped in `nsenter --target <pid> --mount
---uts --ipc --net --pid --`, so scripts see and change the host.
+--uts --ipc --net [--pid] --`, so scripts see and change the host. `--pid`
+only when the agent does not share the target's PID namespace already (as it
+does with `hostPID`): entering one makes nsenter fork and wait for the script,
+and a stop signal would end nsenter at once while the script still runs its
+own shutdown. Without `--pid` nsenter execs the script, which keeps nsenter's
+pid. Either way `stop_group` waits until the process group (and the instance's
+cgroup) is empty, not only until its leader has exited.
+
+A run script runs in its instance's cgroup (`cgroups.Placement`, in
+`Context.placement`), joined before it execs; stopping it ends everything in
+that cgroup. Run, step and health logs are created 0600 and capped:
+`LogLimit`, copy-and-truncate rotation (see `rotate`).
 """
 
 from __future__ import annotations
@@ -26,27 +37,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
+import shutil
 import signal
 import subprocess
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from discoverd import logs
-from discoverd.agent import observe, plan
+from discoverd.agent import cgroups, observe, plan
 from discoverd.schema import documents
 
 __all__ = [
     "Context",
+    "LogLimit",
     "StepResult",
     "Sweeper",
     "argv_for",
+    "clear_cgroup",
     "environment",
     "instance_tag",
     "kill_group",
+    "rotate",
+    "rotating",
     "run_step",
     "run_tag",
     "spawn",
@@ -57,12 +74,24 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class LogLimit:
+    """How big a run, step or health log may grow before it is rotated, and how many rotated copies stay."""
+
+    max_bytes: int = 10 * 2**20
+    keep: int = 2
+    interval: float = 10.0
+    """Seconds between two checks of a live run script's log (step logs are checked at every step)."""
+
+
+@dataclass(frozen=True)
 class Context:
     """How this agent runs scripts."""
 
     server_id: str
     host_namespaces: bool = False
     host_pid: int = 1
+    placement: cgroups.Placement = field(default=cgroups.NONE)
+    logs: LogLimit = field(default_factory=LogLimit)
 
 
 @dataclass(frozen=True)
@@ -72,19 +101,44 @@ class StepResult:
     reason: str
 
 
-def argv_for(script: documents.Script, ctx: Context, version_dir: Path, cwd: Path) -> list[str]:
+@functools.cache
+def _shares_pid_namespace(pid: int) -> bool:
+    """Whether this process is in the PID namespace of `pid` already (a pod with `hostPID`, or the host)."""
+    try:
+        mine, theirs = os.stat("/proc/self/ns/pid"), os.stat(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return False
+    return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
+
+
+def argv_for(
+    script: documents.Script,
+    ctx: Context,
+    version_dir: Path,
+    cwd: Path,
+    *,
+    ref: plan.Ref | None = None,
+    resources: documents.Resources | None = None,
+) -> list[str]:
     """The argv to exec in `cwd`. A relative command with a '/' (`./web`) is looked up in the version directory first.
 
     Entering a mount namespace resets the working directory to its root, so nsenter is told
     to change back to `cwd` (`--wd`); the state directory must have the same path on the host.
+    With `ref` (a run script) the argv also places the process in the instance's cgroup.
     """
     command = script.command
     if "/" in command and not os.path.isabs(command) and (version_dir / command).exists():
         command = str(version_dir / command)
     argv = [command, *script.argv]
+    if ref is not None:
+        argv = ctx.placement.wrap_inner(ref, resources, argv)
     if ctx.host_namespaces:
-        namespaces = ["--mount", "--uts", "--ipc", "--net", "--pid"]
+        namespaces = ["--mount", "--uts", "--ipc", "--net"]
+        if not _shares_pid_namespace(ctx.host_pid):
+            namespaces.append("--pid")
         argv = ["nsenter", f"--target={ctx.host_pid}", *namespaces, f"--wd={cwd}", "--", *argv]
+    if ref is not None:
+        argv = ctx.placement.wrap_outer(ref, argv)
     return argv
 
 
@@ -109,10 +163,68 @@ def environment(
     return env
 
 
-def _open_log(log_path: Path, argv: list[str], cwd: Path) -> BinaryIO:
-    """Create `cwd`, open the step's log for appending and write a header naming what runs."""
+def rotate(path: Path, limit: LogLimit) -> bool:
+    """If `path` is over the cap: copy it to `<path>.1` (older copies shifted up to `.<keep>`), then empty it.
+
+    Copy and truncate, not rename: a live run script keeps its log open (O_APPEND), a renamed file
+    would go on growing under the new name. With O_APPEND its next write lands at the new end of the
+    file. What it writes between the copy and the truncation (a few milliseconds) is lost.
+    """
+    try:
+        if path.stat().st_size <= limit.max_bytes:
+            return False
+    except OSError:
+        return False
+    if limit.keep <= 0:
+        os.truncate(path, 0)
+        return True
+    for n in range(limit.keep - 1, 0, -1):
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(f"{path}.{n}", f"{path}.{n + 1}")
+    copy = Path(f"{path}.1")
+    with open(path, "rb") as src, _open_private(copy, os.O_TRUNC) as dst:
+        shutil.copyfileobj(src, dst)
+    os.truncate(path, 0)
+    return True
+
+
+@contextlib.asynccontextmanager
+async def rotating(path: Path, limit: LogLimit) -> AsyncIterator[None]:
+    """While in the block, rotate `path` whenever it outgrows the cap (checked every `limit.interval`)."""
+
+    async def keep() -> None:
+        while True:
+            await asyncio.sleep(limit.interval)
+            try:
+                await asyncio.to_thread(rotate, path, limit)
+            except OSError as error:
+                log.warning("Failed to rotate a log", extra=logs.kv(path=str(path), reason=str(error)))
+
+    task = asyncio.create_task(keep(), name=f"rotate {path}")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _open_private(path: Path, flags: int = os.O_APPEND) -> BinaryIO:
+    """Open for writing a file only its owner may read (logs may show env values): created 0600, made 0600."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    except OSError:
+        os.close(fd)
+        raise
+    return open(fd, "wb")
+
+
+def _open_log(log_path: Path, argv: list[str], cwd: Path, limit: LogLimit) -> BinaryIO:
+    """Create `cwd`, open the step's log for appending (rotated first if over the cap) and write a header."""
     cwd.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")  # noqa: SIM115 - the caller closes it once the child has it
+    rotate(log_path, limit)
+    log = _open_private(log_path)
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     log.write(f"--- {now} discoverd: running {argv!r} in {cwd}\n".encode())
     log.flush()
@@ -126,11 +238,18 @@ def kill_group(pgid: int, sig: signal.Signals = signal.SIGKILL) -> None:
 
 
 async def run_step(
-    name: str, argv: list[str], env: Mapping[str, str], cwd: Path, log_path: Path, timeout: float | None
+    name: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    cwd: Path,
+    log_path: Path,
+    timeout: float | None,
+    limit: LogLimit | None = None,
 ) -> StepResult:
     """Run a bounded script to its end; on timeout (or cancellation) kill its whole process group."""
+    limit = limit or LogLimit()
     try:
-        with _open_log(log_path, argv, cwd) as log:
+        with _open_log(log_path, argv, cwd, limit) as log:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=cwd,
@@ -143,7 +262,8 @@ async def run_step(
     except OSError as error:
         return StepResult(False, None, f"{name} could not start {argv[0]!r}: {error.strerror or error}")
     try:
-        code = await asyncio.wait_for(proc.wait(), timeout)
+        async with rotating(log_path, limit):
+            code = await asyncio.wait_for(proc.wait(), timeout)
     except TimeoutError:
         kill_group(proc.pid)
         await proc.wait()
@@ -162,9 +282,11 @@ async def run_step(
     return StepResult(True, 0, f"{name} succeeded")
 
 
-def spawn(argv: list[str], env: Mapping[str, str], cwd: Path, log_path: Path) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: list[str], env: Mapping[str, str], cwd: Path, log_path: Path, limit: LogLimit | None = None
+) -> subprocess.Popen[bytes]:
     """Start a run script in its own session, output appended to `log_path`; OSError if it cannot start."""
-    with _open_log(log_path, argv, cwd) as log:
+    with _open_log(log_path, argv, cwd, limit or LogLimit()) as log:
         return subprocess.Popen(
             argv,
             cwd=cwd,
@@ -177,17 +299,64 @@ def spawn(argv: list[str], env: Mapping[str, str], cwd: Path, log_path: Path) ->
         )
 
 
-async def stop_group(pid: int, start_time: int, stop_signal: str, stop_timeout: float) -> None:
-    """Stop signal to the process group, wait up to `stop_timeout`, then SIGKILL the group."""
-    if observe.alive(pid, start_time):
-        kill_group(pid, signal.Signals[stop_signal])
+def _group_members(pgid: int) -> bool:
+    """Whether a live (not zombie) process is in process group `pgid` (one pass over /proc)."""
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
         try:
-            await asyncio.wait_for(observe.exited(pid), stop_timeout)
-        except TimeoutError:
-            kill_group(pid)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(observe.exited(pid), 10)
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        fields = data[data.rindex(b")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+async def _ended(pid: int | None, cgroup: cgroups.Cgroup | None) -> None:
+    """Return once the leader (if any) has exited and its process group and the cgroup are empty."""
+    if pid is not None:
+        await observe.exited(pid)
+        while await asyncio.to_thread(_group_members, pid):
+            await asyncio.sleep(0.1)
+    while cgroup is not None and cgroup.pids():
+        await asyncio.sleep(0.1)
+
+
+async def stop_group(
+    pid: int, start_time: int, stop_signal: str, stop_timeout: float, cgroup: cgroups.Cgroup | None = None
+) -> None:
+    """Stop signal, up to `stop_timeout` for everything to end, then SIGKILL.
+
+    The stop signal goes to every process of the instance's cgroup (as systemd's
+    KillMode=control-group), or without one to the run's process group. The grace ends when
+    the leader has exited and nothing is left in its group and cgroup: a leader that exits at
+    once (nsenter entering a PID namespace) does not cut short the shutdown of what it started.
+    """
+    sig = signal.Signals[stop_signal]
+    leader = observe.alive(pid, start_time)
+    in_cgroup = cgroup is not None and bool(cgroup.pids())
+    if leader or in_cgroup:
+        if cgroup is not None and in_cgroup:
+            cgroup.signal(sig)
+        else:
+            kill_group(pid, sig)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_ended(pid if leader else None, cgroup), stop_timeout)
     kill_group(pid)  # anything the leader left behind in its group
+    if cgroup is not None:
+        await clear_cgroup(cgroup)
+
+
+async def clear_cgroup(cgroup: cgroups.Cgroup | None) -> None:
+    """SIGKILL everything in the instance's cgroup and wait until it is empty (at most 10 s)."""
+    if cgroup is None or not cgroup.pids():
+        return
+    cgroup.kill()
+    if not await cgroup.emptied(10):
+        log.warning("Failed to empty a cgroup", extra=logs.kv(cgroup=cgroup.rel, pids=sorted(cgroup.pids())))
 
 
 def instance_tag(ctx: Context, instance_dir: Path) -> observe.Tag:

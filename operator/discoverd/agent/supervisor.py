@@ -148,6 +148,7 @@ class Supervisor:
                     case plan.Start(target=target):
                         if not self._swept:
                             await self._sweep()
+                        await steps.clear_cgroup(self.ctx.placement.cgroup(self.ref))  # cgroups: leftovers
                         self._start(target)
                     case plan.Stop(reason=reason, failure=failure):
                         await self._stop(reason, failure)
@@ -159,6 +160,8 @@ class Supervisor:
                     case plan.Remove():
                         await self._stop("removed from the server", False)
                         await asyncio.gather(*self._sweeps)  # before `close` would cancel them
+                        if (cgroup := self.ctx.placement.cgroup(self.ref)) is not None:  # cgroups
+                            cgroup.remove()
                         self._apply(self.state.removed(time.time()))
                     case plan.Forget(delete_files=delete_files):
                         self.layout.delete_record(self.ref)
@@ -198,6 +201,7 @@ class Supervisor:
                     vdir,
                     self.layout.log_path(self.ref, name),
                     script.timeout_seconds,
+                    self.ctx.logs,
                 )
                 if not result.ok:
                     reason = f"{result.reason} (version {version}, log {self.layout.log_path(self.ref, name)})"
@@ -237,7 +241,7 @@ class Supervisor:
         self._step(model.Step.STARTING)
         vdir = self.layout.version_dir(self.ref.service, target.version)
         idir = self.layout.instance_dir(self.ref)
-        argv = steps.argv_for(target.run, self.ctx, vdir, idir)
+        argv = steps.argv_for(target.run, self.ctx, vdir, idir, ref=self.ref, resources=target.document.resources)
         started_at = time.time()
         run_id = uuid.uuid4().hex
         # Recorded before it exists: an agent killed between the spawn and the record below leaves
@@ -245,11 +249,13 @@ class Supervisor:
         pending = model.Process(0, 0, target.config_hash, target.version, started_at, run_id)
         self._apply(self.state.spawning(target, pending, started_at))
         try:
+            self.ctx.placement.prepare(self.ref, target.document.resources)  # cgroups
             popen = steps.spawn(
                 argv,
                 {**steps.environment(target, self.ctx, vdir, idir, target.run.env), "DISCOVERD_RUN_ID": run_id},
                 idir,
                 self.layout.log_path(self.ref, "run"),
+                self.ctx.logs,
             )
         except OSError as error:
             reason = f"could not start {argv[0]!r}: {error.strerror or error}"
@@ -266,7 +272,8 @@ class Supervisor:
 
     def _watch_process(self, p: model.Process, popen: subprocess.Popen[bytes] | None) -> None:
         async def watch() -> None:
-            await observe.exited(p.pid)
+            async with steps.rotating(self.layout.log_path(self.ref, "run"), self.ctx.logs):
+                await observe.exited(p.pid)
             code = popen.wait() if popen is not None else None
             if not self._stopping and self.state.process == p:
                 self._exited(code)
@@ -287,6 +294,8 @@ class Supervisor:
         self._cancel_health()
         if p.pid and ours:
             steps.kill_group(p.pid)
+        if (cgroup := self.ctx.placement.cgroup(self.ref)) is not None:  # cgroups: what the run left behind
+            cgroup.kill()
         self._sweep_run(p)
         why = self.state.last_exit.reason if self.state.last_exit else ""
         log.warning("Exited instance", extra=self._kv(p.version, pid=p.pid, code=code, reason=why))
@@ -304,7 +313,11 @@ class Supervisor:
         self._cancel_health()
         try:
             await steps.stop_group(
-                p.pid, p.start_time, doc.stop_signal if doc else "SIGTERM", doc.stop_timeout if doc else 10.0
+                p.pid,
+                p.start_time,
+                doc.stop_signal if doc else "SIGTERM",
+                doc.stop_timeout if doc else 10.0,
+                self.ctx.placement.cgroup(self.ref),
             )
             code = self.popen.wait() if self.popen is not None else None
             if self._watch is not None:
@@ -348,6 +361,7 @@ class Supervisor:
                     idir,
                     self.layout.log_path(self.ref, "health"),
                     check.timeout_seconds if check.timeout is not None else check.interval,
+                    self.ctx.logs,
                 )
                 before = self.state
                 self._apply(self.state.health_checked(result.ok, result.reason, time.time()))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from discoverd.agent import loop, plan
+from discoverd.agent import cgroups, loop, plan, steps
 from discoverd.cli import main
 from discoverd.schema import keys
 
@@ -39,6 +39,14 @@ def _server_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
+def _cgroup_root(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    for segment in (s for s in value.split("/") if s):
+        reason = keys.segment_error(segment)
+        if reason is not None:
+            raise click.BadParameter(f"{segment!r} {reason}")
+    return value
+
+
 @click.command()
 @click.option("--server-id", required=True, envvar="DISCOVERD_SERVER_ID", callback=_server_id, help="This server's ID.")
 @click.option(
@@ -56,6 +64,45 @@ def _server_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
     help="Run every script with nsenter in the namespaces of --host-pid (for an agent in a container).",
 )
 @click.option("--host-pid", type=click.IntRange(min=1), default=1, show_default=True, envvar="DISCOVERD_HOST_PID")
+@click.option(
+    "--cgroups",
+    "cgroups_mode",
+    type=click.Choice(cgroups.MODES),
+    default="auto",
+    show_default=True,
+    envvar="DISCOVERD_CGROUPS",
+    help="How each instance gets a cgroup of its own: auto (systemd on systemd hosts, else cgroupfs when "
+    "/sys/fs/cgroup is writable, else none), cgroupfs, systemd (a transient scope), none.",
+)
+@click.option(
+    "--cgroup-root",
+    default="/",
+    show_default=True,
+    envvar="DISCOVERD_CGROUP_ROOT",
+    callback=_cgroup_root,
+    help="With cgroupfs: instances go to <root>/discoverd/<service>/<ID> in every hierarchy.",
+)
+@click.option(
+    "--script-log-max-bytes",
+    type=click.IntRange(min=1024),
+    default=steps.LogLimit.max_bytes,
+    show_default=True,
+    help="Size at which a run, step or health log is rotated.",
+)
+@click.option(
+    "--script-log-keep",
+    type=click.IntRange(min=0),
+    default=steps.LogLimit.keep,
+    show_default=True,
+    help="Rotated copies kept of each log (<log>.1 is the newest).",
+)
+@click.option(
+    "--script-log-check-interval",
+    type=click.FloatRange(min=0.05),
+    default=steps.LogLimit.interval,
+    hidden=True,
+    help="Seconds between checks of a running script's log size (tests shorten it).",
+)
 @click.option("--stop-instances-on-exit", is_flag=True, help="Stop every instance when the agent exits.")
 @click.option("--lease-ttl", type=click.IntRange(min=2), default=15, show_default=True, help="Seconds.")
 @click.option(
@@ -73,11 +120,20 @@ def agent(
     state_dir: Path,
     host_namespaces: bool,
     host_pid: int,
+    cgroups_mode: str,
+    cgroup_root: str,
+    script_log_max_bytes: int,
+    script_log_keep: int,
+    script_log_check_interval: float,
     stop_instances_on_exit: bool,
     lease_ttl: int,
     backoff_base: float,
 ) -> None:
     """Run this server's instances as etcd configures them."""
+    try:
+        placement = cgroups.choose(cgroups_mode, cgroup_root, host_pid if host_namespaces else None)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--cgroups") from None
     options = loop.Options(
         server_id=server_id,
         state_dir=state_dir,
@@ -86,5 +142,7 @@ def agent(
         stop_instances_on_exit=stop_instances_on_exit,
         lease_ttl=lease_ttl,
         backoff_base=backoff_base,
+        placement=placement,
+        script_logs=steps.LogLimit(script_log_max_bytes, script_log_keep, script_log_check_interval),
     )
     main.run_async(run_until_signal(loop.Agent(main.etcd_options(ctx), options)))

@@ -53,6 +53,7 @@ __all__ = [
     "InstanceState",
     "InstanceStatus",
     "Phase",
+    "Resources",
     "Script",
     "Segment",
     "Server",
@@ -196,6 +197,17 @@ class HealthCheck(Script):
     failure_threshold: Annotated[int, Field(ge=1, le=MAX_FAILURE_THRESHOLD)] = 3
 
 
+class Resources(Document):
+    """Extension: limits of the cgroup each instance of this version runs in: memoryMb (MiB), cpuMillis (500 = half a CPU), pidsMax (processes and threads); an absent field is no limit."""
+
+    memory_mb: Annotated[int, Field(ge=1, le=2**30)] | None = None
+    """Memory in MiB (cgroup v1 `memory.limit_in_bytes`, v2 `memory.max`)."""
+    cpu_millis: Annotated[int, Field(ge=10, le=1_000_000)] | None = None
+    """CPU time in thousandths of a CPU: 500 = half a CPU (`cpu.cfs_quota_us` per 100 ms, v2 `cpu.max`)."""
+    pids_max: Annotated[int, Field(ge=1, le=4_194_304)] | None = None
+    """Processes and threads (`pids.max`)."""
+
+
 class VersionBody(Document):
     """How to download, install and run one version of a service (everything but its name)."""
 
@@ -212,6 +224,7 @@ class VersionBody(Document):
     min_healthy_seconds: Annotated[float, Field(ge=0, le=MAX_MIN_HEALTHY_SECONDS)] = 5.0
     stop_signal: Annotated[str, AfterValidator(_signal_name)] = "SIGTERM"
     stop_timeout: Annotated[float, Field(ge=0, le=MAX_STOP_TIMEOUT)] = 10.0
+    resources: Resources | None = None
 
 
 class Version(VersionBody):

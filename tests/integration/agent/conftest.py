@@ -22,6 +22,7 @@ import pytest
 
 from discoverd import embedded_etcd
 from discoverd.agent import observe
+from support import cgroups as test_cgroups
 from support.etcd import RawEtcd
 from support.wait import wait_until
 
@@ -82,6 +83,8 @@ class Node:
     server_id: str = "node-1"
     agents: list[Agent] = field(default_factory=list)
     extra_args: list[str] = field(default_factory=list)
+    cgroup_root: str = field(default_factory=test_cgroups.new_root)
+    """A cgroup root of this test's own (see support/cgroups.py), removed by `cleanup`."""
 
     python = PY
     sleep_forever = SLEEP_FOREVER
@@ -182,6 +185,8 @@ class Node:
             str(self.state_dir),
             "--backoff-base",
             "0.2",
+            "--cgroup-root",
+            self.cgroup_root,
             *self.extra_args,
             *args,
         ]
@@ -208,6 +213,7 @@ class Node:
         for pid in started_under(self.state_dir):
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+        test_cgroups.remove_root(self.cgroup_root)
 
 
 def started_under(state_dir: Path) -> list[int]:
