@@ -217,13 +217,20 @@ class Node:
 
 
 def started_under(state_dir: Path) -> list[int]:
-    """Pids of live processes whose DISCOVERD_INSTANCE_DIR lies under `state_dir`."""
-    tags = {b"DISCOVERD_INSTANCE_DIR=" + os.fsencode(d) + b"/" for d in {str(state_dir), str(state_dir.resolve())}}
+    """Pids of live processes whose DISCOVERD_INSTANCE_DIR, or working directory, lies under `state_dir`.
+
+    (The working directory catches daemons that cleared their environment.)
+    """
+    dirs = {str(state_dir), str(state_dir.resolve())}
+    tags = {b"DISCOVERD_INSTANCE_DIR=" + os.fsencode(d) + b"/" for d in dirs}
     found = []
     for environ in Path("/proc").glob("[0-9]*/environ"):
         with contextlib.suppress(OSError):
             entries = environ.read_bytes().split(b"\0")
-            if any(entry.startswith(tag) for entry in entries for tag in tags):
+            cwd = os.readlink(environ.parent / "cwd")
+            if any(entry.startswith(tag) for entry in entries for tag in tags) or any(
+                cwd.startswith(d + "/") for d in dirs
+            ):
                 found.append(int(environ.parent.name))
     return found
 
