@@ -236,6 +236,10 @@ class World:
             self.server_id,
             "--state-dir",
             str(self.state_dir),
+            # Instances stay in the agent's cgroup: figures comparable with earlier runs, and no two
+            # benches on one machine share a cgroup `/discoverd/<service>/<ID>` (a stop kills all in it).
+            "--cgroups",
+            "none",
             *extra,
         ]
 

@@ -52,6 +52,7 @@ from discoverd.agent import plan
 from discoverd.schema import documents
 
 __all__ = [
+    "CGEXEC",
     "MODES",
     "NONE",
     "Cgroup",
@@ -66,6 +67,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "cgroupfs", "systemd", "none")
+CGEXEC = "discoverd.agent.cgexec"
+"""The module that joins the cgroups and execs the run script (`python -I -m discoverd.agent.cgexec`)."""
 CPU_PERIOD_US = 100_000
 """The CFS period the CPU quota is a share of (the kernel's default, 100 ms)."""
 
@@ -282,18 +285,16 @@ class CgroupFs(Placement):
             path = h.mount
             for segment in _segments(self.root, ref):
                 parent, path = path, path / segment
-                try:
+                with contextlib.suppress(FileExistsError):
                     path.mkdir()
-                    _init_child(h, parent, path)
-                except FileExistsError:
-                    pass
                 if not path.is_dir():  # a name such as `cgroup.procs` is a control file, not a cgroup
                     raise OSError(errno.ENOTDIR, f"{path} is not a cgroup directory")
+                _init_child(h, parent, path)  # also when it exists: an agent may have died in between
             _limit(h, path, resources)
 
     def wrap_outer(self, ref: plan.Ref, argv: list[str]) -> list[str]:
         procs = [str(d / "cgroup.procs") for d in self.cgroup(ref).dirs]
-        return [sys.executable, "-I", "-m", "discoverd.agent.cgexec", *procs, "--", *argv]
+        return [sys.executable, "-I", "-m", CGEXEC, *procs, "--", *argv]
 
 
 def _init_child(h: Hierarchy, parent: Path, path: Path) -> None:

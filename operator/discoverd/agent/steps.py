@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import errno
 import functools
 import logging
 import os
@@ -282,10 +283,26 @@ async def run_step(
     return StepResult(True, 0, f"{name} succeeded")
 
 
+def _check_command(argv: list[str], env: Mapping[str, str], cwd: Path) -> None:
+    """Behind the cgroup helper (`cgexec`), a missing command would only show as its exit code 127:
+    raise FileNotFoundError for it now, as `Popen` would without the helper. (Behind nsenter the
+    command is the host's to find.)
+    """
+    if cgroups.CGEXEC not in argv:
+        return
+    command = argv[argv.index("--") + 1]
+    if command == "nsenter":
+        return
+    found = shutil.which(command, path=env.get("PATH", os.defpath)) if "/" not in command else None
+    if found is None and not ("/" in command and os.access(cwd / command, os.X_OK)):
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), command)
+
+
 def spawn(
     argv: list[str], env: Mapping[str, str], cwd: Path, log_path: Path, limit: LogLimit | None = None
 ) -> subprocess.Popen[bytes]:
     """Start a run script in its own session, output appended to `log_path`; OSError if it cannot start."""
+    _check_command(argv, env, cwd)
     with _open_log(log_path, argv, cwd, limit or LogLimit()) as log:
         return subprocess.Popen(
             argv,

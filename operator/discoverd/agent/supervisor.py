@@ -258,7 +258,7 @@ class Supervisor:
                 self.ctx.logs,
             )
         except OSError as error:
-            reason = f"could not start {argv[0]!r}: {error.strerror or error}"
+            reason = f"could not start {error.filename or argv[0]!r}: {error.strerror or error}"
             self.state = self.state.model_copy(update={"process": dataclasses.replace(pending, run_id="")})
             self._exited(None, reason)
             return

@@ -175,3 +175,16 @@ def test_agent_restart_keeps_the_instance_in_its_cgroup(node: Any) -> None:
     # the new agent still reaches everything in it
     node.server()
     wait_until(lambda: not _alive(daemon) and not _alive(pid), 15, what="the daemon and the run script gone")
+
+
+def test_a_missing_command_is_reported_by_name_not_as_the_helpers_exit_code(node: Any) -> None:
+    node.version("cgx", "1.0", run_script={"command": "./not-installed"}, min_healthy_seconds=0.3)
+    node.instance("cgx", "i1", "1.0")
+    node.server(("cgx", "i1"))
+    node.agent("--cgroups", "cgroupfs")
+    status = wait_until(
+        lambda: (s := node.status("cgx", "i1")) is not None and "could not start" in s.get("message", "") and s,
+        20,
+        what="the start failure reported",
+    )
+    assert "'./not-installed': No such file or directory" in status["message"]
