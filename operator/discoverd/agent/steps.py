@@ -284,11 +284,11 @@ async def run_step(
 
 
 def _check_command(argv: list[str], env: Mapping[str, str], cwd: Path) -> None:
-    """Behind the cgroup helper (`cgexec`), a missing command would only show as its exit code 127:
-    raise FileNotFoundError for it now, as `Popen` would without the helper. (Behind nsenter the
-    command is the host's to find.)
+    """Behind the cgroup helper (`cgroups.JOIN_ARGV`), a missing command would only show as its exit
+    code 127: raise FileNotFoundError for it now, as `Popen` would without the helper. (Behind
+    nsenter the command is the host's to find.)
     """
-    if cgroups.CGEXEC not in argv:
+    if argv[: len(cgroups.JOIN_ARGV)] != cgroups.JOIN_ARGV:
         return
     command = argv[argv.index("--") + 1]
     if command == "nsenter":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -46,10 +46,7 @@ def test_cgroupfs_joins_every_writable_hierarchy_before_nsenter() -> None:
     assert cg.dirs == (Path("/cg/memory/test/discoverd/web/i1"), Path("/cg/unified/test/discoverd/web/i1"))
     argv = fs.wrap_outer(ref, ["nsenter", "--", "./web"])
     assert argv == [
-        sys.executable,
-        "-I",
-        "-m",
-        "discoverd.agent.cgexec",
+        *cgroups.JOIN_ARGV,
         "/cg/memory/test/discoverd/web/i1/cgroup.procs",
         "/cg/unified/test/discoverd/web/i1/cgroup.procs",
         "--",
@@ -105,3 +102,28 @@ def test_resources_out_of_range_name_the_field(raw: bytes, field: str) -> None:
 def test_resources_read_both_spellings() -> None:
     doc = documents.parse(documents.Version, "/k", b'{"name":"web","resources":{"memoryMb":64,"pids_max":5}}')
     assert doc.resources == documents.Resources(memory_mb=64, pids_max=5)
+
+
+def test_the_join_helper_writes_its_pid_then_execs_keeping_it(tmp_path: Path) -> None:
+    procs = [tmp_path / "a", tmp_path / "b with space"]
+    for p in procs:
+        p.write_text("")
+    hostile = "$(touch pwned); `touch pwned2` -- ; echo"
+    proc = subprocess.run(
+        [*cgroups.JOIN_ARGV, *map(str, procs), "--", "/bin/sh", "-c", 'echo $$; printf "%s" "$1"', "sh", hostile],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=True,
+    )
+    pid, arg = proc.stdout.split("\n", 1)
+    assert [p.read_text().strip() for p in procs] == [pid, pid]  # joined, then exec'd: the same process
+    assert arg == hostile  # arguments pass through untouched, never run as shell text
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
+
+
+def test_the_join_helper_exits_125_naming_a_cgroup_it_cannot_join(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "cgroup.procs"
+    proc = subprocess.run([*cgroups.JOIN_ARGV, str(missing), "--", "true"], capture_output=True, text=True)
+    assert proc.returncode == 125
+    assert f"could not join the cgroup {missing}" in proc.stderr
