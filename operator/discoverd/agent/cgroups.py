@@ -181,6 +181,8 @@ class Cgroup:
 
     rel: str
     dirs: tuple[Path, ...]
+    owned: bool = True
+    """Created by the agent (cgroupfs), so `remove` removes it; systemd removes its own units."""
 
     def _walk(self) -> Iterator[Path]:
         for top in self.dirs:
@@ -234,6 +236,8 @@ class Cgroup:
 
     def remove(self) -> None:
         """Remove its directories (and the service's, once empty); what still holds processes stays."""
+        if not self.owned:
+            return
         for top in self.dirs:
             for path in sorted(self._walk_one(top), key=lambda p: len(p.parts), reverse=True):
                 with contextlib.suppress(OSError):
@@ -385,7 +389,7 @@ class Systemd(Placement):
     def cgroup(self, ref: plan.Ref) -> Cgroup:
         service, instance = self._slices(ref)
         rel = f"/discoverd.slice/{service}/{instance}"
-        return Cgroup(rel, tuple(h.mount / rel.lstrip("/") for h in self.hierarchies))
+        return Cgroup(rel, tuple(h.mount / rel.lstrip("/") for h in self.hierarchies), owned=False)
 
     def wrap_inner(self, ref: plan.Ref, resources: documents.Resources | None, argv: list[str]) -> list[str]:
         _, instance = self._slices(ref)

@@ -76,6 +76,7 @@ def test_systemd_scope_argv_carries_the_limits_and_an_escaped_slice() -> None:
     ]
     cg = sd.cgroup(ref)
     assert cg.rel == "/discoverd.slice/discoverd-my\\x2dweb.slice/discoverd-my\\x2dweb-i\\x2d1.slice"
+    assert not cg.owned  # systemd removes its own slices
     assert sd.wrap_outer(ref, ["x"]) == ["x"]
 
 
