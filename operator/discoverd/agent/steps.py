@@ -363,6 +363,9 @@ async def stop_group(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(_ended(pid if leader else None, cgroup), stop_timeout)
     kill_group(pid)  # anything the leader left behind in its group
+    if leader:  # the caller reaps it next: that must not block
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(observe.exited(pid), 10)
     if cgroup is not None:
         await clear_cgroup(cgroup)
 
