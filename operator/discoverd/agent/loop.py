@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from discoverd import logs
+from discoverd.agent import cgroups, model, plan, scope, status, steps, tasks
 from discoverd.agent import desired as desired_
 from discoverd.agent import executor as executor_
 from discoverd.agent import layout as layout_
-from discoverd.agent import cgroups, model, plan, scope, status, steps, tasks
 from discoverd.config import EtcdOptions
 from discoverd.errors import StoreUnavailable
 from discoverd.store import client
