@@ -43,6 +43,7 @@ import errno
 import logging
 import os
 import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -318,6 +319,33 @@ class CgroupFs(Placement):
         procs = [str(d / "cgroup.procs") for d in self.cgroup(ref).dirs]
         return [*JOIN_ARGV, *procs, "--", *argv]
 
+    def probe(self) -> str | None:
+        """Why a process started by this agent cannot join a cgroup here, or None when it can.
+
+        Tried for real, as a run script would (`discoverd/.probe/<agent pid>`, removed after): a
+        writable cgroupfs is not enough (from a Kubernetes pod on the test machines the write to
+        `cgroup.procs` fails with EIO).
+        """
+        ref = plan.Ref(".probe", str(os.getpid()))
+        try:
+            self.prepare(ref, None)
+            proc = subprocess.run(
+                self.wrap_outer(ref, ["true"]),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                start_new_session=True,
+                timeout=30,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return str(error)
+        finally:
+            self.cgroup(ref).remove()
+        if proc.returncode != 0:
+            lines = proc.stderr.decode(errors="replace").strip().splitlines()
+            return lines[-1] if lines else f"exit code {proc.returncode}"
+        return None
+
 
 def _init_child(h: Hierarchy, parent: Path, path: Path) -> None:
     """Make a new cgroup usable: cpuset (v1) starts with no CPU and no memory node; v2 enables controllers."""
@@ -435,7 +463,14 @@ def choose(mode: str, root: str, host_pid: int | None) -> Placement:
     if mode == "systemd" or (mode == "auto" and _systemd_runs(host_pid)):
         chosen = Systemd(found)
     elif mode != "none" and (fs := CgroupFs(root, found)).hierarchies:
-        chosen = fs
+        reason = fs.probe()
+        if reason is None:
+            chosen = fs
+        elif mode == "cgroupfs":
+            raise ValueError(f"a process cannot join a cgroup here: {reason}")
+        else:
+            log.warning("Placed instances in the agent's own cgroup", extra=logs.kv(reason=reason))
+            return NONE
     if chosen is not NONE or mode == "none":
         log.info("Chose where instances run", extra=logs.kv(cgroups=chosen.describe()))
         return chosen

@@ -85,6 +85,8 @@ def test_run_script_is_in_its_cgroup_in_every_hierarchy_from_its_first_instructi
     # ... which is not the agent's.
     agent_cgroups = Path(f"/proc/{node.agents[0].pid}/cgroup").read_text()
     assert rel not in agent_cgroups
+    # The agent's start-up probe (a process joining discoverd/.probe/<pid>) left nothing behind.
+    assert not any(d.exists() for d in test_cgroups.cgroup_dirs(f"{node.cgroup_root}/discoverd/.probe"))
 
 
 def test_stopping_an_instance_kills_a_daemon_that_cleared_its_environment(node: Any) -> None:

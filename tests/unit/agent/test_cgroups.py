@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -128,3 +129,16 @@ def test_the_join_helper_exits_125_naming_a_cgroup_it_cannot_join(tmp_path: Path
     proc = subprocess.run([*cgroups.JOIN_ARGV, str(missing), "--", "true"], capture_output=True, text=True)
     assert proc.returncode == 125
     assert f"could not join the cgroup {missing}" in proc.stderr
+
+
+def test_the_cgroupfs_probe_reports_a_cgroup_that_cannot_be_joined(tmp_path: Path) -> None:
+    # A plain directory stands for a hierarchy (the real ones: every agent test starts with a probe).
+    ok = cgroups.CgroupFs("/root", [cgroups.Hierarchy(tmp_path / "ok", 1, "plain", True)])
+    (tmp_path / "ok").mkdir()
+    assert ok.probe() is None
+    assert (tmp_path / "ok/root/discoverd/.probe" / str(os.getpid()) / "cgroup.procs").read_text().strip().isdigit()
+    # `cgroup.procs` that cannot be written (here a directory; EIO from a pod): the reason, from the helper.
+    bad = cgroups.CgroupFs("/root", [cgroups.Hierarchy(tmp_path / "bad", 1, "plain", True)])
+    (tmp_path / "bad/root/discoverd/.probe" / str(os.getpid()) / "cgroup.procs").mkdir(parents=True)
+    reason = bad.probe()
+    assert reason is not None and "could not join the cgroup" in reason
