@@ -116,8 +116,10 @@ def hierarchies(mountinfo: Path = Path("/proc/self/mountinfo")) -> list[Hierarch
         for line in mountinfo.read_text().splitlines():
             left, _, right = line.partition(" - ")
             fields, tail = left.split(), right.split()
-            if len(fields) < 6 or len(tail) < 3 or fields[3] != "/":
-                continue  # a bind mount of a part of a hierarchy is not where instances go
+            # Its root: `/`, or `/..`... seen from a cgroup namespace (a container's) when the host's
+            # whole hierarchy is mounted. A bind mount of a part of a hierarchy is not where instances go.
+            if len(fields) < 6 or len(tail) < 3 or not (fields[3] == "/" or fields[3].startswith("/..")):
+                continue
             fstype, options = tail[0], set(tail[2].split(",")) | set(fields[5].split(","))
             mount = Path(_unescape(fields[4]))
             writable = "ro" not in options and os.access(mount, os.W_OK)

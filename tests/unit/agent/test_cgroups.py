@@ -20,6 +20,7 @@ MOUNTINFO = """\
 28 24 0:26 / /sys/fs/cgroup/memory ro,nosuid,nodev,noexec,relatime shared:13 - cgroup cgroup rw,memory
 29 24 0:27 /kubepods/pod1 /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids
 30 24 0:28 / /mnt/with\\040space rw,relatime - cgroup cgroup rw,freezer
+31 24 0:29 /../.. /host/cgroup/pids rw,relatime - cgroup cgroup rw,pids
 """
 
 
@@ -28,7 +29,9 @@ def test_hierarchies_are_read_from_mountinfo(tmp_path: Path) -> None:
     info.write_text(MOUNTINFO)
     found = {h.name: h for h in cgroups.hierarchies(info)}
     # tmpfs is no hierarchy; a bind mount of a sub-tree (pids at /kubepods/pod1) is not where instances go
-    assert set(found) == {"unified", "name=systemd", "cpu,cpuacct", "memory", "freezer"}
+    # the host's whole pids hierarchy as seen from a cgroup namespace (`/../..`) is one
+    assert set(found) == {"unified", "name=systemd", "cpu,cpuacct", "memory", "freezer", "pids"}
+    assert found["pids"].mount == Path("/host/cgroup/pids")
     assert found["unified"].version == 2 and found["cpu,cpuacct"].version == 1
     assert found["freezer"].mount == Path("/mnt/with space")
     assert not found["memory"].writable  # mounted read-only
