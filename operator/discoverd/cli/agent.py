@@ -72,7 +72,7 @@ def _cgroup_root(ctx: click.Context, param: click.Parameter, value: str) -> str:
     show_default=True,
     envvar="DISCOVERD_CGROUPS",
     help="How each instance gets a cgroup of its own: auto (systemd on systemd hosts, else cgroupfs when "
-    "/sys/fs/cgroup is writable, else none), cgroupfs, systemd (a transient scope), none.",
+    "a process can join a cgroup under /sys/fs/cgroup, else none), cgroupfs, systemd (a transient scope), none.",
 )
 @click.option(
     "--cgroup-root",
