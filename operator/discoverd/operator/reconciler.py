@@ -268,13 +268,16 @@ class Reconciler:
                 logger.info("Created object from etcd", extra=logs.kv(key=built, object=body["metadata"]["name"]))
             case decision.Patch(spec=spec, revision=revision, digest=digest, warning=warning):
                 assert body is not None
-                if warning:
-                    await self.api.warn(body, "EtcdWins", warning)
-                    logger.warning("Reset object to etcd's value", extra=context)
                 patch: dict[str, Any] = {"metadata": {"annotations": _annotations(built, revision, digest)}}
                 if spec is not None:
                     patch["spec"] = merge_patch(body.get("spec") or {}, spec)
-                body = await self._patch(key.kind, body["metadata"]["name"], patch)
+                    # Guarded by the version the decision was made on: a user's change the index has not
+                    # seen yet fails the patch (409) and is decided again, never overwritten unannounced.
+                    patch["metadata"]["resourceVersion"] = body["metadata"].get("resourceVersion")
+                decided_on, body = body, await self._patch(key.kind, body["metadata"]["name"], patch)
+                if warning:
+                    await self.api.warn(decided_on, "EtcdWins", warning)
+                    logger.warning("Reset object to etcd's value", extra=context)
             case decision.DeleteObject(warning=warning):
                 assert body is not None
                 if warning:
@@ -327,6 +330,10 @@ class Reconciler:
             patched = await self.api.patch(kind, name, patch)
         except kube.NotFound:
             self.index.forget(kind, name)
+            raise
+        except ApiException as error:
+            if error.status == 409:  # a guarded patch lost: decide again on a newer body
+                raise Conflict(f"{kind.value} {name}", 0, f"{kind.value} {name} changed meanwhile") from None
             raise
         self.observe(kind, patched)
         return patched
