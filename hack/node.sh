@@ -457,7 +457,9 @@ do_up() {
 	build_images
 	log "images built in $((SECONDS - t))s"
 
-	DISCOVERD_CONTROL_PLANE_NODE=1 bash "$REPO/hack/control-plane.sh" up --dir "$CP_DIR" >/dev/null ||
+	# A shared, loaded machine can take minutes to make kube-apiserver ready.
+	DISCOVERD_CONTROL_PLANE_NODE=1 DISCOVERD_CONTROL_PLANE_TIMEOUT="${DISCOVERD_CONTROL_PLANE_TIMEOUT:-300}" \
+		bash "$REPO/hack/control-plane.sh" up --dir "$CP_DIR" >/dev/null ||
 		die "control plane did not start"
 	local kubeconfig="$CP_DIR/kubeconfig"
 	make_kubelet_pki
