@@ -45,7 +45,7 @@ image:
 # containernetworking-plugins, docker.io, mmdebstrap and gcc (docs/control-plane.md).
 e2e: venv
 	bash hack/build-tools.sh --node
-	DISCOVERD_E2E_NODE=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -p no:cacheprovider -s tests/e2e/test_node.py $(PYTEST_ARGS)
+	DISCOVERD_E2E_NODE=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -rxX -p no:cacheprovider -s tests/e2e/test_node.py $(PYTEST_ARGS)
 
 up: venv
 	$(BIN)/discoverd up
