@@ -39,6 +39,14 @@ IMAGE ?= discoverd:dev
 image:
 	IMAGE=$(IMAGE) bash hack/image.sh build $(if $(BASE_IMAGE),--base $(BASE_IMAGE))
 
+# End to end on a real kubelet node (hack/node.sh, tests/e2e/test_node.py): builds
+# the node's binaries (once per machine) and the images, then runs the scenario.
+# Not part of `make test` yet. Needs root and Debian's containerd, runc,
+# containernetworking-plugins, docker.io, mmdebstrap and gcc (docs/control-plane.md).
+e2e: venv
+	bash hack/build-tools.sh --node
+	DISCOVERD_E2E_NODE=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -rxX -p no:cacheprovider -s tests/e2e/test_node.py $(PYTEST_ARGS)
+
 up: venv
 	$(BIN)/discoverd up
 

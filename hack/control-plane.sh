@@ -276,6 +276,11 @@ try_up() {
 	log "etcd ready at $etcd_url (pid $(cat "$DIR/etcd.pid"), $((SECONDS - t0))s)"
 
 	local pki="$DIR/pki"
+	# hack/node.sh sets DISCOVERD_CONTROL_PLANE_NODE=1: its kube-controller-manager
+	# creates the ServiceAccounts, so pods get their tokens through ServiceAccount
+	# admission as on a real cluster.
+	local admission=(--disable-admission-plugins=ServiceAccount)
+	[[ "${DISCOVERD_CONTROL_PLANE_NODE:-0}" != 1 ]] || admission=()
 	# Flags as envtest sets them, plus TLS, RBAC and service-account tokens.
 	# ServiceAccount admission is off as in envtest: with no controller-manager
 	# no "default" ServiceAccount is ever created, so it would refuse every Pod.
@@ -297,7 +302,7 @@ try_up() {
 		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
 		--service-account-key-file="$pki/sa.pub" \
 		--service-account-signing-key-file="$pki/sa.key" \
-		--disable-admission-plugins=ServiceAccount \
+		"${admission[@]}" \
 		--endpoint-reconciler-type=none \
 		--profiling=false \
 		--v=1

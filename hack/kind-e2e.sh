@@ -3,14 +3,18 @@
 #
 #   1. create a kind cluster (one control plane, two workers);
 #   2. build the image from the Dockerfile and load it into the nodes;
-#   3. run a one-member etcd in the cluster (namespace discoverd);
-#   4. helm install charts/discoverd (CRDs, operator, agent DaemonSet);
+#   3. (etcd comes with the release: etcd.server.enabled, the official image);
+#   4. helm install charts/discoverd (CRDs, operator, agent DaemonSet, etcd);
 #   5. kubectl apply examples/service.yaml, its servers node-1 and node-2
 #      renamed to the two worker nodes (the agent's server ID is the node name);
 #   6. wait until both instances are Running on their nodes, and answer on the node;
 #   7. `helm test` (a round trip through the operator);
 #   8. move instance i1 to version 2.0 and wait until it runs 2.0;
-#   9. delete the cluster (also on failure), unless KEEP_CLUSTER=1.
+#   9. delete the agent pod on i1's node, then `helm upgrade` with a changed
+#      agent pod template: i1 keeps its pid and process start time (the same
+#      check as tests/e2e/test_node.py on the test node);
+#  10. helm uninstall removes the operator and the agents;
+#  11. delete the cluster (also on failure), unless KEEP_CLUSTER=1.
 #
 # Needs docker (a running engine), kind, kubectl and helm on PATH (kubectl and
 # helm also from ${DISCOVERD_TOOLS_DIR:-~/.cache/discoverd/tools}/bin).
@@ -102,47 +106,17 @@ done
 
 # --- 2. image -------------------------------------------------------------------------------
 log "building $IMAGE"
-docker build -t "$IMAGE" "$REPO" >&2
+IMAGE="$IMAGE" bash "$REPO/hack/image.sh" build --tag "$IMAGE" >&2
 kind load docker-image "$IMAGE" --name "$CLUSTER" >&2
 
-# --- 3. etcd in the cluster -----------------------------------------------------------------
+# --- 3. etcd: run by the release (etcd.server.enabled) ------------------------------------------
 kubectl create namespace "$NAMESPACE" >&2
-kubectl -n "$NAMESPACE" apply -f - >&2 <<'EOF'
-apiVersion: v1
-kind: Service
-metadata: {name: etcd}
-spec:
-  selector: {app: etcd}
-  ports: [{name: client, port: 2379}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: etcd}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: etcd}}
-  template:
-    metadata: {labels: {app: etcd}}
-    spec:
-      containers:
-        - name: etcd
-          image: registry.k8s.io/etcd:3.5.21-0
-          command:
-            - etcd
-            - --data-dir=/var/lib/etcd
-            - --listen-client-urls=http://0.0.0.0:2379
-            - --advertise-client-urls=http://etcd:2379
-          ports: [{containerPort: 2379}]
-          volumeMounts: [{name: data, mountPath: /var/lib/etcd}]
-      volumes: [{name: data, emptyDir: {}}]
-EOF
-kubectl -n "$NAMESPACE" rollout status deployment/etcd --timeout="${TIMEOUT}s" >&2
 
 # --- 4. the chart ---------------------------------------------------------------------------
 log "installing the chart"
 helm install discoverd "$REPO/charts/discoverd" --namespace "$NAMESPACE" \
 	--set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" --set image.pullPolicy=Never \
-	--set "etcd.endpoints[0]=http://etcd.$NAMESPACE.svc:2379" \
+	--set etcd.server.enabled=true \
 	--set logFormat=text --wait --timeout "${TIMEOUT}s" >&2
 kubectl -n "$NAMESPACE" rollout status daemonset/discoverd-agent --timeout="${TIMEOUT}s" >&2
 
@@ -186,5 +160,37 @@ log "upgrading instance i1 to version 2.0"
 kubectl -n "$NAMESPACE" patch serviceinstance web.i1 --type=merge -p '{"spec":{"serviceVersion":"2.0"}}' >&2
 wait_for "instance i1 Running version 2.0 on ${WORKERS[0]}" instance_is i1 Running 2.0 "${WORKERS[0]}"
 wait_for "i1 serving web 2.0 on ${WORKERS[0]}:18081" served_on "${WORKERS[0]}" 18081 "web 2.0"
+
+# --- 9. the instance outlives the agent's pod --------------------------------------------------
+# pid_start NODE: "<pid> <start time>" of i1's process, from its record and the node's /proc.
+pid_start() {
+	docker exec "$1" python3 -c '
+import json, sys
+record = json.load(open("/var/lib/discoverd/instances/web/i1/.discoverd/record.json"))
+pid = record["process"]["pid"]
+print(pid, open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[19])'
+}
+agent_pod_on() {
+	kubectl -n "$NAMESPACE" get pods -l app.kubernetes.io/component=agent --field-selector "spec.nodeName=$1" \
+		-o jsonpath='{.items[0].metadata.name}'
+}
+before="$(pid_start "${WORKERS[0]}")"
+log "i1 runs as (pid start time) $before; deleting the agent pod on ${WORKERS[0]}"
+kubectl -n "$NAMESPACE" delete pod "$(agent_pod_on "${WORKERS[0]}")" --wait=true >&2
+kubectl -n "$NAMESPACE" rollout status daemonset/discoverd-agent --timeout="${TIMEOUT}s" >&2
+after_delete="$(pid_start "${WORKERS[0]}" || echo gone)"
+helm upgrade discoverd "$REPO/charts/discoverd" --namespace "$NAMESPACE" --reuse-values \
+	--set-string agent.podAnnotations.e2e/generation=2 --wait --timeout "${TIMEOUT}s" >&2
+kubectl -n "$NAMESPACE" rollout status daemonset/discoverd-agent --timeout="${TIMEOUT}s" >&2
+wait_for "instance i1 Running version 2.0 after the agent update" instance_is i1 Running 2.0 "${WORKERS[0]}"
+after_update="$(pid_start "${WORKERS[0]}" || echo gone)"
+[[ "$after_delete" == "$before" ]] || die "i1 did not survive the agent pod's deletion: $before -> $after_delete"
+[[ "$after_update" == "$before" ]] || die "i1 did not survive the DaemonSet update: $before -> $after_update"
+log "ok: i1 kept pid and start time $before"
+
+# --- 10. uninstall ---------------------------------------------------------------------------
+helm uninstall discoverd --namespace "$NAMESPACE" --wait --timeout "${TIMEOUT}s" >&2
+no_workloads() { [[ -z "$(kubectl -n "$NAMESPACE" get deployments,daemonsets,statefulsets -o name)" ]]; }
+wait_for "operator, agents and etcd removed" no_workloads
 
 log "PASS"

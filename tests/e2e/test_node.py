@@ -1,0 +1,385 @@
+"""End to end on a real node: hack/node.sh (kubelet, containerd, runc, CNI) and the chart.
+
+`make e2e` runs it (DISCOVERD_E2E_NODE=1); elsewhere it skips, so `make test`
+does not start a node. The steps share one node and one release, in order:
+
+1. `helm install` of the chart with the image built here, its own etcd
+   (etcd.server, an etcd image built here) on the host network;
+2. the operator is Ready, the agent pod Running;
+3. `kubectl apply -f` of two ServiceVersions, a ServiceInstance and the
+   Server (ID = the node's name): the run script runs in the host's
+   namespaces (a file on the host's filesystem, the host's hostname, a pid of
+   the host's pid namespace);
+4. `kubectl patch` of the instance's version upgrades it;
+5. `kubectl delete pod` of the agent, then a `helm upgrade` that changes the
+   agent's pod template: the instance keeps its pid and start time;
+6. `helm test` passes; 7. `helm uninstall` removes the operator and the agent.
+
+The nsenter target is a `sleep` this test starts on the host: pid 1 of these
+machines refuses nsenter (docs/control-plane.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kube import controlplane
+from support.wait import wait_until
+
+REPO = controlplane.REPO
+NODE_SCRIPT = REPO / "hack" / "node.sh"
+CHART = REPO / "charts" / "discoverd"
+NAMESPACE = "discoverd"
+RELEASE = "e2e"
+SERVICE = "probe"
+INSTANCE = "i1"
+
+pytestmark = [
+    pytest.mark.skipif(
+        os.environ.get("DISCOVERD_E2E_NODE") != "1",
+        reason="starts a real kubelet node: run with `make e2e` (DISCOVERD_E2E_NODE=1)",
+    ),
+    pytest.mark.timeout(1800),
+]
+
+
+@dataclass
+class Node:
+    env: dict[str, str]
+    name: str
+    kubectl: Path
+    helm: Path
+    api_port: str
+    work: Path
+    """A host directory for this test: the agent's state, etcd's data, the scripts' files."""
+    host_pid: int
+    """The nsenter target: a process of this test in the host's namespaces."""
+
+    def run(self, tool: Path, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(tool), *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"{tool.name} {shlex.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+            )
+        return proc
+
+    def kubectl_json(self, *args: str) -> Any:
+        return json.loads(self.run(self.kubectl, *args, "-o", "json").stdout)
+
+
+def _exports(text: str) -> dict[str, str]:
+    env = {}
+    for line in text.splitlines():
+        if line.startswith("export "):
+            name, _, value = line[len("export ") :].partition("=")
+            env[name] = value
+    return env
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[Node]:
+    kubectl, helm = controlplane.find_tool("kubectl"), controlplane.find_tool("helm")
+    assert kubectl and helm, controlplane.BUILD_HINT
+    work = Path(tempfile.mkdtemp(prefix="discoverd-e2e-"))
+    node_dir = Path(os.environ.get("DISCOVERD_E2E_NODE_DIR") or work / "node")
+    started = time.monotonic()
+    up = subprocess.run(
+        ["bash", str(NODE_SCRIPT), "up", "--dir", str(node_dir)], capture_output=True, text=True, timeout=1500
+    )
+    print(f"hack/node.sh up: {time.monotonic() - started:.0f} s\n{up.stderr[-3000:]}")
+    target = subprocess.Popen(["sleep", "infinity"], start_new_session=True)
+    try:
+        assert up.returncode == 0, f"hack/node.sh up failed:\n{up.stderr[-20000:]}"
+        env = {**os.environ, **_exports(up.stdout)}
+        api_port = env["DISCOVERD_KUBE_SERVER"].rsplit(":", 1)[1]
+        yield Node(env, env["DISCOVERD_NODE_NAME"], kubectl, helm, api_port, work, target.pid)
+    finally:
+        target.kill()
+        target.wait()
+        _stop_instances(work / "out")
+        started = time.monotonic()
+        down = subprocess.run(
+            ["bash", str(NODE_SCRIPT), "down", "--dir", str(node_dir)], capture_output=True, text=True, timeout=300
+        )
+        print(f"hack/node.sh down: {time.monotonic() - started:.0f} s (exit {down.returncode})\n{down.stderr[-3000:]}")
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+def _stop_instances(out: Path) -> None:
+    """Kill the run scripts' processes that outlived the release (their pid files), if still theirs."""
+    for pid_file in out.glob("pid-*"):
+        pid = int(pid_file.read_text())
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == b"sleep":
+                os.kill(pid, signal.SIGKILL)
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _release_values(node: Node, etcd_ports: list[int], annotation: str) -> list[str]:
+    image = node.env["DISCOVERD_NODE_IMAGE"]
+    repository, tag = image.rsplit(":", 1)
+    etcd_repository, etcd_tag = node.env["DISCOVERD_NODE_ETCD_IMAGE"].rsplit(":", 1)
+    values = {
+        "image.repository": repository,
+        "image.tag": tag,
+        "image.pullPolicy": "Never",
+        "etcd.server.enabled": "true",
+        "etcd.server.hostNetwork": "true",
+        "etcd.server.clientPort": str(etcd_ports[0]),
+        "etcd.server.peerPort": str(etcd_ports[1]),
+        "etcd.server.image.repository": etcd_repository,
+        "etcd.server.image.tag": etcd_tag,
+        "etcd.server.image.pullPolicy": "Never",
+        "etcd.server.storage.type": "hostPath",
+        "etcd.server.storage.hostPath": str(node.work / "etcd"),
+        # No Service proxy on this node: the operator reaches the API server on loopback.
+        "operator.hostNetwork": "true",
+        "operator.extraEnv[0].name": "KUBERNETES_SERVICE_HOST",
+        "operator.extraEnv[0].value": "127.0.0.1",
+        "operator.extraEnv[1].name": "KUBERNETES_SERVICE_PORT",
+        "operator.extraEnv[1].value": node.api_port,
+        "agent.stateDir": str(node.work / "state"),
+        "agent.hostPid": str(node.host_pid),
+        "agent.podAnnotations.e2e/generation": annotation,
+    }
+    strings = ("value", "generation")  # env values and annotations are strings, never numbers
+    return [arg for k, v in values.items() for arg in ("--set-string" if k.endswith(strings) else "--set", f"{k}={v}")]
+
+
+@dataclass
+class Release:
+    etcd_ports: list[int]
+
+
+@pytest.fixture(scope="module")
+def release(node: Node) -> Iterator[Release]:
+    ports = _free_ports(2)
+    started = time.monotonic()
+    args = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace"]
+    node.run(node.helm, *args, *_release_values(node, ports, "1"), "--wait", "--timeout", "5m", timeout=400)
+    print(f"helm install --wait: {time.monotonic() - started:.0f} s")
+    try:
+        yield Release(ports)
+    finally:
+        node.run(node.helm, "uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", check=False)
+
+
+# --- what runs on the host ------------------------------------------------------------------------
+
+
+def _record(node: Node) -> dict[str, Any] | None:
+    path = node.work / "state" / "instances" / SERVICE / INSTANCE / ".discoverd" / "record.json"
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return data
+
+
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _running(node: Node, version: str) -> tuple[int, int] | None:
+    """(pid, start time) of the instance's process when it runs `version`, per its record and /proc."""
+    record = _record(node)
+    process = (record or {}).get("process") or {}
+    pid = process.get("pid")
+    if not pid or process.get("version") != version:
+        return None
+    start = _start_time(pid)
+    return (pid, start) if start is not None else None
+
+
+def _manifests(node: Node) -> str:
+    out = node.work / "out"
+
+    def version(v: str) -> dict[str, Any]:
+        script = f'hostname > "$0/hostname-{v}"; echo $$ > "$0/pid-{v}"; exec sleep 100000'
+        return {
+            "apiVersion": "discoverd.io/v1alpha1",
+            "kind": "ServiceVersion",
+            "metadata": {"name": f"{SERVICE}-{v.replace('.', '-')}"},
+            "spec": {
+                "service": SERVICE,
+                "version": v,
+                "downloadScript": {"command": "mkdir", "argv": ["-p", str(out)], "timeout": 60},
+                "installScript": {"command": "true", "argv": [], "timeout": 60},
+                "runScript": {"command": "sh", "argv": ["-c", script, str(out)]},
+                "minHealthySeconds": 1,
+            },
+        }
+
+    docs = [
+        version("1.0"),
+        version("2.0"),
+        {
+            "apiVersion": "discoverd.io/v1alpha1",
+            "kind": "ServiceInstance",
+            "metadata": {"name": f"{SERVICE}-{INSTANCE}"},
+            "spec": {"service": SERVICE, "id": INSTANCE, "serviceVersion": "1.0"},
+        },
+        {
+            "apiVersion": "discoverd.io/v1alpha1",
+            "kind": "Server",
+            "metadata": {"name": node.name},
+            "spec": {"id": node.name, "serviceInstances": [{"name": SERVICE, "id": INSTANCE}]},
+        },
+    ]
+    return yaml.safe_dump_all(docs)
+
+
+def _agent_pod(node: Node) -> dict[str, Any] | None:
+    pods = node.kubectl_json("-n", NAMESPACE, "get", "pods", "-l", "app.kubernetes.io/component=agent")["items"]
+    running = [
+        p
+        for p in pods
+        if p["status"].get("phase") == "Running"
+        and "deletionTimestamp" not in p["metadata"]
+        and all(c.get("ready") for c in p["status"].get("containerStatuses", []))
+    ]
+    return running[0] if len(running) == 1 and len(pods) == 1 else None
+
+
+# --- the scenario, in order -----------------------------------------------------------------------
+
+
+def test_1_operator_ready_and_agent_running(node: Node, release: Release) -> None:
+    deployment = node.kubectl_json("-n", NAMESPACE, "get", "deployment", f"{RELEASE}-discoverd-operator")
+    assert deployment["status"].get("readyReplicas") == 1
+    pod = wait_until(lambda: _agent_pod(node), timeout=120, interval=1, what="the agent pod Running")
+    assert pod["spec"]["nodeName"] == node.name
+    container = pod["spec"]["containers"][0]
+    assert not container["securityContext"].get("privileged")
+    assert f"--host-pid={node.host_pid}" in container["args"]
+
+
+def test_2_run_script_runs_in_the_hosts_namespaces(node: Node, release: Release) -> None:
+    manifest = node.work / "probe.yaml"
+    manifest.write_text(_manifests(node))
+    node.run(node.kubectl, "-n", NAMESPACE, "apply", "-f", str(manifest))
+    pid, _ = wait_until(lambda: _running(node, "1.0"), timeout=180, interval=1, what="the instance running 1.0")
+    out = node.work / "out"
+    # The file is on the host's filesystem: the agent's container does not mount this directory.
+    assert (out / "hostname-1.0").read_text().strip() == socket.gethostname()
+    script_pid = int((out / "pid-1.0").read_text())
+    # A pid of the host's pid namespace, seen by the agent as the instance's process.
+    assert Path(f"/proc/{script_pid}/cmdline").read_bytes().split(b"\0")[0] == b"sleep"
+    assert pid == script_pid or script_pid in _descendants(pid)
+
+
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        parent = frontier.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = (task / "children").read_text().split()
+            except FileNotFoundError:
+                continue
+            for child in map(int, children):
+                if child not in found:
+                    found.add(child)
+                    frontier.append(child)
+    return found
+
+
+def test_3_patching_the_instance_version_upgrades_it(node: Node, release: Release) -> None:
+    before = wait_until(lambda: _running(node, "1.0"), timeout=60, interval=1, what="1.0 running")
+    node.run(
+        node.kubectl, "-n", NAMESPACE, "patch", "serviceinstance", f"{SERVICE}-{INSTANCE}",
+        "--type=merge", "-p", '{"spec": {"serviceVersion": "2.0"}}',
+    )  # fmt: skip
+    after = wait_until(lambda: _running(node, "2.0"), timeout=180, interval=1, what="the instance running 2.0")
+    assert after != before
+    assert (node.work / "out" / "hostname-2.0").read_text().strip() == socket.gethostname()
+    assert _start_time(before[0]) != before[1], "the 1.0 process still runs after the upgrade"
+
+
+def _agent_has_cgroups() -> bool:
+    """Whether this tree's agent (the image is built from it) places instances in cgroups of their own."""
+    discoverd = Path(sys.executable).with_name("discoverd")
+    helped = subprocess.run([str(discoverd), "agent", "--help"], capture_output=True, text=True, timeout=60)
+    return "--cgroups" in helped.stdout
+
+
+def test_4_instance_outlives_agent_pod_deletion_and_daemonset_update(node: Node, release: Release) -> None:
+    running = wait_until(lambda: _running(node, "2.0"), timeout=60, interval=1, what="2.0 running")
+    old = _agent_pod(node)
+    assert old is not None
+    node.run(node.kubectl, "-n", NAMESPACE, "delete", "pod", old["metadata"]["name"], "--wait=true")
+    new = wait_until(
+        lambda: (p := _agent_pod(node)) and p["metadata"]["uid"] != old["metadata"]["uid"] and p,
+        timeout=180, interval=1, what="a new agent pod Running",
+    )  # fmt: skip
+    survived_delete = _start_time(running[0]) == running[1]
+    args = ["upgrade", RELEASE, str(CHART), "--namespace", NAMESPACE]
+    node.run(
+        node.helm, *args, *_release_values(node, release.etcd_ports, "2"), "--wait", "--timeout", "5m", timeout=400
+    )
+    wait_until(
+        lambda: (p := _agent_pod(node)) and p["metadata"]["uid"] != new["metadata"]["uid"] and p,
+        timeout=180, interval=1, what="the updated agent pod Running",
+    )  # fmt: skip
+    # The new agent adopts the instance (its record) rather than starting another.
+    adopted = wait_until(lambda: _running(node, "2.0"), timeout=120, interval=1, what="2.0 running after the update")
+    survived = survived_delete and adopted == running and _start_time(running[0]) == running[1]
+    if not survived and not _agent_has_cgroups():
+        pytest.xfail(
+            "blocked: the instance lives in the agent pod's cgroup and dies with its container until the agent "
+            "places instances in cgroups of their own (issue 13 item 4); "
+            f"pid {running[0]} start {running[1]} -> record {adopted}"
+        )
+    assert survived_delete, f"the instance (pid {running[0]}) died when the agent pod was deleted"
+    assert adopted == running, f"after the DaemonSet update the instance is {adopted}, was {running}"
+
+
+def test_5_helm_test_passes(node: Node, release: Release) -> None:
+    proc = node.run(node.helm, "test", RELEASE, "--namespace", NAMESPACE, "--timeout", "3m", timeout=240, check=False)
+    assert proc.returncode == 0, f"helm test failed:\n{proc.stdout}\n{proc.stderr}"
+    assert "Phase:          Succeeded" in proc.stdout
+
+
+def test_6_helm_uninstall_removes_operator_and_agent(node: Node, release: Release) -> None:
+    node.run(node.helm, "uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--timeout", "3m", timeout=240)
+
+    def gone() -> bool:
+        pods = node.kubectl_json("-n", NAMESPACE, "get", "pods")["items"]
+        workloads = node.kubectl_json("-n", NAMESPACE, "get", "deployments,daemonsets,statefulsets")["items"]
+        return not pods and not workloads
+
+    wait_until(gone, timeout=180, interval=1, what="no pod or workload of the release left")
+    # The CRDs stay (crds.keep), and with them the objects applied above.
+    node.run(node.kubectl, "get", "crd", "serviceinstances.discoverd.io")
