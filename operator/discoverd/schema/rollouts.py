@@ -17,7 +17,7 @@ import datetime as dt
 import enum
 import math
 import re
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import AfterValidator, Field, StrictInt
 
@@ -122,14 +122,3 @@ class RolloutStatus(documents.Document):
     """Ours: when each updated instance was written (its progress deadline runs from there)."""
     reverted: list[Segment] = Field(default_factory=list)
     """Ours: instances set back to their `from_versions` entry by a revert or an undo."""
-
-    def summary(self) -> dict[str, Any]:
-        """The counts people look at first."""
-        return {
-            "phase": self.phase.value,
-            "to_version": self.to_version,
-            "updated": len(self.updated),
-            "healthy": len(self.healthy),
-            "skipped": len(self.skipped),
-            "total": self.total,
-        }
