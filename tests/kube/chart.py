@@ -72,7 +72,12 @@ def find(objects: Iterable[dict[str, Any]], kind: str, name_suffix: str = "") ->
 
 # --- installing into the test control plane ------------------------------------------------------
 
-CRD_NAMES = ("servers.discoverd.io", "serviceinstances.discoverd.io", "serviceversions.discoverd.io")
+CRD_NAMES = (
+    "servers.discoverd.io",
+    "serviceinstances.discoverd.io",
+    "servicerollouts.discoverd.io",
+    "serviceversions.discoverd.io",
+)
 
 
 def adopt_crds(cp: controlplane.ControlPlane, release: str, namespace: str) -> None:

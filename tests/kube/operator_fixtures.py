@@ -37,7 +37,12 @@ DISCOVERD = Path(sys.executable).with_name("discoverd")
 def crds(control_plane: ControlPlane) -> list[str]:
     """The CRDs from crds/, applied and Established."""
     control_plane.kubectl_run("apply", "-f", str(REPO / "crds"))
-    names = ["servers.discoverd.io", "serviceversions.discoverd.io", "serviceinstances.discoverd.io"]
+    names = [
+        "servers.discoverd.io",
+        "serviceversions.discoverd.io",
+        "serviceinstances.discoverd.io",
+        "servicerollouts.discoverd.io",
+    ]
     control_plane.kubectl_run("wait", "--for=condition=Established", "--timeout=60s", *[f"crd/{n}" for n in names])
     return names
 

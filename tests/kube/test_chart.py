@@ -42,6 +42,7 @@ def test_template_renders_every_component(values: str) -> None:
     assert kinds == [
         ("CustomResourceDefinition", "servers.discoverd.io"),
         ("CustomResourceDefinition", "serviceinstances.discoverd.io"),
+        ("CustomResourceDefinition", "servicerollouts.discoverd.io"),
         ("CustomResourceDefinition", "serviceversions.discoverd.io"),
         ("DaemonSet", "dd-discoverd-agent"),
         ("Deployment", "dd-discoverd-operator"),
@@ -254,12 +255,12 @@ def test_operator_runs_as_non_root_in_the_release_namespace() -> None:
 OPERATOR_RULES = [
     {
         "apiGroups": ["discoverd.io"],
-        "resources": ["servers", "serviceversions", "serviceinstances"],
+        "resources": ["servers", "serviceversions", "serviceinstances", "servicerollouts"],
         "verbs": ["list", "watch", "create", "patch", "delete"],
     },
     {
         "apiGroups": ["discoverd.io"],
-        "resources": ["servers/status", "serviceversions/status", "serviceinstances/status"],
+        "resources": ["servers/status", "serviceversions/status", "serviceinstances/status", "servicerollouts/status"],
         "verbs": ["patch"],
     },
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},

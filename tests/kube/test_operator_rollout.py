@@ -1,4 +1,4 @@
-"""`discoverd operator` runs the rollout controller too (DESIGN 2b), and rollout keys never stop its mirror."""
+"""`discoverd operator` runs the rollout controller too (DESIGN 2b) and mirrors rollouts as `ServiceRollout` objects."""
 
 from __future__ import annotations
 
@@ -14,9 +14,14 @@ from support.wait import wait_until
 __all__ = ["crds", "operator"]
 
 
+def _get(cp: ControlPlane, ns: str, what: str, name: str) -> dict[str, Any] | None:
+    proc = cp.kubectl_run("get", what, name, "-n", ns, "-o", "json", check=False)
+    return dict(json.loads(proc.stdout)) if proc.returncode == 0 else None
+
+
 def _spec(cp: ControlPlane, ns: str, name: str) -> dict[str, Any] | None:
-    proc = cp.kubectl_run("get", "si", name, "-n", ns, "-o", "json", check=False)
-    return json.loads(proc.stdout)["spec"] if proc.returncode == 0 else None
+    obj = _get(cp, ns, "si", name)
+    return obj["spec"] if obj else None
 
 
 def test_the_operator_acts_on_a_rollout_and_mirrors_what_it_writes(
@@ -44,5 +49,44 @@ def test_the_operator_acts_on_a_rollout_and_mirrors_what_it_writes(
             timeout=20,
             what=f"web.{i} on 2.0 in Kubernetes",
         )
+    obj = wait_until(
+        lambda: (
+            (_get(control_plane, namespace, "sro", "web") or {}).get("status", {}).get("phase") == "Succeeded"
+            and _get(control_plane, namespace, "sro", "web")
+        ),
+        timeout=20,
+        what="the ServiceRollout object with the controller's status",
+    )
+    assert obj["spec"] == {"service": "web", "toVersion": "2.0", "minHealthySeconds": 0}
+    assert obj["status"]["updated"] == 2 and obj["status"]["total"] == 2
     assert operator.alive()
     assert "Traceback" not in operator.log_text()
+
+
+def test_kubectl_apply_starts_a_rollout_and_patch_pauses_it(
+    operator: Operator, control_plane: ControlPlane, raw_etcd: RawEtcd, prefix: str, namespace: str
+) -> None:
+    for version in ("1.0", "2.0"):
+        raw_etcd.put(keys.version_config(prefix, "db", version), json.dumps({"name": "db"}))
+    raw_etcd.put(keys.instance_config(prefix, "db", "d1"), json.dumps({"name": "db", "service_version": "1.0"}))
+    manifest = (
+        "apiVersion: discoverd.io/v1alpha1\nkind: ServiceRollout\nmetadata: {name: db}\n"
+        'spec: {service: db, toVersion: "2.0", maxUnavailable: "50%", minHealthySeconds: 0}\n'
+    )
+    control_plane.kubectl_run("apply", "-n", namespace, "-f", "-", input=manifest)
+    config_key = keys.rollout_config(prefix, "db")
+    config = wait_until(lambda: raw_etcd.get(config_key), timeout=20, what="the rollout config in etcd")
+    assert json.loads(config) == {"name": "db", "to_version": "2.0", "max_unavailable": "50%", "min_healthy_seconds": 0}
+    wait_until(
+        lambda: (
+            json.loads(raw_etcd.get(keys.instance_config(prefix, "db", "d1")) or b"{}").get("service_version") == "2.0"
+        ),
+        timeout=30,
+        what="the controller acting on the applied rollout",
+    )
+    columns = control_plane.kubectl_run("get", "sro", "db", "-n", namespace, "--no-headers").stdout.split()
+    assert columns[:3] == ["db", "db", "2.0"]  # name, service, target
+    control_plane.kubectl_run("patch", "sro", "db", "-n", namespace, "--type=merge", "-p", '{"spec":{"paused":true}}')
+    wait_until(
+        lambda: json.loads(raw_etcd.get(config_key) or b"{}").get("paused") is True, timeout=20, what="paused in etcd"
+    )

@@ -25,6 +25,7 @@ from discoverd.cli import main
 from discoverd.config import EtcdOptions
 from discoverd.errors import Compacted, StoreUnavailable
 from discoverd.schema import documents, keys, names, resources
+from discoverd.schema import rollouts as rollouts_
 from discoverd.store import client, watch
 from discoverd.store import documents as store_documents
 
@@ -41,6 +42,8 @@ class View:
     instances: dict[tuple[str, str], documents.Instance] = field(default_factory=dict)
     agents: dict[str, documents.AgentStatus] = field(default_factory=dict)
     statuses: dict[tuple[str, str, str], documents.InstanceStatus] = field(default_factory=dict)
+    rollouts: dict[str, rollouts_.RolloutConfig] = field(default_factory=dict)
+    rollout_statuses: dict[str, rollouts_.RolloutStatus] = field(default_factory=dict)
     revisions: dict[keys.Key, int] = field(default_factory=dict)
     invalid: list[str] = field(default_factory=list)
 
@@ -65,6 +68,10 @@ def build_view(snapshot: store_documents.Snapshot) -> View:
             view.agents[key.server] = doc
         elif isinstance(doc, documents.InstanceStatus):
             view.statuses[(key.server, key.service, key.instance)] = doc
+        elif isinstance(doc, rollouts_.RolloutConfig):
+            view.rollouts[key.service] = doc
+        elif isinstance(doc, rollouts_.RolloutStatus):
+            view.rollout_statuses[key.service] = doc
     return view
 
 
@@ -142,6 +149,17 @@ def version_rows(view: View) -> list[list[str]]:
     return rows
 
 
+def rollout_rows(view: View) -> list[list[str]]:
+    rows = []
+    for service, config in sorted(view.rollouts.items()):
+        s = view.rollout_statuses.get(service)
+        counts = [str(len(s.updated)), str(len(s.healthy)), str(s.total)] if s else ["-", "-", "-"]
+        rows.append(
+            [service, config.to_version, s.phase.value if s else "Pending", *counts, _text(s.message if s else None)]
+        )
+    return rows
+
+
 def server_rows(view: View, now: dt.datetime) -> list[list[str]]:
     rows = []
     for server_id in sorted(set(view.servers) | set(view.agents)):
@@ -186,6 +204,10 @@ def objects(view: View, what: str, prefix: str) -> list[dict[str, Any]]:
         elif key.kind == keys.Kind.VERSION:
             doc = view.versions[(key.service, key.version)]
             status = {}
+        elif key.kind == keys.Kind.ROLLOUT:
+            doc = view.rollouts[key.service]
+            rollout = view.rollout_statuses.get(key.service)
+            status = {"rollout": documents.dump(rollout)} if rollout is not None else {}
         else:
             doc = view.instances[(key.service, key.instance)]
             found = (
@@ -218,6 +240,8 @@ def render(view: View, what: str, output: str, prefix: str, now: dt.datetime) ->
         rows = instance_rows(view, now)
     elif what == "versions":
         header, rows = ["SERVICE", "VERSION", "INSTANCES", "RUN"], version_rows(view)
+    elif what == "rollouts":
+        header, rows = ["SERVICE", "TARGET", "PHASE", "UPDATED", "HEALTHY", "TOTAL", "MESSAGE"], rollout_rows(view)
     else:
         header, rows = ["SERVER", "AGENT", "INSTANCES", "RUNNING", "AGENT-VERSION", "AGE"], server_rows(view, now)
     return _table(header, rows) if rows else None

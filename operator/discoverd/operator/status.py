@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from discoverd.schema import documents, keys, resource_status, resources
+from discoverd.schema import documents, keys, resource_status, resources, rollouts
 
 __all__ = ["View", "affected", "normalized"]
 
@@ -80,9 +80,25 @@ class View:
                 model: resource_status.Status = self._instance(key)
             case keys.Kind.SERVER:
                 model = self._server(key)
+            case keys.Kind.ROLLOUT:
+                model = self._rollout(key)
             case _:
                 model = self._version(key)
         return model.model_dump(mode="json", by_alias=True)
+
+    def _rollout(self, key: keys.Key) -> resource_status.ServiceRolloutStatus:
+        doc = self.documents.get(keys.Key(keys.Kind.ROLLOUT_STATUS, service=key.service))
+        if not isinstance(doc, rollouts.RolloutStatus):
+            return resource_status.ServiceRolloutStatus()
+        return resource_status.ServiceRolloutStatus(
+            phase=doc.phase.value,
+            to_version=doc.to_version,
+            updated=len(doc.updated),
+            healthy=len(doc.healthy),
+            total=doc.total,
+            skipped=list(doc.skipped),
+            message=doc.message,
+        )
 
     def _instance(self, key: keys.Key) -> resource_status.ServiceInstanceStatus:
         servers = [
@@ -145,6 +161,8 @@ def affected(view: View, key: keys.Key) -> set[keys.Key]:
                 keys.Key(keys.Kind.SERVER, server=key.server),
                 *view.versions_of(key.service),
             }
-        case keys.Kind.SERVER | keys.Kind.VERSION | keys.Kind.INSTANCE:
+        case keys.Kind.ROLLOUT_STATUS:
+            return {keys.Key(keys.Kind.ROLLOUT, service=key.service)}
+        case keys.Kind.SERVER | keys.Kind.VERSION | keys.Kind.INSTANCE | keys.Kind.ROLLOUT:
             return {key}
-    return set()  # rollout keys (DESIGN 2b) and whatever comes next have no object here (yet)
+    return set()  # keys without an object (the controller's leader key, future kinds)

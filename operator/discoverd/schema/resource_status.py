@@ -25,6 +25,7 @@ __all__ = [
     "InstanceOnServer",
     "ServerStatus",
     "ServiceInstanceStatus",
+    "ServiceRolloutStatus",
     "ServiceVersionStatus",
     "Status",
 ]
@@ -98,4 +99,19 @@ class ServiceVersionStatus(BaseModel):
     servers: list[str] = []
 
 
-Status = ServiceInstanceStatus | ServerStatus | ServiceVersionStatus
+class ServiceRolloutStatus(BaseModel):
+    """The rollout status the acting controller keeps in etcd (DESIGN 2b), counts for the printer columns."""
+
+    model_config = _CAMEL
+
+    observed_generation: int | None = None
+    phase: str | None = None
+    to_version: str | None = None
+    updated: int = 0
+    healthy: int = 0
+    total: int = 0
+    skipped: list[str] = []
+    message: str = ""
+
+
+Status = ServiceInstanceStatus | ServerStatus | ServiceVersionStatus | ServiceRolloutStatus

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from discoverd.schema import documents, keys, resource_status
+from discoverd.schema import documents, keys, resource_status, rollouts
 
 __all__ = [
     "API_VERSION",
@@ -32,6 +32,7 @@ __all__ = [
     "Resource",
     "ServerSpec",
     "ServiceInstanceSpec",
+    "ServiceRolloutSpec",
     "ServiceVersionSpec",
     "Spec",
     "key_names",
@@ -69,7 +70,15 @@ class ServerSpec(documents.ServerBody):
     service_instances: list[documents.InstanceRef] = Field(default_factory=list)
 
 
-Spec = ServiceVersionSpec | ServiceInstanceSpec | ServerSpec
+class ServiceRolloutSpec(rollouts.RolloutBody):
+    """A fleet rollout of one service to a new version: canary, pause, batches, automatic revert."""
+
+    model_config = _STRICT
+
+    service: documents.Segment
+
+
+Spec = ServiceVersionSpec | ServiceInstanceSpec | ServerSpec | ServiceRolloutSpec
 
 
 @dataclass(frozen=True)
@@ -162,6 +171,25 @@ RESOURCES: dict[keys.Kind, Resource] = {
                 Column("Message", ".status.message", priority=1),
             ),
             "instances",
+        ),
+        Resource(
+            keys.Kind.ROLLOUT,
+            "servicerollouts",
+            ("sro", "dsro"),
+            ServiceRolloutSpec,
+            resource_status.ServiceRolloutStatus,
+            (("service", "service"),),
+            (
+                Column("Service", ".spec.service"),
+                Column("Target", ".spec.toVersion"),
+                Column("Phase", ".status.phase"),
+                Column("Updated", ".status.updated", "integer"),
+                Column("Healthy", ".status.healthy", "integer"),
+                Column("Total", ".status.total", "integer"),
+                _AGE,
+                Column("Message", ".status.message", priority=1),
+            ),
+            "rollouts",
         ),
     )
 }

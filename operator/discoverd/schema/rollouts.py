@@ -27,6 +27,7 @@ from discoverd.schema.documents import Segment
 __all__ = [
     "TERMINAL",
     "MaxUnavailable",
+    "RolloutBody",
     "RolloutConfig",
     "RolloutPhase",
     "RolloutStatus",
@@ -66,10 +67,9 @@ def max_unavailable_count(value: int | str, total: int) -> int:
 _Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
-class RolloutConfig(documents.Document):
-    """`<prefix>/services/<service>/rollout/config/details`; `name` is the service."""
+class RolloutBody(documents.Document):
+    """What a rollout asks for (everything but the service's name); the `ServiceRollout` spec adds `service`."""
 
-    name: Segment
     to_version: Segment
     canary: Annotated[StrictInt, Field(ge=0)] = 0
     pause_after_canary: bool = False
@@ -80,6 +80,12 @@ class RolloutConfig(documents.Document):
     paused: bool = False
     undo: bool = False
     """Ours: set by `discoverd rollout undo`; every changed instance goes back to its previous version now."""
+
+
+class RolloutConfig(RolloutBody):
+    """`<prefix>/services/<service>/rollout/config/details`; `name` is the service."""
+
+    name: Segment
 
 
 class RolloutPhase(enum.StrEnum):

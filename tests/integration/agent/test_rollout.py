@@ -257,6 +257,19 @@ def test_canary_pauses_then_batches_respect_max_unavailable(fleet: Fleet) -> Non
     shown = fleet.cli("rollout", "status", "canary", "-o", "json")
     assert json.loads(shown.stdout)["phase"] == "Succeeded"
     assert "Succeeded" in fleet.cli("rollout", "status", "canary").stdout
+    table = fleet.cli("get", "rollouts").stdout.splitlines()
+    assert table[0].split()[:6] == ["SERVICE", "TARGET", "PHASE", "UPDATED", "HEALTHY", "TOTAL"]
+    assert next(line for line in table if line.startswith("canary ")).split()[:6] == [
+        "canary",
+        "2.0",
+        "Succeeded",
+        "9",
+        "9",
+        "9",
+    ]
+    listed = json.loads(fleet.cli("get", "rollouts", "-o", "json").stdout)["items"]
+    canary_obj = next(o for o in listed if o["spec"]["service"] == "canary")
+    assert canary_obj["kind"] == "ServiceRollout" and canary_obj["status"]["rollout"]["phase"] == "Succeeded"
     assert "\r\x1b[K" in screen and "[" + "#" * 30 + "] 9/9 healthy" in screen, screen
     assert lines[0].startswith("canary -> 2.0: Paused") and lines[-1].startswith("canary -> 2.0: Succeeded"), lines
     assert "\x1b" not in "".join(lines) and len(lines) >= 3

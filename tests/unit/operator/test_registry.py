@@ -9,18 +9,18 @@ from discoverd.schema import crd, documents, keys, resource_status, resources
 
 
 def test_every_kind_with_a_configuration_key_is_a_resource_and_nothing_else() -> None:
-    assert set(resources.RESOURCES) == {keys.Kind.SERVER, keys.Kind.VERSION, keys.Kind.INSTANCE}
+    assert set(resources.RESOURCES) == {keys.Kind.SERVER, keys.Kind.VERSION, keys.Kind.INSTANCE, keys.Kind.ROLLOUT}
     for kind, entry in resources.RESOURCES.items():
         assert entry.kind is kind and entry.name == kind.value
 
 
-@pytest.mark.parametrize("name", ["Server", "ServiceVersion", "ServiceInstance"])
+@pytest.mark.parametrize("name", ["Server", "ServiceVersion", "ServiceInstance", "ServiceRollout"])
 def test_a_kind_is_found_by_its_kubernetes_name_and_by_its_key_kind(name: str) -> None:
     assert resources.resource(name) is resources.resource(keys.Kind(name))
     assert resources.spec_for(name) is resources.resource(name).spec
 
 
-@pytest.mark.parametrize("name", ["AgentStatus", "InstanceStatus", "Pod", ""])
+@pytest.mark.parametrize("name", ["AgentStatus", "InstanceStatus", "RolloutStatus", "Pod", ""])
 def test_anything_else_is_an_unknown_kind(name: str) -> None:
     with pytest.raises(ValueError, match="unknown kind"):
         resources.resource(name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from discoverd.operator import status
-from discoverd.schema import documents, keys
+from discoverd.schema import documents, keys, rollouts
 
 NOW = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 INSTANCE = keys.Key(keys.Kind.INSTANCE, service="web", instance="i1")
@@ -55,8 +55,36 @@ def test_missing_status_equals_empty_status() -> None:
     assert status.normalized(keys.Kind.INSTANCE, None) == status.View().status_for(INSTANCE)
 
 
-def test_rollout_keys_touch_no_object_status() -> None:
-    # Rollout keys (DESIGN 2b) have no custom resource here: the etcd side must not try to sync one.
-    for kind in (keys.Kind.ROLLOUT, keys.Kind.ROLLOUT_STATUS):
-        assert status.affected(status.View(), keys.Key(kind, service="web")) == set()
-    assert status.affected(status.View(), INSTANCE) == {INSTANCE}
+def test_a_rollout_status_feeds_its_service_rollout_object() -> None:
+    view = status.View()
+    rollout = keys.Key(keys.Kind.ROLLOUT, service="web")
+    status_key = keys.Key(keys.Kind.ROLLOUT_STATUS, service="web")
+    assert status.affected(view, status_key) == {rollout}
+    assert status.affected(view, rollout) == {rollout}
+    assert status.affected(view, keys.Key(keys.Kind.AGENT_STATUS, server="n")) == {
+        SERVER.__class__(keys.Kind.SERVER, server="n")
+    }
+    assert view.status_for(rollout)["phase"] is None
+    doc = rollouts.RolloutStatus(
+        phase=rollouts.RolloutPhase.PAUSED,
+        to_version="2.0",
+        updated=["i1", "i2"],
+        healthy=["i1"],
+        skipped=["i3"],
+        total=4,
+        message="paused",
+        started_at=NOW,
+        updated_at=NOW,
+    )
+    view.put(status_key, doc)
+    got = view.status_for(rollout)
+    assert got == {
+        "observedGeneration": None,
+        "phase": "Paused",
+        "toVersion": "2.0",
+        "updated": 2,
+        "healthy": 1,
+        "total": 4,
+        "skipped": ["i3"],
+        "message": "paused",
+    }
