@@ -53,6 +53,7 @@ SPECS = {
     keys.Kind.SERVER: {"id": "node-1", "serviceInstances": [{"name": "web", "id": "i1"}]},
     keys.Kind.VERSION: {"service": "web", "version": "1.0", "runScript": {"command": "./web"}},
     keys.Kind.INSTANCE: {"service": "web", "id": "i1", "serviceVersion": "1.0"},
+    keys.Kind.ROLLOUT: {"service": "web", "toVersion": "2.0", "canary": 1, "maxUnavailable": "25%"},
 }
 
 
