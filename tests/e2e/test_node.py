@@ -38,6 +38,7 @@ from typing import Any
 import pytest
 import yaml
 
+from discoverd.agent import layout, model
 from kube import controlplane
 from support.wait import wait_until
 
@@ -193,13 +194,10 @@ def release(node: Node) -> Iterator[Release]:
 # --- what runs on the host ------------------------------------------------------------------------
 
 
-def _record(node: Node) -> dict[str, Any] | None:
-    path = node.work / "state" / "instances" / SERVICE / INSTANCE / ".discoverd" / "record.json"
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    return data
+def _process(node: Node) -> model.Process | None:
+    """The instance's process as the agent saved it, read with the agent's own code (the image's)."""
+    state = layout.Layout(node.work / "state").load(model.Ref(service=SERVICE, instance=INSTANCE))
+    return state.process if state else None
 
 
 def _start_time(pid: int) -> int | None:
@@ -213,13 +211,11 @@ def _start_time(pid: int) -> int | None:
 
 def _running(node: Node, version: str) -> tuple[int, int] | None:
     """(pid, start time) of the instance's process when it runs `version`, per its record and /proc."""
-    record = _record(node)
-    process = (record or {}).get("process") or {}
-    pid = process.get("pid")
-    if not pid or process.get("version") != version:
+    process = _process(node)
+    if process is None or process.version != version:
         return None
-    start = _start_time(pid)
-    return (pid, start) if start is not None else None
+    start = _start_time(process.pid)
+    return (process.pid, start) if start == process.start_time else None
 
 
 def _manifests(node: Node) -> str:
