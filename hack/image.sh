@@ -116,6 +116,10 @@ engine_down() {
 		log "stopped dockerd (pid $pid)"
 	fi
 	rm -f "$ENGINE_DIR/dockerd.pid" "$SOCK"
+	# dockerd leaves its exec root's netns mount behind; nothing else may be mounted there.
+	awk -v dir="$ENGINE_DIR/" 'index($5, dir) == 1 { print $5 }' /proc/self/mountinfo | sort -r |
+		while read -r mp; do umount "$mp" || umount -l "$mp" || log "could not unmount $mp"; done
+	rm -rf "$ENGINE_DIR"
 }
 
 # Use the user's engine if it answers, else a private one (stopped on exit).
