@@ -123,7 +123,7 @@ def test_shell_completion_completes_commands_and_arguments() -> None:
         env={**os.environ, **env},
         check=False,
     )
-    assert result.stdout.split() == ["plain,servers", "plain,versions", "plain,instances"]
+    assert result.stdout.split() == ["plain,servers", "plain,versions", "plain,instances", "plain,rollouts"]
     env["COMP_WORDS"], env["COMP_CWORD"] = "discoverd desc", "1"
     result = subprocess.run(
         [str(Path(sys.executable).parent / "discoverd")],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 from typing import Any
@@ -52,6 +53,12 @@ def test_etcd_stopped_for_20_s_restarts_nothing_and_a_later_change_applies(
     assert node.agents[-1].log().count("Started instance") == 3  # a, b and c, once each
 
 
+def _read_at_or_after(log: str, revision: int) -> bool:
+    """Whether the agent logged a full read of its keys at `revision` or later."""
+    found = re.findall(r"Read configuration .*\brevision=(\d+)", log)
+    return any(int(r) >= revision for r in found)
+
+
 def test_compaction_while_disconnected_converges(private_node: Any, private_etcd: EtcdServer) -> None:
     node = private_node
     before = running(node, "a")
@@ -65,7 +72,9 @@ def test_compaction_while_disconnected_converges(private_node: Any, private_etcd
         node.etcd._run("compact", revision)
     finally:
         agent.process.send_signal(signal.SIGCONT)
-    agent.wait_log("compaction", timeout=30)
+    # The agent lost its stream and its history: it must read its keys again, at a revision past the
+    # compaction (the revision it last watched from is gone), not resume a watch from the old one.
+    wait_until(lambda: _read_at_or_after(agent.log(), revision), 30, what=f"a full read at revision >= {revision}")
     node.wait_phase("web", "b", "Running", timeout=30)
     assert identities(node, before) == before
 
