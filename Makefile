@@ -25,8 +25,12 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# Test files run in 3 workers (pytest-xdist, whole files per worker so module fixtures stay
+# together): most tests wait on real processes rather than use a core, so 3 workers on 2 cores
+# halve the wall time (703 s -> 332 s measured). PYTEST_WORKERS=0 runs them one after another.
+PYTEST_WORKERS ?= 3
 test: venv tools lint
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Without the Kubernetes tools: unit and etcd integration tests only.
 test-fast: venv
