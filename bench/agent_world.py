@@ -232,6 +232,8 @@ class World:
             "--log-format",
             "json",
             "agent",
+            "--metrics-address",
+            "",
             "--server-id",
             self.server_id,
             "--state-dir",

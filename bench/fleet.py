@@ -155,6 +155,8 @@ def agent_argv(args: argparse.Namespace, etcd: Any, server_id: str, state_dir: P
         "--log-format",
         "json",
         "agent",
+        "--metrics-address",
+        "",
         "--server-id",
         server_id,
         "--state-dir",

@@ -159,7 +159,17 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
             base = [str(common.DISCOVERD), "--etcd-endpoints", etcd.endpoint, "--prefix", PREFIX]
             for server in refs:
                 state = tmp / server
-                argv = [*base, "agent", "--server-id", server, "--state-dir", str(state), "--stop-instances-on-exit"]
+                argv = [
+                    *base,
+                    "agent",
+                    "--metrics-address",
+                    "",
+                    "--server-id",
+                    server,
+                    "--state-dir",
+                    str(state),
+                    "--stop-instances-on-exit",
+                ]
                 children.append(common.Child(argv, tmp / f"{server}.log").start())
             controller = common.Child([*base, "controller", "--lease-ttl", "5"], tmp / "controller.log").start()
             children.append(controller)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from discoverd import logs
 from discoverd.agent import layout as layout_
 from discoverd.agent import model, plan, steps, supervisor
+from discoverd.metrics import AgentMetrics
 
 __all__ = ["Executor"]
 
@@ -27,7 +28,14 @@ log = logging.getLogger(__name__)
 
 
 class Executor:
-    def __init__(self, layout: layout_.Layout, ctx: steps.Context, notify: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        layout: layout_.Layout,
+        ctx: steps.Context,
+        notify: Callable[[], None],
+        metrics: AgentMetrics | None = None,
+    ) -> None:
+        self.metrics = metrics
         self.layout = layout
         self.ctx = ctx
         self.notify = notify
@@ -49,6 +57,7 @@ class Executor:
                 self._prune,
                 random.Random(self._rng.random()),
                 self._sweeper,
+                self.metrics,
             )
             self.supervisors[ref] = sup
         return sup

@@ -28,13 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from discoverd import logs
+from discoverd import logs, metrics
 from discoverd.agent import cgroups, model, plan, scope, status, steps, tasks
 from discoverd.agent import desired as desired_
 from discoverd.agent import executor as executor_
 from discoverd.agent import layout as layout_
 from discoverd.config import EtcdOptions
 from discoverd.errors import StoreUnavailable
+from discoverd.schema.documents import Phase
 from discoverd.store import client
 from discoverd.store.documents import Entry, Store
 
@@ -59,6 +60,8 @@ class Options:
     """Seconds a removed instance's directory (its logs) is kept."""
     placement: cgroups.Placement = cgroups.NONE
     script_logs: steps.LogLimit = field(default_factory=steps.LogLimit)
+    metrics_address: str = ""
+    """`host:port` of /metrics, /healthz and /readyz; "" serves none."""
 
 
 class Agent:
@@ -76,7 +79,8 @@ class Agent:
             options.server_id, options.host_namespaces, options.host_pid, options.placement, options.script_logs
         )
         self._wake = asyncio.Event()
-        self.executor = executor_.Executor(self.layout, ctx, self._wake.set)
+        self.metrics = metrics.AgentMetrics(p.value for p in Phase)
+        self.executor = executor_.Executor(self.layout, ctx, self._wake.set, self.metrics)
         self.entries: dict[str, Entry] | None = None
         self.desired = desired_.Desired()
         self._summaries: dict[model.Ref, status.Summary] = {}
@@ -126,7 +130,9 @@ class Agent:
         if self.writer is None:
             self.writer = status.Writer(self.store, self.options.server_id, self.options.lease_ttl)
         if self.watch is None:
-            self.watch = scope.ScopedWatch(self.store, self.options.server_id, self._set_entries)
+            self.watch = scope.ScopedWatch(
+                self.store, self.options.server_id, self._set_entries, on_lost=self.metrics.etcd_reconnects.inc
+            )
         context = {"server": self.options.server_id}
         await asyncio.gather(
             tasks.supervise("status writer", self.writer.run, context=context),
@@ -141,6 +147,7 @@ class Agent:
             now = time.time()
             wake_at = now + _IDLE_PASS
             if self.entries is not None:
+                began = time.monotonic()
                 states = self.executor.states()
                 actions = plan.plan(
                     self.desired.instances, states, now, self.options.backoff_base, self.options.removed_grace
@@ -150,6 +157,7 @@ class Agent:
                     if isinstance(action, plan.Wait):
                         wake_at = min(wake_at, action.until)
                 self._report()
+                self.metrics.reconcile_seconds.observe(time.monotonic() - began)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.01, wake_at - time.time()))
 
@@ -172,8 +180,25 @@ class Agent:
                 if self.on_status is not None:
                     self.on_status(ref, summary)
         self._summaries = summaries
+        self.metrics.set_phases(s.phase for s in summaries.values())
         if self.writer is not None:
             self.writer.update(summaries, self.desired.server_error or "")
+
+    # health
+
+    def ready(self) -> str | None:
+        """None when connected to etcd with a current watch; else why not (for /readyz)."""
+        if self.store is None:
+            return "not connected to etcd yet"
+        if self.watch is None or not self.watch.current:
+            return "no current etcd watch (etcd unreachable, or reading this server's keys again)"
+        lag = metrics.since(self.watch.last_heard)
+        if lag > self.watch.stall_after:
+            return f"the etcd watch has been silent for {lag:.0f}s"
+        return None
+
+    def _refresh(self) -> None:
+        self.metrics.watch_lag.set(metrics.since(self.watch.last_heard if self.watch is not None else None))
 
     # main
 
@@ -185,6 +210,9 @@ class Agent:
             "Started agent", extra=self._kv(state_dir=str(self.layout.root), adopted=len(self.executor.supervisors))
         )
         context = {"server": self.options.server_id}
+        server = await metrics.serve(self.options.metrics_address, self.metrics.registry, self.ready)
+        if server is not None:
+            server.before_scrape = self._refresh
         running = [
             asyncio.create_task(tasks.supervise("etcd", self._etcd, context=context), name="etcd"),
             asyncio.create_task(tasks.supervise("reconcile", self._reconcile, context=context), name="reconcile"),
@@ -197,6 +225,8 @@ class Agent:
             for task in running:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if server is not None:
+                await server.close()
             await self.executor.shutdown(self.options.stop_instances_on_exit)
             if self.writer is not None:
                 await self.writer.close()

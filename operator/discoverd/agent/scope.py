@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -91,7 +92,9 @@ class ScopedWatch:
         *,
         progress_every: float = 5.0,
         stall_after: float = 10.0,
+        on_lost: Callable[[], None] | None = None,
     ) -> None:
+        self.on_lost = on_lost
         self.store = store
         self.prefix = store.prefix
         self.server_id = server_id
@@ -104,6 +107,12 @@ class ScopedWatch:
         self.watches: dict[Span, int] = {}
         self.events = 0
         """Watch events received since the start (a debugging counter, logged with every change)."""
+        self.current = False
+        """True from a full read until the stream is lost: `entries` follow etcd (the agent's readiness)."""
+        self.last_heard: float | None = None
+        """`time.monotonic()` of the last answer on the stream (events or a progress notification)."""
+        self.lost = 0
+        """Times the watch was lost and everything read again (etcd reconnects)."""
 
     def _kv(self, **more: object) -> dict[str, object]:
         return logs.kv(server=self.server_id, **more)
@@ -117,21 +126,32 @@ class ScopedWatch:
                     self.store, progress_every=self.progress_every, stall_after=self.stall_after
                 ) as stream:
                     await self._read_all(stream)
+                    self.current, self.last_heard = True, time.monotonic()
                     delay = 0.5
                     async for watch_id, events in stream.responses():
+                        self.last_heard = time.monotonic()
                         if watch_id != watch.PROGRESS:
                             await self._apply(stream, events)
             except Compacted as error:
+                self._lose()
                 log.warning(
                     "Lost the watch to compaction; reading this server's keys again", extra=self._kv(reason=str(error))
                 )
             except StoreUnavailable as error:
+                self._lose()
                 log.warning(
                     "Lost the etcd watch; reading this server's keys again once etcd answers",
                     extra=self._kv(reason=str(error), retry_in=f"{delay:g}s"),
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _lose(self) -> None:
+        if self.current:
+            self.lost += 1
+            if self.on_lost is not None:
+                self.on_lost()
+        self.current = False
 
     async def _read_all(self, stream: watch.Stream) -> None:
         server = Span(self.server_key)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from discoverd import logs
 from discoverd.agent import layout as layout_
 from discoverd.agent import model, observe, plan, steps
+from discoverd.metrics import AgentMetrics
 
 __all__ = ["Supervisor"]
 
@@ -51,7 +52,9 @@ class Supervisor:
         on_promote: Callable[[model.Ref, str | None], None],
         rng: random.Random | None = None,
         sweeper: steps.Sweeper | None = None,
+        metrics: AgentMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.ref = ref
         self.layout = layout
         self.ctx = ctx
@@ -146,16 +149,21 @@ class Supervisor:
                     case plan.Install(target=target):
                         await self._install(target)
                     case plan.Start(target=target):
+                        began = time.monotonic()
                         if not self._swept:
                             await self._sweep()
                         await steps.clear_cgroup(self.ctx.placement.cgroup(self.ref))  # cgroups: leftovers
                         self._start(target)
+                        if self.metrics is not None:
+                            self.metrics.step_seconds.labels("start").observe(time.monotonic() - began)
                     case plan.Stop(reason=reason, failure=failure):
                         await self._stop(reason, failure)
                     case plan.Promote(target=target):
                         self._promote(target)
                     case plan.Reject(config_hash=config_hash, version=version, reason=reason):
                         self._apply(self.state.rejecting(config_hash, reason, time.time()))
+                        if self.metrics is not None:
+                            self.metrics.rollbacks.inc()
                         log.warning("Rejected version", extra=self._kv(version, reason=reason))
                     case plan.Remove():
                         await self._stop("removed from the server", False)
@@ -194,6 +202,7 @@ class Supervisor:
                 self._step(step)
                 self.notify()
                 log.info(f"Running {name} script", extra=self._kv(version))
+                began = time.monotonic()
                 result = await steps.run_step(
                     f"the {name} script",
                     steps.argv_for(script, self.ctx, vdir, vdir),
@@ -203,6 +212,8 @@ class Supervisor:
                     script.timeout_seconds,
                     self.ctx.logs,
                 )
+                if self.metrics is not None:
+                    self.metrics.step_seconds.labels(name).observe(time.monotonic() - began)
                 if not result.ok:
                     reason = f"{result.reason} (version {version}, log {self.layout.log_path(self.ref, name)})"
                     self._apply(self.state.install_failed(target, reason, time.time()))
@@ -247,7 +258,10 @@ class Supervisor:
         # Recorded before it exists: an agent killed between the spawn and the record below leaves
         # this, through which the next agent finds the run and adopts it instead of starting another.
         pending = model.Process(0, 0, target.config_hash, target.version, started_at, run_id)
+        restarts = self.state.restarts
         self._apply(self.state.spawning(target, pending, started_at))
+        if self.metrics is not None and self.state.restarts > restarts:
+            self.metrics.restarts.inc()
         try:
             self.ctx.placement.prepare(self.ref, target.document.resources)  # cgroups
             popen = steps.spawn(
@@ -335,6 +349,8 @@ class Supervisor:
     def _promote(self, target: model.Target) -> None:
         previous = self.state.good
         self._apply(self.state.promoted(target, time.time()))
+        if self.metrics is not None and previous is not None and previous.version != target.version:
+            self.metrics.upgrades.inc()
         p = self.state.process
         log.info("Counted instance as started", extra=self._kv(target.version, pid=p.pid if p else None))
         self.on_promote(self.ref, previous.version if previous is not None else None)

@@ -103,6 +103,14 @@ def _cgroup_root(ctx: click.Context, param: click.Parameter, value: str) -> str:
     hidden=True,
     help="Seconds between checks of a running script's log size (tests shorten it).",
 )
+@click.option(
+    "--metrics-address",
+    default="127.0.0.1:9464",
+    show_default=True,
+    envvar="DISCOVERD_METRICS_ADDRESS",
+    callback=main.metrics_address,
+    help='HOST:PORT serving /metrics, /healthz and /readyz ("" serves none).',
+)
 @click.option("--stop-instances-on-exit", is_flag=True, help="Stop every instance when the agent exits.")
 @click.option("--lease-ttl", type=click.IntRange(min=2), default=15, show_default=True, help="Seconds.")
 @click.option(
@@ -125,6 +133,7 @@ def agent(
     script_log_max_bytes: int,
     script_log_keep: int,
     script_log_check_interval: float,
+    metrics_address: str,
     stop_instances_on_exit: bool,
     lease_ttl: int,
     backoff_base: float,
@@ -144,5 +153,6 @@ def agent(
         backoff_base=backoff_base,
         placement=placement,
         script_logs=steps.LogLimit(script_log_max_bytes, script_log_keep, script_log_check_interval),
+        metrics_address=metrics_address,
     )
     main.run_async(run_until_signal(loop.Agent(main.etcd_options(ctx), options)))

@@ -103,6 +103,17 @@ def etcd_options(ctx: click.Context) -> EtcdOptions:
         raise fail(f"--{flag}: {reason}") from None
 
 
+def metrics_address(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A click callback: `--metrics-address` is HOST:PORT or ""."""
+    from discoverd import metrics
+
+    try:
+        metrics.parse_address(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    return value
+
+
 def _configure_logging(verbose: int, log_format: str) -> None:
     from discoverd import logs
 

@@ -188,6 +188,8 @@ class Node:
             "--cgroup-root",
             self.cgroup_root,
             *self.extra_args,
+            # Tests run agents side by side: none on the default metrics port unless a test asks.
+            *([] if "--metrics-address" in args else ["--metrics-address", ""]),
             *args,
         ]
         a = Agent(argv, self.state_dir.parent / f"agent-{len(self.agents)}.log")
