@@ -22,7 +22,7 @@ import os
 import socket
 from collections.abc import Callable
 
-from discoverd import logs
+from discoverd import logs, metrics
 from discoverd.config import EtcdOptions
 from discoverd.controller import leader, plan, world
 from discoverd.errors import Compacted, Conflict, StoreUnavailable
@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 _IDLE = 30.0
 """Seconds between passes when nothing changes (a safety net: passes are event-driven)."""
+PENDING = "Pending"
+"""The phase counted for a rollout config with no status yet."""
+PHASES = (PENDING, *(p.value for p in rollouts.RolloutPhase))
 _CHAINED = 8
 """Steps of one rollout written back to back in a pass (a failure and its revert are two)."""
 
@@ -47,7 +50,15 @@ def _now() -> dt.datetime:
 class Controller:
     """One copy of the controller. `steps` counts the steps it wrote (for logs and the bench)."""
 
-    def __init__(self, store: Store, identity: str, ttl: int = 10, clock: Callable[[], dt.datetime] = _now) -> None:
+    def __init__(
+        self,
+        store: Store,
+        identity: str,
+        ttl: int = 10,
+        clock: Callable[[], dt.datetime] = _now,
+        metrics_: metrics.ControllerMetrics | None = None,
+    ) -> None:
+        self.metrics = metrics_ or metrics.ControllerMetrics(PHASES)
         self.store = store
         self.identity = identity
         self.ttl = ttl
@@ -56,6 +67,10 @@ class Controller:
         self.steps = 0
         self._wake = asyncio.Event()
         self._invalid: dict[str, int] = {}
+        self.leading = False
+        self.watch_current = False
+        self.etcd_error: str | None = None
+        """Why etcd failed last (cleared by the next success): for /readyz."""
 
     # one pass
 
@@ -90,6 +105,7 @@ class Controller:
                 return None
             self.world.wrote(prefix, ((w.key, w.value or b"") for w in writes), revision)
             self.steps += 1
+            self.metrics.steps.inc()
             self._log(service, r, decision, revision)
         return self.clock()  # more to do: come back at once
 
@@ -114,9 +130,24 @@ class Controller:
             when = await self._step(r.service)
             if when is not None:
                 wake_at = when if wake_at is None else min(wake_at, when)
+        self._count()
         if wake_at is None:
             return _IDLE
         return max(0.01, (wake_at - self.clock()).total_seconds())
+
+    def _count(self) -> None:
+        """Rollouts by phase, from this copy's cache ("Pending": a config without a status yet)."""
+        self.metrics.set_phases(
+            (r.status.phase.value if r.status is not None else PENDING) for r in self.world.rollouts()
+        )
+
+    def ready(self) -> str | None:
+        """None when etcd answers and, while leading, the watch is current; else why not (for /readyz)."""
+        if self.etcd_error is not None:
+            return f"etcd unavailable: {self.etcd_error}"
+        if self.leading and not self.watch_current:
+            return "leading without a current etcd watch (reading the prefix again)"
+        return None
 
     # acting
 
@@ -128,6 +159,7 @@ class Controller:
     async def _act(self) -> None:
         snapshot = await self.store.snapshot()
         self.world.load(snapshot)
+        self.etcd_error, self.watch_current = None, True
         follower = asyncio.create_task(self._follow(snapshot.revision + 1), name="controller watch")
         try:
             while True:
@@ -139,6 +171,7 @@ class Controller:
                 await asyncio.wait([waiter, follower], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
         finally:
+            self.watch_current = False
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError, StoreUnavailable, Compacted):
                 await follower
@@ -147,6 +180,8 @@ class Controller:
         """Act while the lease holds; return when it is lost."""
         holder = asyncio.create_task(leader.hold(self.store, lease, self.ttl), name="leader lease")
         delay = 0.5
+        self.leading = True
+        self.metrics.leader.set(1)
         try:
             while not holder.done():
                 actor = asyncio.create_task(self._act(), name="controller")
@@ -159,10 +194,14 @@ class Controller:
                 try:
                     actor.result()
                 except (StoreUnavailable, Compacted) as error:
+                    self.etcd_error = str(error) if isinstance(error, StoreUnavailable) else None
                     log.warning("Lost the etcd watch; reading everything again", extra=logs.kv(reason=str(error)))
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
         finally:
+            self.leading = False
+            self.metrics.leader.set(0)
+            self.metrics.set_phases(())  # only the leader's cache is current
             holder.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await holder
@@ -182,12 +221,14 @@ class Controller:
                             await campaigner
                         return
                     lease = campaigner.result()
+                    self.etcd_error = None
                     leading = asyncio.create_task(self.lead(lease))
                     await asyncio.wait([leading, stopper], return_when=asyncio.FIRST_COMPLETED)
                     leading.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await leading
                 except StoreUnavailable as error:
+                    self.etcd_error = str(error)
                     log.warning("etcd is unavailable; campaigning again", extra=logs.kv(reason=str(error)))
                     await asyncio.sleep(1.0)
                 finally:
@@ -203,20 +244,35 @@ def identity() -> str:
     return f"{socket.gethostname()}/{os.getpid()}"
 
 
-async def run(options: EtcdOptions, stop: asyncio.Event, ttl: int = 10) -> None:
-    """Connect (retrying while etcd is away) and run one controller until `stop` is set."""
+async def run(options: EtcdOptions, stop: asyncio.Event, ttl: int = 10, metrics_address: str = "") -> None:
+    """Connect (retrying while etcd is away) and run one controller until `stop` is set.
+
+    `metrics_address`: `host:port` of its /metrics, /healthz and /readyz ("" serves none).
+    """
+    m = metrics.ControllerMetrics(PHASES)
+    copy: list[Controller] = []
+
+    def ready() -> str | None:
+        return copy[0].ready() if copy else "not connected to etcd yet"
+
+    server = await metrics.serve(metrics_address, m.registry, ready)
     delay = 0.5
-    while True:
-        try:
-            store = Store(await client.connect(options))
-            break
-        except StoreUnavailable as error:
-            log.warning("Failed to connect to etcd", extra=logs.kv(reason=str(error), retry_in=f"{delay:g}s"))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
     try:
-        log.info("Started controller", extra=logs.kv(identity=identity(), prefix=options.prefix, ttl=ttl))
-        await Controller(store, identity(), ttl).run(stop)
+        while True:
+            try:
+                store = Store(await client.connect(options))
+                break
+            except StoreUnavailable as error:
+                log.warning("Failed to connect to etcd", extra=logs.kv(reason=str(error), retry_in=f"{delay:g}s"))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        try:
+            log.info("Started controller", extra=logs.kv(identity=identity(), prefix=options.prefix, ttl=ttl))
+            copy.append(Controller(store, identity(), ttl, metrics_=m))
+            await copy[0].run(stop)
+        finally:
+            await store.close()
+            log.info("Stopped controller")
     finally:
-        await store.close()
-        log.info("Stopped controller")
+        if server is not None:
+            await server.close()

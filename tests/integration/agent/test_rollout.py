@@ -30,6 +30,7 @@ from discoverd.config import EtcdOptions
 from discoverd.store import client, watch
 from discoverd.store.documents import Store
 from integration.agent.conftest import DISCOVERD, Agent, Node
+from integration.agent.test_metrics import free_port, get, value
 from support.cli import discoverd
 from support.etcd import RawEtcd
 from support.wait import wait_until
@@ -46,6 +47,8 @@ class Fleet:
     root: Path
     nodes: list[Node]
     controllers: list[Agent] = field(default_factory=list)
+    metrics: dict[int, str] = field(default_factory=dict)
+    """Controller pid -> the base URL of its /metrics, /healthz and /readyz."""
     assigned: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
 
     @property
@@ -54,8 +57,13 @@ class Fleet:
 
     def controller(self) -> Agent:
         argv = [DISCOVERD, "--etcd-endpoints", self.endpoint, "--prefix", self.prefix, "--etcd-timeout", "2"]
-        c = Agent([*argv, "controller", "--lease-ttl", "2"], self.root / f"controller-{len(self.controllers)}.log")
+        port = free_port()
+        c = Agent(
+            [*argv, "controller", "--lease-ttl", "2", "--metrics-address", f"127.0.0.1:{port}"],
+            self.root / f"controller-{len(self.controllers)}.log",
+        )
         self.controllers.append(c.start())
+        self.metrics[c.pid] = f"http://127.0.0.1:{port}"
         return c
 
     def acting(self) -> Agent:
@@ -424,3 +432,36 @@ def test_an_invalid_rollout_config_is_named_and_stops_nothing(fleet: Fleet) -> N
     assert "services/junk/rollout/config/details" in acting.log()
     alive = [c for c in fleet.controllers if c.process is not None and c.process.poll() is None]
     assert len(alive) == 2 and acting in alive  # only the one the failover test SIGKILLed is gone
+
+
+def test_the_acting_controller_exports_rollouts_by_phase(fleet: Fleet) -> None:
+    ids = fleet.service("metered")
+    start(fleet, "metered")
+    fleet.wait_rollout("metered", "Succeeded", timeout=120)
+    acting = fleet.acting()
+    base = fleet.metrics[acting.pid]
+
+    def by_phase() -> dict[str, int]:
+        found: dict[str, int] = {}
+        for key, raw in fleet.etcd.keys(f"{fleet.prefix}/services/").items():
+            if key.endswith("/rollout/status"):
+                phase = json.loads(raw)["phase"]
+                found[phase] = found.get(phase, 0) + 1
+        return found
+
+    def exported() -> dict[str, int]:
+        phases = ("Pending", "Progressing", "Paused", "Succeeded", "Failed", "Reverted")
+        counts = {p: int(value(base, "discoverd_controller_rollouts", phase=p) or 0) for p in phases}
+        return {p: n for p, n in counts.items() if n}
+
+    wait_until(lambda: exported() == by_phase(), 20, what="the gauge equal to the statuses in etcd")
+    assert exported().get("Succeeded", 0) >= 1
+    assert value(base, "discoverd_controller_leader") == 1
+    assert (value(base, "discoverd_controller_steps_total") or 0) >= 1
+    for c in fleet.controllers:
+        if c.process is not None and c.process.poll() is None:
+            assert get(f"{fleet.metrics[c.pid]}/healthz")[0] == 200
+            assert get(f"{fleet.metrics[c.pid]}/readyz") == (200, "ok\n")
+            if c is not acting:
+                assert value(fleet.metrics[c.pid], "discoverd_controller_leader") == 0
+    assert fleet.all_running_on("metered", ids, "2.0")
