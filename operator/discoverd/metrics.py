@@ -34,7 +34,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from discoverd import logs
 
-__all__ = ["AgentMetrics", "ControllerMetrics", "Server", "parse_address", "serve", "since"]
+__all__ = ["AgentMetrics", "ControllerMetrics", "OperatorMetrics", "Server", "parse_address", "serve", "since"]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,43 @@ class ControllerMetrics:
             self.rollouts.labels(phase).set(n)
 
 
+class OperatorMetrics:
+    """What one operator exports (docs/kubernetes.md, "Metrics and health")."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.mirrored = Counter(
+            "discoverd_operator_mirrored",
+            "Changes mirrored, by action: create, patch, delete_object (etcd -> Kubernetes), "
+            "write_key, delete_key (Kubernetes -> etcd).",
+            ["action"],
+            registry=r,
+        )
+        self.etcd_wins = Counter(
+            "discoverd_operator_etcd_wins",
+            "Conflicts etcd won: an object reset or deleted (EtcdWins events).",
+            registry=r,
+        )
+        self.queue_depth = Gauge("discoverd_operator_queue_depth", "Keys waiting in the work queue.", registry=r)
+        self.api_seconds = Histogram(
+            "discoverd_operator_api_call_duration_seconds",
+            "Kubernetes API call latency, by call.",
+            ["call"],
+            buckets=_FAST_BUCKETS,
+            registry=r,
+        )
+        self.reconcile_seconds = Histogram(
+            "discoverd_operator_reconcile_duration_seconds",
+            "Duration of one key's reconcile (configuration and status).",
+            buckets=_FAST_BUCKETS,
+            registry=r,
+        )
+        self.etcd_reconnects = Counter(
+            "discoverd_operator_etcd_reconnects", "Times the etcd watch was lost and the prefix resynced.", registry=r
+        )
+
+
 def parse_address(address: str) -> tuple[str, int] | None:
     """`host:port` (`[::1]:port` for IPv6) -> (host, port); "" -> None (metrics disabled). ValueError if bad."""
     if not address:
@@ -135,8 +172,8 @@ def parse_address(address: str) -> tuple[str, int] | None:
 class Server:
     """The HTTP endpoints of one component; `close()` stops it."""
 
-    def __init__(self, registry: CollectorRegistry, ready: Ready) -> None:
-        self.registry = registry
+    def __init__(self, registries: list[CollectorRegistry], ready: Ready) -> None:
+        self.registries = registries
         self.ready = ready
         self._server: asyncio.Server | None = None
         self.before_scrape: Callable[[], None] | None = None
@@ -158,7 +195,7 @@ class Server:
         if path == "/metrics":
             if self.before_scrape is not None:
                 self.before_scrape()
-            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+            return 200, CONTENT_TYPE_LATEST, b"".join(generate_latest(r) for r in self.registries)
         if path == "/healthz":
             return 200, "text/plain; charset=utf-8", b"ok\n"
         if path == "/readyz":
@@ -196,7 +233,7 @@ class Server:
                 await writer.wait_closed()
 
 
-async def serve(address: str, registry: CollectorRegistry, ready: Ready) -> Server | None:
+async def serve(address: str, registries: list[CollectorRegistry], ready: Ready) -> Server | None:
     """Start the endpoints on `address` (`host:port`; "" -> None, nothing served).
 
     An address that cannot be bound (in use) is logged as an error and nothing is served: the
@@ -205,7 +242,7 @@ async def serve(address: str, registry: CollectorRegistry, ready: Ready) -> Serv
     where = parse_address(address)
     if where is None:
         return None
-    server = Server(registry, ready)
+    server = Server(registries, ready)
     try:
         await server.start(*where)
     except OSError as error:

@@ -26,6 +26,7 @@ from discoverd.schema import documents
 from discoverd.store import client, leases
 from discoverd.store import documents as store_documents
 from kube.controlplane import REPO, ControlPlane
+from support.http import free_port
 from support.wait import wait_until
 
 __all__ = ["Operator", "crds", "kubectl_json", "operator", "put_with_lease"]
@@ -57,6 +58,12 @@ class Operator:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     logs: list[str] = field(default_factory=list)
+    metrics_port: int = field(default_factory=free_port)
+    """Its /metrics, /healthz and /readyz: a port of its own (tests run operators side by side)."""
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
 
     def start(self) -> None:
         assert self.proc is None, "already running"
@@ -69,6 +76,8 @@ class Operator:
             "operator",
             "--namespace",
             self.namespace,
+            "--metrics-address",
+            f"127.0.0.1:{self.metrics_port}",
         ]
         resyncs = self.resyncs()
         log = self.log_path.open("ab")

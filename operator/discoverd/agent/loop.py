@@ -210,7 +210,7 @@ class Agent:
             "Started agent", extra=self._kv(state_dir=str(self.layout.root), adopted=len(self.executor.supervisors))
         )
         context = {"server": self.options.server_id}
-        server = await metrics.serve(self.options.metrics_address, self.metrics.registry, self.ready)
+        server = await metrics.serve(self.options.metrics_address, [self.metrics.registry], self.ready)
         if server is not None:
             server.before_scrape = self._refresh
         running = [

@@ -17,17 +17,20 @@ from discoverd.config import EtcdOptions
 __all__ = ["operator"]
 
 
-async def _run(namespace: str, options: EtcdOptions, controller: bool) -> None:
+async def _run(namespace: str, options: EtcdOptions, controller: bool, metrics_address: str) -> None:
+    from discoverd import metrics
     from discoverd.controller import loop as controller_loop
     from discoverd.operator import main as operator_main
 
     if not controller:
-        await operator_main.run(namespace, options)
+        await operator_main.run(namespace, options, metrics_address)
         return
     stop = asyncio.Event()
-    rollouts = asyncio.create_task(controller_loop.run(options, stop), name="rollout controller")
+    # The controller's metrics are served on the operator's endpoint (one port per process).
+    m = metrics.ControllerMetrics(controller_loop.PHASES)
+    rollouts = asyncio.create_task(controller_loop.run(options, stop, metrics_=m), name="rollout controller")
     try:
-        await operator_main.run(namespace, options)  # returns when Kopf is signalled
+        await operator_main.run(namespace, options, metrics_address, [m.registry])  # returns when Kopf is signalled
     finally:
         stop.set()  # the controller gives its leader lease back at once
         await rollouts
@@ -48,7 +51,15 @@ async def _run(namespace: str, options: EtcdOptions, controller: bool) -> None:
     envvar="DISCOVERD_OPERATOR_CONTROLLER",
     help="Also run the rollout controller (one of any number acts).",
 )
+@click.option(
+    "--metrics-address",
+    default="127.0.0.1:9465",
+    show_default=True,
+    envvar="DISCOVERD_OPERATOR_METRICS_ADDRESS",
+    callback=main.metrics_address,
+    help='HOST:PORT serving /metrics, /healthz and /readyz ("" serves none).',
+)
 @click.pass_context
-def operator(ctx: click.Context, namespace: str, controller: bool) -> None:
+def operator(ctx: click.Context, namespace: str, controller: bool, metrics_address: str) -> None:
     """Run the Kopf operator (one replica per prefix and namespace) and the rollout controller."""
-    main.run_async(_run(namespace, main.etcd_options(ctx), controller))
+    main.run_async(_run(namespace, main.etcd_options(ctx), controller, metrics_address))

@@ -244,18 +244,25 @@ def identity() -> str:
     return f"{socket.gethostname()}/{os.getpid()}"
 
 
-async def run(options: EtcdOptions, stop: asyncio.Event, ttl: int = 10, metrics_address: str = "") -> None:
+async def run(
+    options: EtcdOptions,
+    stop: asyncio.Event,
+    ttl: int = 10,
+    metrics_address: str = "",
+    metrics_: metrics.ControllerMetrics | None = None,
+) -> None:
     """Connect (retrying while etcd is away) and run one controller until `stop` is set.
 
-    `metrics_address`: `host:port` of its /metrics, /healthz and /readyz ("" serves none).
+    `metrics_address`: `host:port` of its /metrics, /healthz and /readyz ("" serves none);
+    `metrics_`: the metrics to update, when another component serves them (the operator).
     """
-    m = metrics.ControllerMetrics(PHASES)
+    m = metrics_ or metrics.ControllerMetrics(PHASES)
     copy: list[Controller] = []
 
     def ready() -> str | None:
         return copy[0].ready() if copy else "not connected to etcd yet"
 
-    server = await metrics.serve(metrics_address, m.registry, ready)
+    server = await metrics.serve(metrics_address, [m.registry], ready)
     delay = 0.5
     try:
         while True:

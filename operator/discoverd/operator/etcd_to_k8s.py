@@ -104,22 +104,32 @@ def _apply(r: reconciler.Reconciler, batch: list[watch.Event]) -> None:
         r.enqueue(key, config=False)
 
 
+def _lost(r: reconciler.Reconciler) -> None:
+    if r.watch_current:
+        r.metrics.etcd_reconnects.inc()
+    r.watch_current = False
+
+
 async def run(r: reconciler.Reconciler) -> None:
     """Resync, then follow the watch; start over after compaction, a lost watch or an outage."""
     delay = 0.5
     while True:
         try:
             revision = await resync(r)
+            r.watch_current = True
             delay = 0.5
             async for batch in watch.watch(r.store, revision + 1):
                 _apply(r, batch)
         except Compacted as error:
+            _lost(r)
             logger.warning("Resyncing: the watch was compacted", extra=logs.kv(reason=str(error)))
         except StoreUnavailable as error:
+            _lost(r)
             logger.warning("etcd is unavailable, retrying", extra=logs.kv(reason=str(error), retry_in=delay))
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_BACKOFF)
         except ApiException as error:
+            _lost(r)
             logger.warning(
                 "The Kubernetes API failed, retrying", extra=logs.kv(reason=str(error.reason), retry_in=delay)
             )

@@ -17,11 +17,13 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import time
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from discoverd import metrics
 from discoverd.schema import keys, resources
 
 __all__ = ["CONCURRENCY", "Api", "NotFound", "load_config"]
@@ -51,7 +53,10 @@ def load_config() -> client.ApiClient:
 class Api:
     """Custom resources of one namespace, plus Events about them."""
 
-    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+    def __init__(
+        self, api_client: client.ApiClient, namespace: str, metrics_: metrics.OperatorMetrics | None = None
+    ) -> None:
+        self.metrics = metrics_ or metrics.OperatorMetrics()
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.namespace = namespace
@@ -63,12 +68,15 @@ class Api:
 
     async def _call(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
+        began = time.monotonic()
         try:
             return await loop.run_in_executor(self._pool, functools.partial(function, *args, **kwargs))
         except ApiException as error:
             if error.status == 404:
                 raise NotFound(str(error.reason)) from None
             raise
+        finally:
+            self.metrics.api_seconds.labels(getattr(function, "__name__", "call")).observe(time.monotonic() - began)
 
     def _where(self, kind: keys.Kind) -> tuple[str, str, str, str]:
         return resources.GROUP, resources.VERSION, self.namespace, resources.resource(kind).plural

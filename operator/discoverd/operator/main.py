@@ -12,8 +12,9 @@ import asyncio
 import logging
 
 import kopf
+from prometheus_client import CollectorRegistry
 
-from discoverd import logs
+from discoverd import logs, metrics
 from discoverd.config import EtcdOptions
 from discoverd.errors import StoreUnavailable
 from discoverd.operator import etcd_to_k8s, handlers, kube, reconciler, startup, tasks
@@ -37,11 +38,42 @@ async def connect(options: EtcdOptions) -> documents.Store:
             delay = min(delay * 2, 10.0)
 
 
-async def run(namespace: str, options: EtcdOptions) -> None:
-    """Mirror `options.prefix` in etcd and `namespace` in Kubernetes both ways until signalled."""
+async def run(
+    namespace: str,
+    options: EtcdOptions,
+    metrics_address: str = "",
+    also: list[CollectorRegistry] | None = None,
+) -> None:
+    """Mirror `options.prefix` in etcd and `namespace` in Kubernetes both ways until signalled.
+
+    `metrics_address`: `host:port` of /metrics, /healthz and /readyz ("" serves none); `also`:
+    more registries served there (the rollout controller's, when it runs in this process).
+    """
+    m = metrics.OperatorMetrics()
+    running: list[reconciler.Reconciler] = []
+
+    def ready() -> str | None:
+        if not running:
+            return "not connected to etcd yet"
+        if not running[0].watch_current:
+            return "no current etcd watch (etcd unreachable, or resyncing the prefix)"
+        return None
+
+    server = await metrics.serve(metrics_address, [m.registry, *(also or [])], ready)
+    try:
+        await _run(namespace, options, m, running)
+    finally:
+        if server is not None:
+            await server.close()
+
+
+async def _run(
+    namespace: str, options: EtcdOptions, m: metrics.OperatorMetrics, running: list[reconciler.Reconciler]
+) -> None:
     store = await connect(options)
-    api = kube.Api(kube.load_config(), namespace)
+    api = kube.Api(kube.load_config(), namespace, m)
     r = reconciler.Reconciler(store, api)
+    running.append(r)
     logger.info("Started operator", extra=logs.kv(namespace=namespace, prefix=options.prefix))
     try:
         async with asyncio.TaskGroup() as group:

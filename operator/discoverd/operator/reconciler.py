@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -110,6 +111,10 @@ class Reconciler:
         self.etcd_writes = 0
         self.index = objects.Index()
         self.queue: workqueue.WorkQueue[keys.Key] = workqueue.WorkQueue()
+        self.metrics = api.metrics
+        self.metrics.queue_depth.set_function(lambda: len(self.queue))
+        self.watch_current = False
+        """True from a full resync until the etcd watch is lost (the operator's readiness)."""
         self._config: dict[keys.Key, documents.Entry | Unread | None] = {}
         """Queued keys whose configuration needs syncing, with the newest value the watch delivered."""
         self._locks: defaultdict[keys.Key, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -131,9 +136,11 @@ class Reconciler:
         """One worker: reconcile queued keys, one at a time, forever."""
         while True:
             key = await self.queue.get()
+            began = time.monotonic()
             try:
                 await self._reconcile(key)
             finally:
+                self.metrics.reconcile_seconds.observe(time.monotonic() - began)
                 self.queue.done(key)
 
     async def _reconcile(self, key: keys.Key) -> None:
@@ -264,6 +271,7 @@ class Reconciler:
         match chosen:
             case decision.Create(spec=spec, revision=revision, digest=digest):
                 body = await self._create(key, spec, _annotations(built, revision, digest))
+                self.metrics.mirrored.labels("create").inc()
                 self.observe(key.kind, body)
                 logger.info("Created object from etcd", extra=logs.kv(key=built, object=body["metadata"]["name"]))
             case decision.Patch(spec=spec, revision=revision, digest=digest, warning=warning):
@@ -275,28 +283,36 @@ class Reconciler:
                     # seen yet fails the patch (409) and is decided again, never overwritten unannounced.
                     patch["metadata"]["resourceVersion"] = body["metadata"].get("resourceVersion")
                 decided_on, body = body, await self._patch(key.kind, body["metadata"]["name"], patch)
+                if spec is not None:
+                    self.metrics.mirrored.labels("patch").inc()
                 if warning:
+                    self.metrics.etcd_wins.inc()
                     await self.api.warn(decided_on, "EtcdWins", warning)
                     logger.warning("Reset object to etcd's value", extra=context)
             case decision.DeleteObject(warning=warning):
                 assert body is not None
                 if warning:
+                    self.metrics.etcd_wins.inc()
                     await self.api.warn(body, "EtcdWins", warning)
                 name = body["metadata"]["name"]
                 body = await self.api.delete(key.kind, name)
+                self.metrics.mirrored.labels("delete_object").inc()
                 self.observe(key.kind, body, name)
                 logger.info("Deleted object: its etcd key is gone", extra=context)
                 body = None
             case decision.WriteKey(expect=expect):
                 assert body is not None
                 body = await self._write(key, body, expect, entry)
+                self.metrics.mirrored.labels("write_key").inc()
                 logger.info("Wrote object to etcd", extra=context)
             case decision.DeleteKey(expect=expect):
                 await self.store.delete(built, expect=expect)
                 self.etcd_writes += 1
+                self.metrics.mirrored.labels("delete_key").inc()
                 logger.info("Deleted etcd key: its object was deleted", extra=context)
             case decision.Release(warning=warning):
                 if warning and body is not None:
+                    self.metrics.etcd_wins.inc()
                     await self.api.warn(body, "EtcdWins", warning)
             case decision.Skip(reason=reason, warn=True) if body is not None:
                 await self.api.warn(body, "InvalidDocument", reason)

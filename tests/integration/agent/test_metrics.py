@@ -4,44 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import urllib.error
-import urllib.request
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from discoverd.embedded_etcd import EtcdServer
+from support.http import free_port, get, value
 from support.wait import wait_until
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            return answer.status, answer.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
-
-
-def samples(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of /metrics: (name, sorted labels) -> value."""
-    status, text = get(f"{base}/metrics")
-    assert status == 200
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(base: str, name: str, **labels: str) -> float | None:
-    return samples(base).get((name, tuple(sorted(labels.items()))))
 
 
 def test_metrics_follow_an_instance_through_start_and_restart(private_node: Any, private_etcd: EtcdServer) -> None:

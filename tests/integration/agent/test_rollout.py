@@ -30,9 +30,9 @@ from discoverd.config import EtcdOptions
 from discoverd.store import client, watch
 from discoverd.store.documents import Store
 from integration.agent.conftest import DISCOVERD, Agent, Node
-from integration.agent.test_metrics import free_port, get, value
 from support.cli import discoverd
 from support.etcd import RawEtcd
+from support.http import free_port, get, value
 from support.wait import wait_until
 
 SERVE = "import signal,sys,time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\nwhile True: time.sleep(3600)"
