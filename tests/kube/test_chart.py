@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -493,3 +494,61 @@ def test_operator_host_network_and_env_also_apply_to_the_helm_test_pod() -> None
         assert spec["hostNetwork"] is True
         assert {"name": "KUBERNETES_SERVICE_HOST", "value": "127.0.0.1"} in spec["containers"][0]["env"]
     assert "hostNetwork" not in chart.find(chart.render(), "Pod")["spec"]
+
+
+# --- metrics and health -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "port"), [("Deployment", 9465), ("DaemonSet", 9464)])
+def test_metrics_port_and_health_probes(kind: str, port: int) -> None:
+    container = _container(chart.find(chart.render(), kind))
+    assert f"--metrics-address=0.0.0.0:{port}" in container["args"]
+    assert container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+
+
+def test_metrics_ports_come_from_values() -> None:
+    objects = chart.render("operator.metrics.port=19465", "agent.metrics.port=19464", "metrics.bindAddress=10.0.0.1")
+    assert "--metrics-address=10.0.0.1:19465" in _container(chart.find(objects, "Deployment"))["args"]
+    agent = _container(chart.find(objects, "DaemonSet"))
+    assert "--metrics-address=10.0.0.1:19464" in agent["args"]
+    assert agent["ports"][0]["containerPort"] == 19464
+
+
+def test_no_service_monitor_unless_enabled() -> None:
+    assert [o for o in chart.render() if o["kind"] == "ServiceMonitor"] == []
+
+
+def test_service_monitor_scrapes_each_components_metrics_port_through_a_headless_service() -> None:
+    objects = chart.render(
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.serviceMonitor.interval=15s",
+        "metrics.serviceMonitor.labels.release=prom",
+    )
+    for component, port in (("operator", 9465), ("agent", 9464)):
+        monitor = chart.find(objects, "ServiceMonitor", f"-{component}-metrics")
+        service = chart.find(objects, "Service", f"-{component}-metrics")
+        workload = chart.find(objects, "Deployment" if component == "operator" else "DaemonSet")
+        assert monitor["metadata"]["labels"]["release"] == "prom"
+        assert monitor["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+        selected = monitor["spec"]["selector"]["matchLabels"]
+        assert selected.items() <= service["metadata"]["labels"].items()
+        assert service["spec"]["clusterIP"] == "None"
+        assert service["spec"]["ports"] == [
+            {"name": "metrics", "port": port, "targetPort": "metrics", "protocol": "TCP"}
+        ]
+        pod_labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        assert service["spec"]["selector"]["app.kubernetes.io/component"] == component
+    only_operator = chart.render("metrics.serviceMonitor.enabled=true", "agent.enabled=false")
+    assert [o["metadata"]["name"] for o in only_operator if o["kind"] == "ServiceMonitor"] == [
+        "dd-discoverd-operator-metrics"
+    ]
+
+
+def test_the_dashboard_is_shipped_in_the_chart_package(tmp_path: Path) -> None:
+    chart.helm("package", str(chart.CHART), "--destination", str(tmp_path))
+    (package,) = tmp_path.glob("discoverd-*.tgz")
+    with tarfile.open(package) as tar:
+        assert "discoverd/dashboards/discoverd.json" in tar.getnames()
