@@ -72,7 +72,7 @@ async def _run(
 ) -> None:
     store = await connect(options)
     api = kube.Api(kube.load_config(), namespace, m)
-    r = reconciler.Reconciler(store, api)
+    r = reconciler.Reconciler(store, api, m)
     running.append(r)
     logger.info("Started operator", extra=logs.kv(namespace=namespace, prefix=options.prefix))
     try:

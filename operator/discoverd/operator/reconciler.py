@@ -29,7 +29,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from discoverd import logs
+from discoverd import logs, metrics
 from discoverd.errors import Conflict, DiscoverdError, InvalidDocument
 from discoverd.operator import decision, kube, objects, startup, status, workqueue
 from discoverd.schema import keys, names, resources
@@ -103,7 +103,7 @@ def _annotations(key: str, revision: int, digest: str) -> dict[str, str]:
 class Reconciler:
     """One prefix in etcd mirrored into one namespace, key by key."""
 
-    def __init__(self, store: documents.Store, api: kube.Api) -> None:
+    def __init__(self, store: documents.Store, api: kube.Api, metrics_: metrics.OperatorMetrics | None = None) -> None:
         self.store = store
         self.api = api
         self.prefix = store.prefix
@@ -111,7 +111,7 @@ class Reconciler:
         self.etcd_writes = 0
         self.index = objects.Index()
         self.queue: workqueue.WorkQueue[keys.Key] = workqueue.WorkQueue()
-        self.metrics = api.metrics
+        self.metrics = metrics_ or metrics.OperatorMetrics()
         self.metrics.queue_depth.set_function(lambda: len(self.queue))
         self.watch_current = False
         """True from a full resync until the etcd watch is lost (the operator's readiness)."""
