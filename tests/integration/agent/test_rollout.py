@@ -442,10 +442,13 @@ def test_the_acting_controller_exports_rollouts_by_phase(fleet: Fleet) -> None:
     base = fleet.metrics[acting.pid]
 
     def by_phase() -> dict[str, int]:
+        """Per rollout config in etcd: its status's phase, "Pending" when it has none yet."""
+        every = fleet.etcd.keys(f"{fleet.prefix}/services/")
         found: dict[str, int] = {}
-        for key, raw in fleet.etcd.keys(f"{fleet.prefix}/services/").items():
-            if key.endswith("/rollout/status"):
-                phase = json.loads(raw)["phase"]
+        for key in every:
+            if key.endswith("/rollout/config/details"):
+                status = every.get(key.removesuffix("config/details") + "status")
+                phase = json.loads(status)["phase"] if status is not None else "Pending"
                 found[phase] = found.get(phase, 0) + 1
         return found
 
@@ -454,7 +457,7 @@ def test_the_acting_controller_exports_rollouts_by_phase(fleet: Fleet) -> None:
         counts = {p: int(value(base, "discoverd_controller_rollouts", phase=p) or 0) for p in phases}
         return {p: n for p, n in counts.items() if n}
 
-    wait_until(lambda: exported() == by_phase(), 20, what="the gauge equal to the statuses in etcd")
+    wait_until(lambda: exported() == by_phase(), 20, what=f"the gauge equal to the rollouts in etcd: {by_phase()}")
     assert exported().get("Succeeded", 0) >= 1
     assert value(base, "discoverd_controller_leader") == 1
     assert (value(base, "discoverd_controller_steps_total") or 0) >= 1
