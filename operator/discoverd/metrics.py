@@ -45,6 +45,15 @@ _STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 12
 _FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
+def _count_by_phase(gauge: Gauge, known: Iterable[str], phases: Iterable[str]) -> None:
+    """Set `gauge{phase}` to how often each phase occurs in `phases`; every known phase not seen is 0."""
+    counts = dict.fromkeys(known, 0)
+    for phase in phases:
+        counts[phase] = counts.get(phase, 0) + 1
+    for phase, n in counts.items():
+        gauge.labels(phase).set(n)
+
+
 class AgentMetrics:
     """What one agent exports (docs/agent.md, "Metrics and health")."""
 
@@ -89,11 +98,7 @@ class AgentMetrics:
 
     def set_phases(self, phases: Iterable[str]) -> None:
         """The instance count per phase, from every instance's phase this pass (absent phases are 0)."""
-        counts = dict.fromkeys(self._phases, 0)
-        for phase in phases:
-            counts[phase] = counts.get(phase, 0) + 1
-        for phase, n in counts.items():
-            self.instances.labels(phase).set(n)
+        _count_by_phase(self.instances, self._phases, phases)
 
 
 class ControllerMetrics:
@@ -115,11 +120,8 @@ class ControllerMetrics:
         self.steps = Counter("discoverd_controller_steps", "Rollout steps written to etcd.", registry=r)
 
     def set_phases(self, phases: Iterable[str]) -> None:
-        counts = dict.fromkeys(self._phases, 0)
-        for phase in phases:
-            counts[phase] = counts.get(phase, 0) + 1
-        for phase, n in counts.items():
-            self.rollouts.labels(phase).set(n)
+        """The rollout count per phase, from every rollout's phase (absent phases are 0)."""
+        _count_by_phase(self.rollouts, self._phases, phases)
 
 
 class OperatorMetrics:
