@@ -17,8 +17,6 @@ import click
 
 from discoverd.cli import get, main
 from discoverd.schema import documents, keys
-from discoverd.store import client
-from discoverd.store import documents as store_documents
 
 __all__ = ["describe"]
 
@@ -126,14 +124,7 @@ def instance(ctx: click.Context, ref: tuple[str, str]) -> None:
     """An instance: its document, its version's document, and its status on each server."""
     options = main.etcd_options(ctx)
 
-    async def read() -> store_documents.Snapshot:
-        store = store_documents.Store(await client.connect(options))
-        try:
-            return await store.snapshot()
-        finally:
-            await store.close()
-
-    view = get.build_view(main.run_async(read()))
+    view = main.run_async(get.read_view(options))
     service, instance_id = ref
     known = (
         (service, instance_id) in view.instances

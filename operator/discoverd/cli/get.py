@@ -29,7 +29,7 @@ from discoverd.schema import rollouts as rollouts_
 from discoverd.store import client, watch
 from discoverd.store import documents as store_documents
 
-__all__ = ["View", "build_view", "get", "render"]
+__all__ = ["View", "build_view", "get", "read_view", "render"]
 
 
 @dataclass
@@ -251,6 +251,15 @@ async def _read(store: store_documents.Store) -> View:
     return build_view(await store.snapshot())
 
 
+async def read_view(options: EtcdOptions) -> View:
+    """Configuration and status under the prefix, read once at one revision."""
+    store = store_documents.Store(await client.connect(options))
+    try:
+        return await _read(store)
+    finally:
+        await store.close()
+
+
 async def _follow(options: EtcdOptions, what: str, output: str) -> None:
     """Print, then print again whenever what is shown changes (a watch on the prefix), until Ctrl-C."""
     store = store_documents.Store(await client.connect(options))
@@ -298,14 +307,7 @@ def get(ctx: click.Context, what: str, output: str, follow: bool) -> None:
         main.run_async(_follow(options, what, output))
         return
 
-    async def read() -> store_documents.Snapshot:
-        store = store_documents.Store(await client.connect(options))
-        try:
-            return await store.snapshot()
-        finally:
-            await store.close()
-
-    view = build_view(main.run_async(read()))
+    view = main.run_async(read_view(options))
     for problem in view.invalid:
         click.echo(f"warning: invalid: {problem}", err=True)
     text = render(view, what, output, options.prefix, dt.datetime.now(dt.UTC))
