@@ -98,7 +98,8 @@ class Writer:
         self.lease: int | None = None
         self.agent_message = ""
         self._wanted: dict[model.Ref, Summary] = {}
-        self._since: dict[model.Ref, tuple[Phase, dt.datetime]] = {}
+        self._history: dict[model.Ref, list[documents.PhaseChange]] = {}
+        """Per instance, its last phase changes (the last one is the current phase and its `since`)."""
         self._written: dict[model.Ref, Summary] = {}
         self._written_agent_message: str | None = None
         self._dirty = asyncio.Event()
@@ -108,11 +109,12 @@ class Writer:
         """The statuses to have in etcd now; written by `run` when they differ from what was written."""
         now = _now()
         for ref, summary in summaries.items():
-            old = self._since.get(ref)
-            if old is None or old[0] != summary.phase:
-                self._since[ref] = (summary.phase, now)
-        for ref in set(self._since) - set(summaries):
-            del self._since[ref]
+            history = self._history.setdefault(ref, [])
+            if not history or history[-1].phase != summary.phase:
+                history.append(documents.PhaseChange(phase=summary.phase, at=now, version=summary.version))
+                del history[: -documents.MAX_PHASE_HISTORY]
+        for ref in set(self._history) - set(summaries):
+            del self._history[ref]
         self._wanted = dict(summaries)
         self.agent_message = agent_message
         if self._wanted != self._written or agent_message != self._written_agent_message:
@@ -142,8 +144,10 @@ class Writer:
         for ref, summary in list(self._wanted.items()):
             if self._written.get(ref) == summary:
                 continue
-            _, since = self._since.get(ref, (summary.phase, _now()))
-            status = documents.InstanceStatus(**summary.model_dump(), since=since, updated_at=_now())
+            history = self._history.get(ref) or [documents.PhaseChange(phase=summary.phase, at=_now())]
+            status = documents.InstanceStatus(
+                **summary.model_dump(), since=history[-1].at, updated_at=_now(), history=list(history)
+            )
             key = keys.instance_status(prefix, self.server_id, ref.service, ref.instance)
             await self.store.put(key, status, lease=self.lease)
             self._written[ref] = summary

@@ -34,6 +34,17 @@ def _when(at: dt.datetime | None, now: dt.datetime) -> str:
     return "-" if at is None else f"{at.isoformat(timespec='seconds')} ({get.age(at, now)} ago)"
 
 
+def _history(status: documents.InstanceStatus, now: dt.datetime) -> list[str]:
+    """The last phase changes the agent kept, oldest first."""
+    if not status.history:
+        return []
+    lines = ["  Phases:"]
+    for change in status.history:
+        version = f" (version {change.version})" if change.version else ""
+        lines.append(f"    {_when(change.at, now)}  {change.phase.value}{version}")
+    return lines
+
+
 def _extra(doc: documents.Document) -> list[str]:
     lines = []
     for name, value in sorted((doc.model_extra or {}).items()):
@@ -96,6 +107,7 @@ def describe_instance(view: get.View, prefix: str, service: str, instance_id: st
             f"  Restarts:   {status.restarts} (last exit code {'-' if status.last_exit_code is None else status.last_exit_code})",
             f"  Message:    {status.message or '-'}",
             f"  Updated:    {_when(status.updated_at, now)}",
+            *_history(status, now),
             *_extra(status),
         ]
     return "\n".join(lines)

@@ -36,6 +36,7 @@ __all__ = [
     "MAX_HEALTH_INTERVAL",
     "MAX_LEASE_TTL",
     "MAX_MIN_HEALTHY_SECONDS",
+    "MAX_PHASE_HISTORY",
     "MAX_PID",
     "MAX_RESTARTS",
     "MAX_STEP_TIMEOUT",
@@ -53,6 +54,7 @@ __all__ = [
     "InstanceState",
     "InstanceStatus",
     "Phase",
+    "PhaseChange",
     "Resources",
     "Script",
     "Segment",
@@ -316,12 +318,26 @@ class InstanceState(Document):
     message: str = ""
 
 
+MAX_PHASE_HISTORY = 10
+"""Phase changes an instance status keeps (the newest last), for `discoverd describe`."""
+
+
+class PhaseChange(Document):
+    """One entry of an instance status's history: the phase entered, when, and on which version."""
+
+    phase: Phase
+    at: dt.datetime
+    version: str | None = None
+
+
 class InstanceStatus(InstanceState):
     """`<prefix>/servers/<id>/status/instances/<service>/<id>`, held by the agent's lease."""
 
     since: dt.datetime
     """When the instance entered its current phase."""
     updated_at: dt.datetime
+    history: Annotated[list[PhaseChange], Field(max_length=MAX_PHASE_HISTORY)] = Field(default_factory=list)
+    """The last phase changes seen by the agent since it started, oldest first (the current phase last)."""
 
 
 _MODELS: dict[keys.Kind, type[Document]] = {
