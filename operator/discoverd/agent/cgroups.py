@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from discoverd import logs
-from discoverd.agent import plan
+from discoverd.agent import model
 from discoverd.schema import documents
 
 __all__ = [
@@ -260,18 +260,18 @@ class Placement:
 
     name = "none"
 
-    def cgroup(self, ref: plan.Ref) -> Cgroup | None:
+    def cgroup(self, ref: model.Ref) -> Cgroup | None:
         """The instance's cgroup, to stop and clean it; None without cgroups."""
         return None
 
-    def prepare(self, ref: plan.Ref, resources: documents.Resources | None) -> None:
+    def prepare(self, ref: model.Ref, resources: documents.Resources | None) -> None:
         """Before a start: create the instance's cgroup and set its limits (OSError when it cannot)."""
 
-    def wrap_inner(self, ref: plan.Ref, resources: documents.Resources | None, argv: list[str]) -> list[str]:
+    def wrap_inner(self, ref: model.Ref, resources: documents.Resources | None, argv: list[str]) -> list[str]:
         """The argv that runs `argv` in the cgroup, as run in the host's namespaces (inside nsenter)."""
         return argv
 
-    def wrap_outer(self, ref: plan.Ref, argv: list[str]) -> list[str]:
+    def wrap_outer(self, ref: model.Ref, argv: list[str]) -> list[str]:
         """The argv that runs `argv` (nsenter included) in the cgroup, as run by the agent."""
         return argv
 
@@ -282,7 +282,7 @@ class Placement:
 NONE = Placement()
 
 
-def _segments(root: str, ref: plan.Ref) -> list[str]:
+def _segments(root: str, ref: model.Ref) -> list[str]:
     return [s for s in root.split("/") if s] + ["discoverd", ref.service, ref.instance]
 
 
@@ -298,14 +298,14 @@ class CgroupFs(Placement):
     def describe(self) -> str:
         return f"cgroupfs root={self.root} hierarchies={','.join(h.name for h in self.hierarchies)}"
 
-    def _rel(self, ref: plan.Ref) -> str:
+    def _rel(self, ref: model.Ref) -> str:
         return "/" + "/".join(_segments(self.root, ref))
 
-    def cgroup(self, ref: plan.Ref) -> Cgroup:
+    def cgroup(self, ref: model.Ref) -> Cgroup:
         rel = self._rel(ref)
         return Cgroup(rel, tuple(h.mount / rel.lstrip("/") for h in self.hierarchies))
 
-    def prepare(self, ref: plan.Ref, resources: documents.Resources | None) -> None:
+    def prepare(self, ref: model.Ref, resources: documents.Resources | None) -> None:
         for h in self.hierarchies:
             path = h.mount
             for segment in _segments(self.root, ref):
@@ -317,7 +317,7 @@ class CgroupFs(Placement):
                 _init_child(h, parent, path)  # also when it exists: an agent may have died in between
             _limit(h, path, resources)
 
-    def wrap_outer(self, ref: plan.Ref, argv: list[str]) -> list[str]:
+    def wrap_outer(self, ref: model.Ref, argv: list[str]) -> list[str]:
         procs = [str(d / "cgroup.procs") for d in self.cgroup(ref).dirs]
         return [*JOIN_ARGV, *procs, "--", *argv]
 
@@ -328,7 +328,7 @@ class CgroupFs(Placement):
         writable cgroupfs is not enough (from a Kubernetes pod on the test machines the write to
         `cgroup.procs` fails with EIO).
         """
-        ref = plan.Ref(".probe", str(os.getpid()))
+        ref = model.Ref(".probe", str(os.getpid()))
         try:
             self.prepare(ref, None)
             proc = subprocess.run(
@@ -411,17 +411,17 @@ class Systemd(Placement):
     def __init__(self, found: list[Hierarchy]) -> None:
         self.hierarchies = [h for h in found if h.version == 2 or h.name == "name=systemd" or h.name in _SYSTEMD_V1]
 
-    def _slices(self, ref: plan.Ref) -> tuple[str, str]:
+    def _slices(self, ref: model.Ref) -> tuple[str, str]:
         service = f"discoverd-{_unit_name(ref.service)}.slice"
         instance = f"discoverd-{_unit_name(ref.service)}-{_unit_name(ref.instance)}.slice"
         return service, instance
 
-    def cgroup(self, ref: plan.Ref) -> Cgroup:
+    def cgroup(self, ref: model.Ref) -> Cgroup:
         service, instance = self._slices(ref)
         rel = f"/discoverd.slice/{service}/{instance}"
         return Cgroup(rel, tuple(h.mount / rel.lstrip("/") for h in self.hierarchies), owned=False)
 
-    def wrap_inner(self, ref: plan.Ref, resources: documents.Resources | None, argv: list[str]) -> list[str]:
+    def wrap_inner(self, ref: model.Ref, resources: documents.Resources | None, argv: list[str]) -> list[str]:
         _, instance = self._slices(ref)
         props: list[str] = []
         r = resources or documents.Resources()

@@ -1,4 +1,4 @@
-"""What this server should run: etcd entries -> one `plan.Target` (or `plan.Broken`) per instance.
+"""What this server should run: etcd entries -> one `model.Target` (or `model.Broken`) per instance.
 
 First stage of the agent's flow after the store: `scope` keeps this
 server's entries up to date from the watch (its server document, the version
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from discoverd.agent import plan
+from discoverd.agent import model
 from discoverd.schema import documents, keys
 from discoverd.store.documents import Entry
 
@@ -25,8 +25,8 @@ __all__ = ["Desired", "listed", "merge_run", "resolve"]
 
 @dataclass(frozen=True)
 class Desired:
-    instances: Mapping[plan.Ref, plan.Target | plan.Broken] = field(default_factory=dict)
-    refs: tuple[plan.Ref, ...] = ()
+    instances: Mapping[model.Ref, model.Target | model.Broken] = field(default_factory=dict)
+    refs: tuple[model.Ref, ...] = ()
     """The instances the server document lists (the last valid list when it is invalid now)."""
     server_error: str | None = None
 
@@ -39,27 +39,27 @@ def merge_run(version: documents.Script, instance: documents.Script) -> document
     return documents.Script(command=version.command, argv=[*version.argv, *instance.argv], env=env)
 
 
-def _resolve_one(entries: Mapping[str, Entry], prefix: str, ref: plan.Ref) -> plan.Target | plan.Broken:
+def _resolve_one(entries: Mapping[str, Entry], prefix: str, ref: model.Ref) -> model.Target | model.Broken:
     instance_key = keys.instance_config(prefix, ref.service, ref.instance)
     entry = entries.get(instance_key)
     if entry is None:
-        return plan.Broken(ref, f"{instance_key}: the instance document does not exist")
+        return model.Broken(ref, f"{instance_key}: the instance document does not exist")
     if entry.error is not None or not isinstance(entry.document, documents.Instance):
-        return plan.Broken(ref, str(entry.error or f"{instance_key}: not an instance document"))
+        return model.Broken(ref, str(entry.error or f"{instance_key}: not an instance document"))
     instance = entry.document
     version_key = keys.version_config(prefix, ref.service, instance.service_version)
     ventry = entries.get(version_key)
     if ventry is None:
-        return plan.Broken(ref, f"{version_key}: the version document does not exist")
+        return model.Broken(ref, f"{version_key}: the version document does not exist")
     if ventry.error is not None or not isinstance(ventry.document, documents.Version):
-        return plan.Broken(ref, str(ventry.error or f"{version_key}: not a version document"))
+        return model.Broken(ref, str(ventry.error or f"{version_key}: not a version document"))
     version = ventry.document
-    return plan.Target(ref, instance.service_version, version, merge_run(version.run_script, instance.run_script))
+    return model.Target(ref, instance.service_version, version, merge_run(version.run_script, instance.run_script))
 
 
 def listed(
-    entries: Mapping[str, Entry], prefix: str, server_id: str, last_refs: tuple[plan.Ref, ...] = ()
-) -> tuple[tuple[plan.Ref, ...], str | None]:
+    entries: Mapping[str, Entry], prefix: str, server_id: str, last_refs: tuple[model.Ref, ...] = ()
+) -> tuple[tuple[model.Ref, ...], str | None]:
     """The instances server `server_id` lists, and why its document is invalid (then: `last_refs`)."""
     server_key = keys.server_config(prefix, server_id)
     entry = entries.get(server_key)
@@ -67,10 +67,12 @@ def listed(
         return (), None
     if entry.error is not None or not isinstance(entry.document, documents.Server):
         return last_refs, str(entry.error or f"{server_key}: not a server document")
-    return tuple(plan.Ref(r.name, r.id) for r in entry.document.service_instances), None
+    return tuple(model.Ref(r.name, r.id) for r in entry.document.service_instances), None
 
 
-def resolve(entries: Mapping[str, Entry], prefix: str, server_id: str, last_refs: tuple[plan.Ref, ...] = ()) -> Desired:
+def resolve(
+    entries: Mapping[str, Entry], prefix: str, server_id: str, last_refs: tuple[model.Ref, ...] = ()
+) -> Desired:
     """The desired state of server `server_id` from its entries (extra entries are ignored)."""
     refs, server_error = listed(entries, prefix, server_id, last_refs)
     instances = {ref: _resolve_one(entries, prefix, ref) for ref in refs}

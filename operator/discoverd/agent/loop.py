@@ -87,7 +87,7 @@ class Agent:
         self.store: Store | None = None
         self.writer: status.Writer | None = None
         self.watch: scope.ScopedWatch | None = None
-        self._rejected: set[tuple[plan.Ref | None, str]] = set()
+        self._rejected: set[tuple[model.Ref | None, str]] = set()
 
     def _kv(self, **more: object) -> dict[str, object]:
         return logs.kv(server=self.options.server_id, **more)
@@ -112,11 +112,11 @@ class Agent:
 
     def _log_rejected(self) -> None:
         """Log each invalid or missing document once (per instance and reason), not on every pass."""
-        now: set[tuple[plan.Ref | None, str]] = set()
+        now: set[tuple[model.Ref | None, str]] = set()
         if self.desired.server_error is not None:
             now.add((None, self.desired.server_error))
         for ref, want in self.desired.instances.items():
-            if isinstance(want, plan.Broken):
+            if isinstance(want, model.Broken):
                 now.add((ref, want.message))
         for which, reason in now - self._rejected:
             where = {} if which is None else {"service": which.service, "instance": which.instance}

@@ -52,13 +52,6 @@ __all__ = [
     "plan_instance",
 ]
 
-# Aliases for modules that still import these names from here (desired, steps, cli); the types
-# live in `model`. Not in `__all__`: new code imports `model`.
-Ref = model.Ref
-Target = model.Target
-Broken = model.Broken
-BACKOFF_BASE = model.BACKOFF_BASE
-
 
 @dataclass(frozen=True)
 class Install:

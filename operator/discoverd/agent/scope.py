@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from discoverd import logs
-from discoverd.agent import desired, plan
+from discoverd.agent import desired, model
 from discoverd.errors import Compacted, StoreUnavailable
 from discoverd.schema import keys
 from discoverd.store import watch
@@ -66,7 +66,7 @@ class Span:
         return key.startswith(self.key) if self.prefix else key == self.key
 
 
-def spans(prefix: str, server_id: str, refs: Iterable[plan.Ref]) -> frozenset[Span]:
+def spans(prefix: str, server_id: str, refs: Iterable[model.Ref]) -> frozenset[Span]:
     """What an agent serving `server_id` and running `refs` reads and watches."""
     todo = {Span(keys.server_config(prefix, server_id))}
     for ref in refs:
@@ -103,7 +103,7 @@ class ScopedWatch:
         self.progress_every = progress_every
         self.stall_after = stall_after
         self.entries: dict[str, Entry] = {}
-        self.refs: tuple[plan.Ref, ...] = ()
+        self.refs: tuple[model.Ref, ...] = ()
         self.watches: dict[Span, int] = {}
         self.events = 0
         """Watch events received since the start (a debugging counter, logged with every change)."""

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from discoverd import logs
-from discoverd.agent import cgroups, observe, plan
+from discoverd.agent import cgroups, model, observe
 from discoverd.schema import documents
 
 __all__ = [
@@ -118,7 +118,7 @@ def argv_for(
     version_dir: Path,
     cwd: Path,
     *,
-    ref: plan.Ref | None = None,
+    ref: model.Ref | None = None,
     resources: documents.Resources | None = None,
 ) -> list[str]:
     """The argv to exec in `cwd`. A relative command with a '/' (`./web`) is looked up in the version directory first.
@@ -144,7 +144,7 @@ def argv_for(
 
 
 def environment(
-    target: plan.Target, ctx: Context, version_dir: Path, instance_dir: Path, extra: Mapping[str, str] | None
+    target: model.Target, ctx: Context, version_dir: Path, instance_dir: Path, extra: Mapping[str, str] | None
 ) -> dict[str, str]:
     """The agent's environment plus the DISCOVERD_* variables and the script's `env`.
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from discoverd.agent import cgroups, loop, plan, steps
+from discoverd.agent import cgroups, loop, model, steps
 from discoverd.cli import main
 from discoverd.schema import keys
 
@@ -116,7 +116,7 @@ def _cgroup_root(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option(
     "--backoff-base",
     type=click.FloatRange(min=0.01),
-    default=plan.BACKOFF_BASE,
+    default=model.BACKOFF_BASE,
     show_default=True,
     hidden=True,
     help="First restart delay in seconds (tests shorten it).",

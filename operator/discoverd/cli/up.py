@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 
 from discoverd import embedded_etcd
-from discoverd.agent import loop, plan, status
+from discoverd.agent import loop, model, status
 from discoverd.cli import main
 from discoverd.config import EtcdOptions
 from discoverd.controller import loop as controller_loop
@@ -110,12 +110,12 @@ _SAYS = {
 }
 
 
-def _progress(url: str, endpoint: str) -> Callable[[plan.Ref, status.Summary], None]:
-    shown: dict[plan.Ref, tuple[documents.Phase, str | None]] = {}
+def _progress(url: str, endpoint: str) -> Callable[[model.Ref, status.Summary], None]:
+    shown: dict[model.Ref, tuple[documents.Phase, str | None]] = {}
     running: set[str] = set()
     hinted = False
 
-    def show(ref: plan.Ref, summary: status.Summary) -> None:
+    def show(ref: model.Ref, summary: status.Summary) -> None:
         seen = (summary.phase, summary.version)
         if shown.get(ref) == seen:
             return

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from discoverd.agent import cgroups, plan
+from discoverd.agent import cgroups, model
 from discoverd.errors import InvalidDocument
 from discoverd.schema import documents
 
@@ -44,7 +44,7 @@ def test_cgroupfs_joins_every_writable_hierarchy_before_nsenter() -> None:
         cgroups.Hierarchy(Path("/cg/pids"), 1, "pids", False),
     ]
     fs = cgroups.CgroupFs("/test/", hs)
-    ref = plan.Ref("web", "i1")
+    ref = model.Ref("web", "i1")
     cg = fs.cgroup(ref)
     assert cg.rel == "/test/discoverd/web/i1"
     assert cg.dirs == (Path("/cg/memory/test/discoverd/web/i1"), Path("/cg/unified/test/discoverd/web/i1"))
@@ -63,7 +63,7 @@ def test_cgroupfs_joins_every_writable_hierarchy_before_nsenter() -> None:
 
 def test_systemd_scope_argv_carries_the_limits_and_an_escaped_slice() -> None:
     sd = cgroups.Systemd([cgroups.Hierarchy(Path("/sys/fs/cgroup"), 2, "unified", True)])
-    ref = plan.Ref("my-web", "i/1".replace("/", "-"))
+    ref = model.Ref("my-web", "i/1".replace("/", "-"))
     resources = documents.Resources(memory_mb=64, cpu_millis=250, pids_max=10)
     argv = sd.wrap_inner(ref, resources, ["./web", "--port", "80"])
     assert argv[:4] == ["systemd-run", "--scope", "--quiet", "--collect"]
@@ -85,7 +85,7 @@ def test_systemd_scope_argv_carries_the_limits_and_an_escaped_slice() -> None:
 
 
 def test_no_placement_changes_nothing() -> None:
-    ref = plan.Ref("web", "i1")
+    ref = model.Ref("web", "i1")
     assert cgroups.NONE.cgroup(ref) is None
     assert cgroups.NONE.wrap_outer(ref, cgroups.NONE.wrap_inner(ref, None, ["./web"])) == ["./web"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from discoverd.agent import desired, plan
+from discoverd.agent import desired, model
 from discoverd.schema import documents
 from discoverd.store.documents import Entry, decode
 
@@ -31,8 +31,8 @@ def test_resolves_a_target_with_the_go_short_keys() -> None:
         services__web__instances__i1__config__details={"name": "web", "service_version": "1", "run": {"argv": ["-v"]}},
     )
     d = desired.resolve(e, P, "n1")
-    target = d.instances[plan.Ref("web", "i1")]
-    assert isinstance(target, plan.Target)
+    target = d.instances[model.Ref("web", "i1")]
+    assert isinstance(target, model.Target)
     assert target.run.command == "./web"
     assert target.run.argv == ["--port", "80", "-v"]
 
@@ -50,14 +50,14 @@ def test_missing_version_is_broken_naming_the_key() -> None:
         servers__n1__config__details=SERVER,
         services__web__instances__i1__config__details={"name": "web", "service_version": "9"},
     )
-    broken = desired.resolve(e, P, "n1").instances[plan.Ref("web", "i1")]
-    assert isinstance(broken, plan.Broken)
+    broken = desired.resolve(e, P, "n1").instances[model.Ref("web", "i1")]
+    assert isinstance(broken, model.Broken)
     assert "/d/services/web/versions/9/config/details" in broken.message
 
 
 def test_invalid_server_keeps_the_last_valid_instance_list() -> None:
     e = entries(servers__n1__config__details=b"[]")
-    last = (plan.Ref("web", "i1"),)
+    last = (model.Ref("web", "i1"),)
     d = desired.resolve(e, P, "n1", last)
     assert d.refs == last
     assert d.server_error is not None and "/d/servers/n1/config/details" in d.server_error

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from discoverd.agent import plan, scope
+from discoverd.agent import model, scope
 
 P = "/d"
 
@@ -12,7 +12,7 @@ def test_an_agent_with_no_instances_watches_its_server_document_alone() -> None:
 
 
 def test_one_versions_prefix_per_service_and_one_key_per_instance() -> None:
-    refs = [plan.Ref("web", "a"), plan.Ref("web", "b"), plan.Ref("db", "x")]
+    refs = [model.Ref("web", "a"), model.Ref("web", "b"), model.Ref("db", "x")]
     assert scope.spans(P, "n1", refs) == {
         scope.Span("/d/servers/n1/config/details"),
         scope.Span("/d/services/web/versions/", prefix=True),
