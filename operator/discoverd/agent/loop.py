@@ -1,4 +1,4 @@
-"""The agent's main: watch etcd -> desired; observe -> plan -> execute; status -> etcd.
+"""The agent's main: watch etcd -> desired; instance states -> plan -> execute; status -> etcd.
 
 Three tasks share one event loop, each kept alive by `tasks.supervise` (a
 crash is logged with its traceback and the task restarted with back-off):
