@@ -170,6 +170,10 @@ def rotate(path: Path, limit: LogLimit) -> bool:
     Copy and truncate, not rename: a live run script keeps its log open (O_APPEND), a renamed file
     would go on growing under the new name. With O_APPEND its next write lands at the new end of the
     file. What it writes between the copy and the truncation (a few milliseconds) is lost.
+
+    No copy is ever missing, not even for an instant (someone tailing or listing the logs never sees
+    `.1` vanish): each older copy is hard-linked to a hidden temporary name that then atomically
+    replaces the next one up, and the new `.1` is written under a hidden name and renamed over it.
     """
     try:
         if path.stat().st_size <= limit.max_bytes:
@@ -180,13 +184,26 @@ def rotate(path: Path, limit: LogLimit) -> bool:
         os.truncate(path, 0)
         return True
     for n in range(limit.keep - 1, 0, -1):
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(f"{path}.{n}", f"{path}.{n + 1}")
+        _replace_with_link(Path(f"{path}.{n}"), Path(f"{path}.{n + 1}"))
     copy = Path(f"{path}.1")
-    with open(path, "rb") as src, _open_private(copy, os.O_TRUNC) as dst:
+    staged = copy.with_name(f".{copy.name}.tmp")
+    with open(path, "rb") as src, _open_private(staged, os.O_TRUNC) as dst:
         shutil.copyfileobj(src, dst)
+    os.replace(staged, copy)
     os.truncate(path, 0)
     return True
+
+
+def _replace_with_link(source: Path, target: Path) -> None:
+    """Make `target` the file `source` is, atomically, leaving `source` in place (a missing source: nothing)."""
+    staged = target.with_name(f".{target.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        staged.unlink()
+    try:
+        os.link(source, staged)
+    except FileNotFoundError:
+        return
+    os.replace(staged, target)
 
 
 @contextlib.asynccontextmanager
