@@ -10,14 +10,17 @@ rights (docs/kubernetes.md lists the RBAC).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+from collections.abc import Mapping
 from typing import Any, cast
 
 import kopf
 
 from discoverd.schema import resources
 
-__all__ = ["DIFFBASE", "FINALIZER", "as_handled", "configure", "login", "registry"]
+__all__ = ["DIFFBASE", "FINALIZER", "as_handled", "configure", "in_cluster_server", "login", "registry"]
 
 FINALIZER = f"{resources.GROUP}/mirror"
 DIFFBASE = kopf.AnnotationsDiffBaseStorage(prefix=resources.GROUP, key="last-handled-configuration")
@@ -60,9 +63,28 @@ def as_handled(body: dict[str, Any]) -> dict[str, Any]:
 
 @kopf.on.login(registry=registry)
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    """In a pod: the service account; elsewhere: $KUBECONFIG (Kopf's own readers, no client library)."""
-    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    """In a pod: the service account; elsewhere: $KUBECONFIG (Kopf's own readers, no client library).
+
+    In a pod, the API server is the one `KUBERNETES_SERVICE_HOST`/`_PORT` name, as for client-go's
+    in-cluster configuration and the client library the mirror uses (`kube.py`). Kopf's reader
+    always names `https://kubernetes.default.svc`, which needs the cluster's DNS: a pod on the host
+    network (`operator.hostNetwork`) does not resolve it, nor does a cluster without DNS, and Kopf
+    and the mirror would then talk to two different servers, or Kopf to none (it crash-looped so).
+    """
+    info: kopf.ConnectionInfo | None = kopf.login_with_service_account(**kwargs)
+    if info is None:
+        info = kopf.login_with_kubeconfig(**kwargs)
+    elif server := in_cluster_server(os.environ):
+        info = dataclasses.replace(info, server=server)
     return info
+
+
+def in_cluster_server(environ: Mapping[str, str]) -> str | None:
+    """The API server a pod is given in its environment (client-go's `InClusterConfig`), or None."""
+    host, port = environ.get("KUBERNETES_SERVICE_HOST"), environ.get("KUBERNETES_SERVICE_PORT")
+    if not host or not port:
+        return None
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
 def _quiet_index(record: logging.LogRecord) -> bool:
