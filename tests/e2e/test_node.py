@@ -188,21 +188,25 @@ def release(node: Node) -> Iterator[Release]:
     try:
         yield Release(ports)
     finally:
-        _print_logs(node)
         node.run(node.helm, "uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", check=False)
 
 
-def _print_logs(node: Node) -> None:
-    """The release's containers' logs and the namespace's events: shown by pytest when a step fails.
+def failure_report(funcargs: dict[str, Any]) -> str | None:
+    """What tests/e2e/conftest.py adds to a failed step's report: the release's logs and events.
 
     Read from the kubelet's pod log directory: `kubectl logs` cannot reach this kubelet (the node
     has no address the API server may use, docs/control-plane.md).
     """
+    node = funcargs.get("node")
+    if not isinstance(node, Node):
+        return None
+    parts = []
     for log in sorted(Path(node.env["DISCOVERD_NODE_DIR"], "pod-logs").glob(f"{NAMESPACE}_*/*/*.log")):
         lines = log.read_text(errors="replace").splitlines()[-200:]
-        print(f"--- {log.parent.parent.name}/{log.parent.name}/{log.name} ---", *lines, sep="\n")
+        parts.append("\n".join([f"--- {log.parent.parent.name}/{log.parent.name}/{log.name} ---", *lines]))
     events = node.run(node.kubectl, "-n", NAMESPACE, "get", "events", "--sort-by=.lastTimestamp", check=False)
-    print(f"--- events ---\n{events.stdout}{events.stderr}")
+    parts.append(f"--- events ---\n{events.stdout}{events.stderr}")
+    return "\n".join(parts)
 
 
 # --- what runs on the host ------------------------------------------------------------------------
