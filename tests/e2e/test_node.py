@@ -40,6 +40,7 @@ import yaml
 
 from discoverd.agent import layout, model
 from kube import controlplane
+from support import cgroups as test_cgroups
 from support.wait import wait_until
 
 REPO = controlplane.REPO
@@ -70,6 +71,8 @@ class Node:
     """A host directory for this test: the agent's state, etcd's data, the scripts' files."""
     host_pid: int
     """The nsenter target: a process of this test in the host's namespaces."""
+    cgroup_root: str
+    """The agent's `--cgroup-root`: this test's own, removed at the end (tests/support/cgroups.py)."""
 
     def run(self, tool: Path, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([str(tool), *args], env=self.env, capture_output=True, text=True, timeout=timeout)
@@ -104,15 +107,17 @@ def node() -> Iterator[Node]:
     )
     print(f"hack/node.sh up: {time.monotonic() - started:.0f} s\n{up.stderr[-3000:]}")
     target = subprocess.Popen(["sleep", "infinity"], start_new_session=True)
+    cgroup_root = test_cgroups.new_root()
     try:
         assert up.returncode == 0, f"hack/node.sh up failed:\n{up.stderr[-20000:]}"
         env = {**os.environ, **_exports(up.stdout)}
         api_port = env["DISCOVERD_KUBE_SERVER"].rsplit(":", 1)[1]
-        yield Node(env, env["DISCOVERD_NODE_NAME"], kubectl, helm, api_port, work, target.pid)
+        yield Node(env, env["DISCOVERD_NODE_NAME"], kubectl, helm, api_port, work, target.pid, cgroup_root)
     finally:
         target.kill()
         target.wait()
         _stop_instances(work / "out")
+        test_cgroups.remove_root(cgroup_root)
         started = time.monotonic()
         down = subprocess.run(
             ["bash", str(NODE_SCRIPT), "down", "--dir", str(node_dir)], capture_output=True, text=True, timeout=300
@@ -167,6 +172,7 @@ def _release_values(node: Node, etcd_ports: list[int], annotation: str) -> list[
         "operator.extraEnv[1].value": node.api_port,
         "agent.stateDir": str(node.work / "state"),
         "agent.hostPid": str(node.host_pid),
+        "agent.extraArgs[0]": f"--cgroup-root={node.cgroup_root}",
         "agent.podAnnotations.e2e/generation": annotation,
     }
     strings = ("value", "generation")  # env values and annotations are strings, never numbers
@@ -311,6 +317,8 @@ def test_2_run_script_runs_in_the_hosts_namespaces(node: Node, release: Release)
     # A pid of the host's pid namespace, seen by the agent as the instance's process.
     assert Path(f"/proc/{script_pid}/cmdline").read_bytes().split(b"\0")[0] == b"sleep"
     assert pid == script_pid or script_pid in _descendants(pid)
+    # In a cgroup of its own, outside the agent pod's (so that it outlives the pod, step 5).
+    assert f":{node.cgroup_root}/{SERVICE}/{INSTANCE}\n" in Path(f"/proc/{script_pid}/cgroup").read_text()
 
 
 def _descendants(pid: int) -> set[int]:
