@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Go-built kube-apiserver, kubectl and helm are cached outside git, once per machine.
 export DISCOVERD_TOOLS_DIR ?= $(HOME)/.cache/discoverd/tools
 
-.PHONY: venv tools lint test test-fast up clean image e2e
+.PHONY: deps venv tools lint test test-fast up clean image e2e
 
 venv: $(VENV)/.installed
 
@@ -16,13 +16,17 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	@touch $@
 
-# The real-node end-to-end suite (tests/e2e/test_node.py: kubelet, containerd, the chart, the image)
-# is part of `make test`; it needs root, the node's binaries (built here with the other tools) and
-# Debian's containerd, runc, containernetworking-plugins, docker.io, mmdebstrap and gcc (.ci/run
-# installs them). E2E_NODE=0 leaves the node out (the suite then skips and --node is not built).
+# The real-node end-to-end suite (tests/e2e/test_node.py: kubelet, containerd, the chart, the
+# image) is part of `make test`. It needs root, the node's binaries (built with the other tools)
+# and Debian's containerd, runc, containernetworking-plugins, docker.io, mmdebstrap and gcc
+# (`make deps` installs them). E2E_NODE=0 leaves the node out: the suite skips, nothing of it built.
 E2E_NODE ?= 1
 tools:
 	bash hack/build-tools.sh $(if $(filter 1,$(E2E_NODE)),--node)
+
+# Debian packages the tests need, installed when missing (apt-get, as root; else it names them).
+deps:
+	bash hack/deps.sh $(if $(filter 1,$(E2E_NODE)),--node)
 
 lint: venv
 	$(BIN)/ruff check operator tests bench hack
@@ -34,7 +38,7 @@ lint: venv
 # together): most tests wait on real processes rather than use a core, so 3 workers on 2 cores
 # halve the wall time (703 s -> 332 s measured). PYTEST_WORKERS=0 runs them one after another.
 PYTEST_WORKERS ?= 3
-test: venv tools lint
+test: deps venv tools lint
 	DISCOVERD_E2E_NODE=$(E2E_NODE) PATH="$(CURDIR)/$(BIN):$$PATH" \
 	  $(BIN)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
@@ -53,6 +57,7 @@ image:
 # its output shown as it runs: builds the node's binaries (once per machine) and the images, then
 # runs the scenario. `make test` runs it too (E2E_NODE above, docs/control-plane.md).
 e2e: venv
+	bash hack/deps.sh --node
 	bash hack/build-tools.sh --node
 	DISCOVERD_E2E_NODE=1 PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -rxX -p no:cacheprovider -s tests/e2e/test_node.py $(PYTEST_ARGS)
 
