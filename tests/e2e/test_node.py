@@ -318,7 +318,7 @@ def test_2_run_script_runs_in_the_hosts_namespaces(node: Node, release: Release)
     assert Path(f"/proc/{script_pid}/cmdline").read_bytes().split(b"\0")[0] == b"sleep"
     assert pid == script_pid or script_pid in _descendants(pid)
     # In a cgroup of its own, outside the agent pod's (so that it outlives the pod, step 5).
-    assert f":{node.cgroup_root}/{SERVICE}/{INSTANCE}\n" in Path(f"/proc/{script_pid}/cgroup").read_text()
+    assert f":{node.cgroup_root}/discoverd/{SERVICE}/{INSTANCE}\n" in Path(f"/proc/{script_pid}/cgroup").read_text()
 
 
 def _descendants(pid: int) -> set[int]:
