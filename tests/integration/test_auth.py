@@ -19,6 +19,7 @@ from discoverd.errors import StoreUnavailable
 from discoverd.schema import documents, keys
 from discoverd.store import client, leases
 from discoverd.store.documents import Store
+from support import cgroups as test_cgroups
 from support.cli import discoverd
 from support.wait import wait_until
 
@@ -181,7 +182,9 @@ def test_an_agent_with_its_server_credentials_runs_its_instances(
     password_file.write_text(password + "\n")
     password_file.chmod(0o600)
     argv = [DISCOVERD, "--etcd-password-file", str(password_file), "agent", "--server-id", "node-1"]
-    argv += ["--state-dir", str(tmp_path / "state"), "--backoff-base", "0.2"]
+    # A cgroup root of its own (tests/support/cgroups.py): never the machine's `/discoverd`.
+    cgroup_root = test_cgroups.new_root()
+    argv += ["--state-dir", str(tmp_path / "state"), "--backoff-base", "0.2", "--cgroup-root", cgroup_root]
     log_path = tmp_path / "agent.log"
     pids: set[int] = set()
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DISCOVERD_ETCD_PASSWORD")}
@@ -215,6 +218,7 @@ def test_an_agent_with_its_server_credentials_runs_its_instances(
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
+        test_cgroups.remove_root(cgroup_root)
 
 
 def test_password_file_errors_are_one_line(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 
 from discoverd.embedded_etcd import EtcdServer, free_port
+from support import cgroups as test_cgroups
 from support.cli import discoverd
 from support.cluster import Cluster, Pki, make_pki, read_key
 from support.wait import wait_until
@@ -72,6 +73,8 @@ class World:
         self.cluster = cluster
         self.prefix = prefix
         self.tmp_path = tmp_path
+        # A cgroup root of its own (tests/support/cgroups.py): never the machine's `/discoverd`.
+        self.cgroup_root = test_cgroups.new_root()
         self.env = {
             "DISCOVERD_ETCD_ENDPOINTS": ",".join(endpoints),
             "DISCOVERD_ETCD_CACERT": str(cluster.pki.ca),
@@ -111,7 +114,7 @@ class World:
 
     def start_agent(self) -> None:
         argv = [DISCOVERD, "agent", "--server-id", "node-1", "--state-dir", str(self.tmp_path / "state")]
-        argv += ["--lease-ttl", str(LEASE_TTL), "--backoff-base", "0.2"]
+        argv += ["--lease-ttl", str(LEASE_TTL), "--backoff-base", "0.2", "--cgroup-root", self.cgroup_root]
         with open(self.tmp_path / "agent.log", "ab") as log:
             self.agent = subprocess.Popen(
                 argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={**os.environ, **self.env}
@@ -169,6 +172,7 @@ class World:
         for pid in self.pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
+        test_cgroups.remove_root(self.cgroup_root)
 
 
 @pytest.fixture
