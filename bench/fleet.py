@@ -162,6 +162,8 @@ def agent_argv(args: argparse.Namespace, etcd: Any, server_id: str, state_dir: P
         "--state-dir",
         str(state_dir),
         "--stop-instances-on-exit",
+        "--cgroups",
+        "none",
     ]
 
 

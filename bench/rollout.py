@@ -169,6 +169,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                     "--state-dir",
                     str(state),
                     "--stop-instances-on-exit",
+                    "--cgroups",
+                    "none",
                 ]
                 children.append(common.Child(argv, tmp / f"{server}.log").start())
             controller = common.Child([*base, "controller", "--lease-ttl", "5"], tmp / "controller.log").start()
