@@ -19,11 +19,9 @@ it never stops the other keys. Objects are found through `objects.Index`
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,7 +115,7 @@ class Reconciler:
         """True from a full resync until the etcd watch is lost (the operator's readiness)."""
         self._config: dict[keys.Key, documents.Entry | Unread | None] = {}
         """Queued keys whose configuration needs syncing, with the newest value the watch delivered."""
-        self._locks: defaultdict[keys.Key, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._locks: workqueue.KeyLocks[keys.Key] = workqueue.KeyLocks()
 
     def enqueue(self, key: keys.Key, *, config: bool = True, seen: documents.Entry | Unread | None = UNREAD) -> None:
         """Reconcile `key` soon: its configuration (with `seen`, the value a watch event just delivered,
@@ -235,7 +233,7 @@ class Reconciler:
         A newer value arrives as another event, and writes to etcd are guarded by
         mod_revision, so a stale `seen` can only cost a retry, never a lost write.
         """
-        async with self._locks[key]:
+        async with self._locks.hold(key):
             for _ in range(_ATTEMPTS):
                 body, duplicates = await self.find(key)
                 named = name is not None and any(d["metadata"]["name"] == name for d in duplicates)

@@ -12,17 +12,23 @@ Producers `add` keys (the etcd watch, the Kopf handlers, retries); workers
   succeeds; `add_after` adds it after a fixed delay (the earliest wins when
   several are pending).
 
+`KeyLocks` serialises work on one key that does not go through the queue
+(a Kopf handler and a queue worker on the same key), keeping a lock only
+while someone holds or waits for it, so the keys of a churning fleet do not
+pile up.
+
 Pure asyncio, no I/O; the clock is the event loop's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import AsyncIterator, Hashable
 from typing import Generic, TypeVar
 
-__all__ = ["WorkQueue"]
+__all__ = ["KeyLocks", "WorkQueue"]
 
 K = TypeVar("K", bound=Hashable)
 
@@ -114,3 +120,28 @@ class WorkQueue(Generic[K]):
         for _, handle in self._waiting.values():
             handle.cancel()
         self._waiting.clear()
+
+
+class KeyLocks(Generic[K]):
+    """One `asyncio.Lock` per key, kept only while it is held or awaited (a defaultdict of locks
+    would keep one for every key ever seen)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[K, tuple[asyncio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: K) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
