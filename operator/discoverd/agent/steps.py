@@ -203,6 +203,9 @@ def _replace_with_link(source: Path, target: Path) -> None:
         os.link(source, staged)
     except FileNotFoundError:
         return
+    except OSError:  # a filesystem without hard links: a plain rename, `source` missing for a moment
+        os.replace(source, target)
+        return
     os.replace(staged, target)
 
 
