@@ -75,5 +75,20 @@ def test_a_hostile_object_is_refused_and_the_others_are_mirrored(
     refusal = "field 'runScript.env': environment variable name 'DISCOVERD_SERVER_ID' is reserved"
     wait_until(lambda: refusal in operator.log_text(), timeout=30, what="the refusal, naming the field, logged")
     assert raw_etcd.get(keys.instance_config(prefix, "web", "bad")) is None
+
+    # Over the 1 MiB every agent refuses, under the API server's 1.5 MiB: refused here, never written to etcd.
+    # `create`, not `apply`: apply's last-applied annotation would double the object past the API server's limit.
+    env = {f"BIG{i}": "a" * 110 * 1024 for i in range(10)}
+    big = {
+        "apiVersion": "discoverd.io/v1alpha1",
+        "kind": "ServiceVersion",
+        "metadata": {"name": "web.9.9"},
+        "spec": {"service": "web", "version": "9.9", "runScript": {"command": "./web", "env": env}},
+    }
+    control_plane.kubectl_run("create", "-n", namespace, "-f", "-", input=json.dumps(big))
+    wait_until(
+        lambda: "bytes in etcd, over the limit of 1048576 bytes" in operator.log_text(), timeout=30, what="refused"
+    )
+    assert raw_etcd.get(keys.version_config(prefix, "web", "9.9")) is None
     assert operator.proc is not None and operator.proc.poll() is None
     assert "Traceback" not in operator.log_text()

@@ -39,7 +39,7 @@ from typing import Any
 import pydantic
 
 from discoverd.errors import InvalidDocument
-from discoverd.schema import crd, documents, keys, resources
+from discoverd.schema import crd, documents, keys, resources, untrusted
 
 __all__ = [
     "ANNOTATION_DIGEST",
@@ -85,14 +85,16 @@ def _validate_spec(kind: keys.Kind, spec: dict[str, Any]) -> resources.Spec:
 def digest(kind: keys.Kind, spec: dict[str, Any]) -> str:
     """A short hash of the spec's normalized document; InvalidDocument when the spec does not validate
     or holds text Kubernetes cannot store (a lone surrogate would come back as U+FFFD, and the changed
-    spec would then be written back to etcd)."""
-    dumped = _validate_spec(kind, spec).model_dump(mode="json")
+    spec would then be written back to etcd), or when its etcd value would be over the size limit."""
+    validated = _validate_spec(kind, spec)
+    dumped = validated.model_dump(mode="json")
     try:
         json.dumps(dumped, ensure_ascii=False).encode()
     except UnicodeEncodeError as error:
         raise InvalidDocument(
             f"{kind.value} spec", "", f"holds text that is not valid Unicode: {error.reason}"
         ) from None
+    _check_size(kind, documents.dumps(resources.to_document(validated).document))
     canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:20]
 
@@ -113,7 +115,19 @@ def value_of(kind: keys.Kind, spec: dict[str, Any], current: documents.Document 
     extra = dict(current.model_extra or {}) if current is not None else {}
     if extra:
         doc = type(doc).model_validate({**extra, **documents.dump(doc)})
-    return documents.dumps(doc)
+    return _check_size(kind, documents.dumps(doc))
+
+
+def _check_size(kind: keys.Kind, value: bytes) -> bytes:
+    """`value`, or InvalidDocument when it is over the size every reader of etcd refuses
+    (a spec the API server stores could otherwise reach etcd and be refused by every agent)."""
+    if len(value) > untrusted.MAX_VALUE_BYTES:
+        raise InvalidDocument(
+            f"{kind.value} spec",
+            "spec",
+            f"is {len(value)} bytes in etcd, over the limit of {untrusted.MAX_VALUE_BYTES} bytes",
+        )
+    return value
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import pytest
 
 from discoverd.errors import InvalidDocument
 from discoverd.operator import decision
-from discoverd.schema import documents, keys
+from discoverd.schema import documents, keys, untrusted
 
 KEY = keys.Key(keys.Kind.VERSION, service="web", version="1.0")
 KEY_STR = KEY.build("/p")
@@ -172,3 +172,17 @@ def test_object_side_reads_its_annotations() -> None:
     }
     side = decision.object_side(keys.Kind.VERSION, body, KEY, "/p")
     assert side.synced and not side.changed and side.revision == 3
+
+
+def test_spec_over_the_value_limit_is_invalid_naming_the_limit() -> None:
+    """The API server stores up to 1.5 MiB; a spec between 1 and 1.5 MiB must not reach etcd, where every
+    agent would refuse it."""
+    env = {f"BIG{i}": "a" * 110 * 1024 for i in range(10)}  # each value under the kernel's 128 KiB
+    big = {**SPEC, "runScript": {**SPEC["runScript"], "env": env}}
+    with pytest.raises(InvalidDocument, match="over the limit of 1048576 bytes"):
+        decision.digest(keys.Kind.VERSION, big)
+    with pytest.raises(InvalidDocument, match="over the limit of 1048576 bytes"):
+        decision.value_of(keys.Kind.VERSION, big, None)
+    just_under = {**SPEC, "runScript": {**SPEC["runScript"], "env": dict(list(env.items())[:9])}}
+    assert len(decision.value_of(keys.Kind.VERSION, just_under, None)) <= untrusted.MAX_VALUE_BYTES
+    decision.digest(keys.Kind.VERSION, just_under)
