@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from discoverd.errors import InvalidDocument
-from discoverd.schema import documents, keys, manifests, untrusted
+from discoverd.schema import documents, keys, manifests, rollouts, untrusted
 from discoverd.store import documents as store_documents
 
 P = "/discoverd"
@@ -161,6 +161,26 @@ def test_numbers_out_of_their_named_bounds_are_refused(
     error = refuse(raw, model, STATUS_KEY)
     assert (error.key, error.field) == (STATUS_KEY, field)
     assert reason in error.reason
+
+
+@pytest.mark.parametrize(
+    ("raw", "model", "field"),
+    [
+        (run(timeout=True), documents.Version, "run_script.timeout"),
+        (version(min_healthy_seconds=False), documents.Version, "min_healthy_seconds"),
+        (version(health_check={"command": "c", "interval": True}), documents.Version, "health_check.interval"),
+        (json.dumps({**STATUS, "restarts": True}).encode(), documents.InstanceStatus, "restarts"),
+        (
+            json.dumps({"name": "web", "to_version": "2.0", "min_healthy_seconds": True}).encode(),
+            rollouts.RolloutConfig,
+            "min_healthy_seconds",
+        ),
+    ],
+)
+def test_true_or_false_is_not_a_number(raw: bytes, model: type[documents.Document], field: str) -> None:
+    """pydantic reads true as 1 unless told not to: `"timeout": true` is a mistake, not a 1 s timeout."""
+    error = refuse(raw, model, STATUS_KEY)
+    assert (error.field, error.reason) == (field, "must be a number, not true or false")
 
 
 def test_numbers_at_their_bounds_are_accepted() -> None:

@@ -22,7 +22,7 @@ import signal
 from typing import Annotated, Any, ClassVar, Self, TypeVar
 
 import pydantic
-from pydantic import AfterValidator, AliasChoices, AliasGenerator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AliasChoices, AliasGenerator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from discoverd.errors import InvalidDocument
@@ -53,6 +53,7 @@ __all__ = [
     "InstanceRef",
     "InstanceState",
     "InstanceStatus",
+    "NotBool",
     "Phase",
     "PhaseChange",
     "Resources",
@@ -131,6 +132,15 @@ def _env_name(value: str) -> str:
     return value
 
 
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+NotBool = BeforeValidator(_not_bool)
+"""On a number: refuse true/false, which pydantic would otherwise read as 1/0 (`"timeout": true` is a mistake)."""
+
 Arg = Annotated[str, AfterValidator(_arg)]
 """A command, argument or env value: text without NUL, within the kernel's length for one argument."""
 EnvName = Annotated[str, AfterValidator(_env_name)]
@@ -169,7 +179,7 @@ class Script(Document):
 
     command: Arg = ""
     argv: list[Arg] = Field(default_factory=list)
-    timeout: Annotated[int, Field(ge=0, le=MAX_STEP_TIMEOUT)] | None = None
+    timeout: Annotated[int, Field(ge=0, le=MAX_STEP_TIMEOUT), NotBool] | None = None
     """Seconds; bounds download and install (None: 600, 0: no limit). The run script has none."""
     env: dict[EnvName, Arg] | None = None
     """Extension: added to the environment."""
@@ -195,18 +205,18 @@ class Script(Document):
 class HealthCheck(Script):
     """Extension: a script run every `interval` seconds once the run script is up."""
 
-    interval: Annotated[float, Field(ge=MIN_HEALTH_INTERVAL, le=MAX_HEALTH_INTERVAL)] = 10.0
-    failure_threshold: Annotated[int, Field(ge=1, le=MAX_FAILURE_THRESHOLD)] = 3
+    interval: Annotated[float, Field(ge=MIN_HEALTH_INTERVAL, le=MAX_HEALTH_INTERVAL), NotBool] = 10.0
+    failure_threshold: Annotated[int, Field(ge=1, le=MAX_FAILURE_THRESHOLD), NotBool] = 3
 
 
 class Resources(Document):
     """Extension: limits of the cgroup each instance of this version runs in: memoryMb (MiB), cpuMillis (500 = half a CPU), pidsMax (processes and threads); an absent field is no limit."""
 
-    memory_mb: Annotated[int, Field(ge=1, le=2**30)] | None = None
+    memory_mb: Annotated[int, Field(ge=1, le=2**30), NotBool] | None = None
     """Memory in MiB (cgroup v1 `memory.limit_in_bytes`, v2 `memory.max`)."""
-    cpu_millis: Annotated[int, Field(ge=10, le=1_000_000)] | None = None
+    cpu_millis: Annotated[int, Field(ge=10, le=1_000_000), NotBool] | None = None
     """CPU time in thousandths of a CPU: 500 = half a CPU (`cpu.cfs_quota_us` per 100 ms, v2 `cpu.max`)."""
-    pids_max: Annotated[int, Field(ge=1, le=4_194_304)] | None = None
+    pids_max: Annotated[int, Field(ge=1, le=4_194_304), NotBool] | None = None
     """Processes and threads (`pids.max`)."""
 
 
@@ -223,9 +233,9 @@ class VersionBody(Document):
     )
     run_script: Script = Field(default_factory=Script, validation_alias=AliasChoices("run_script", "runScript", "run"))
     health_check: HealthCheck | None = None
-    min_healthy_seconds: Annotated[float, Field(ge=0, le=MAX_MIN_HEALTHY_SECONDS)] = 5.0
+    min_healthy_seconds: Annotated[float, Field(ge=0, le=MAX_MIN_HEALTHY_SECONDS), NotBool] = 5.0
     stop_signal: Annotated[str, AfterValidator(_signal_name)] = "SIGTERM"
-    stop_timeout: Annotated[float, Field(ge=0, le=MAX_STOP_TIMEOUT)] = 10.0
+    stop_timeout: Annotated[float, Field(ge=0, le=MAX_STOP_TIMEOUT), NotBool] = 10.0
     resources: Resources | None = None
 
 
@@ -299,7 +309,7 @@ class AgentStatus(Document):
     started_at: dt.datetime
     heartbeat: dt.datetime
     """When the agent last (re)established its lease and wrote this key."""
-    lease_ttl: Annotated[int, Field(ge=1, le=MAX_LEASE_TTL)] | None = None
+    lease_ttl: Annotated[int, Field(ge=1, le=MAX_LEASE_TTL), NotBool] | None = None
     message: str = ""
 
 
@@ -312,9 +322,9 @@ class InstanceState(Document):
     phase: Phase
     version: str | None = None
     previous_version: str | None = None
-    pid: Annotated[int, Field(ge=1, le=MAX_PID)] | None = None
-    restarts: Annotated[int, Field(ge=0, le=MAX_RESTARTS)] = 0
-    last_exit_code: Annotated[int, Field(ge=-MAX_EXIT_CODE, le=MAX_EXIT_CODE)] | None = None
+    pid: Annotated[int, Field(ge=1, le=MAX_PID), NotBool] | None = None
+    restarts: Annotated[int, Field(ge=0, le=MAX_RESTARTS), NotBool] = 0
+    last_exit_code: Annotated[int, Field(ge=-MAX_EXIT_CODE, le=MAX_EXIT_CODE), NotBool] | None = None
     message: str = ""
 
 

@@ -22,7 +22,7 @@ from typing import Annotated
 from pydantic import AfterValidator, Field, StrictInt
 
 from discoverd.schema import documents
-from discoverd.schema.documents import Segment
+from discoverd.schema.documents import NotBool, Segment
 
 __all__ = [
     "TERMINAL",
@@ -64,7 +64,7 @@ def max_unavailable_count(value: int | str, total: int) -> int:
     return max(1, math.floor(total * int(value.rstrip("%")) / 100))
 
 
-_Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+_Seconds = Annotated[float, Field(ge=0, allow_inf_nan=False), NotBool]
 
 
 class RolloutBody(documents.Document):
@@ -75,7 +75,7 @@ class RolloutBody(documents.Document):
     pause_after_canary: bool = False
     max_unavailable: MaxUnavailable = 1
     min_healthy_seconds: _Seconds = 10.0
-    progress_deadline_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 600.0
+    progress_deadline_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False), NotBool] = 600.0
     auto_revert: bool = True
     paused: bool = False
     undo: bool = False
@@ -116,11 +116,11 @@ class RolloutStatus(documents.Document):
     healthy: list[Segment] = Field(default_factory=list)
     skipped: list[Segment] = Field(default_factory=list)
     """Instances someone else changed meanwhile: never written again by this rollout."""
-    total: Annotated[int, Field(ge=0)] = 0
+    total: Annotated[int, Field(ge=0), NotBool] = 0
     message: str = ""
     started_at: dt.datetime
     updated_at: dt.datetime
-    revisions: dict[Segment, Annotated[int, Field(ge=0)]] = Field(default_factory=dict)
+    revisions: dict[Segment, Annotated[int, Field(ge=0), NotBool]] = Field(default_factory=dict)
     """Ours: the mod_revision each instance document had when the controller last read or wrote it;
     0 means "written in the same transaction as this status" (its own mod_revision). A document at
     any other revision was changed by someone else."""
