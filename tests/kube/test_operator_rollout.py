@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from discoverd.schema import keys
+import pytest
+
+from discoverd.schema import keys, rollouts
 from kube.controlplane import ControlPlane
 from kube.operator_fixtures import Operator, crds, operator
 from support.etcd import RawEtcd
@@ -90,3 +92,31 @@ def test_kubectl_apply_starts_a_rollout_and_patch_pauses_it(
     wait_until(
         lambda: json.loads(raw_etcd.get(config_key) or b"{}").get("paused") is True, timeout=20, what="paused in etcd"
     )
+
+
+def test_the_api_server_refuses_a_bad_max_unavailable_with_the_models_rule(
+    crds: list[str], control_plane: ControlPlane, namespace: str
+) -> None:
+    """The CRD checks maxUnavailable as the model does, so `kubectl apply` fails at once, not the mirror later;
+    each accepted value parses to itself (the forms the mirror writes back)."""
+    for n, value in enumerate([1, 7, "1%", "25%", "100%"]):
+        body = {
+            "apiVersion": "discoverd.io/v1alpha1",
+            "kind": "ServiceRollout",
+            "metadata": {"name": f"ok{n}"},
+            "spec": {"service": f"ok{n}", "toVersion": "2.0", "maxUnavailable": value},
+        }
+        control_plane.kubectl_run("create", "-n", namespace, "-f", "-", input=json.dumps(body))
+        assert rollouts.parse_max_unavailable(value) == value
+    for n, value in enumerate([0, -1, "x", "0%", "101%", "25", "25%%", ""]):
+        body = {
+            "apiVersion": "discoverd.io/v1alpha1",
+            "kind": "ServiceRollout",
+            "metadata": {"name": f"bad{n}"},
+            "spec": {"service": f"bad{n}", "toVersion": "2.0", "maxUnavailable": value},
+        }
+        proc = control_plane.kubectl_run("create", "-n", namespace, "-f", "-", input=json.dumps(body), check=False)
+        assert proc.returncode != 0, value
+        assert "spec.maxUnavailable" in proc.stderr and "percentage from 1% to 100%" in proc.stderr, proc.stderr
+        with pytest.raises(ValueError):
+            rollouts.parse_max_unavailable(value)

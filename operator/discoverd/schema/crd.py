@@ -68,7 +68,7 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         options = [o for o in node["anyOf"] if o.get("type") != "null"]
         if sorted(o.get("type", "") for o in options) == ["integer", "string"]:
             # A count or a percentage (a rollout's maxUnavailable): Kubernetes' IntOrString.
-            kept = {k: node[k] for k in ("description",) if k in node}
+            kept: dict[str, Any] = {k: node[k] for k in ("description", "x-kubernetes-validations") if k in node}
             return {**kept, "x-kubernetes-int-or-string": True}
         if len(options) != 1:
             raise ValueError(f"cannot express a union of {len(options)} types in a structural schema: {node}")

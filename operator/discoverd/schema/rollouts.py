@@ -53,7 +53,19 @@ def parse_max_unavailable(value: int | str) -> int | str:
     return f"{percent}%"
 
 
-MaxUnavailable = Annotated[StrictInt | str, AfterValidator(parse_max_unavailable)]
+_MAX_UNAVAILABLE_RULE = {
+    # The CRD's check of the same rule (its IntOrString cannot carry a minimum or a pattern): kubectl refuses a
+    # bad value at once instead of the mirror later. The forms `parse_max_unavailable` writes, so every value
+    # the mirror copies from etcd passes.
+    "rule": "type(self) == int ? self >= 1 : self.matches('^([1-9][0-9]?|100)%$')",
+    "message": "must be a whole number of at least 1, or a percentage from 1% to 100% such as 25%",
+}
+
+MaxUnavailable = Annotated[
+    StrictInt | str,
+    AfterValidator(parse_max_unavailable),
+    Field(json_schema_extra={"x-kubernetes-validations": [_MAX_UNAVAILABLE_RULE]}),
+]
 """How many instances may be upgrading or unhealthy at once: a count, or a percentage of the total."""
 
 
