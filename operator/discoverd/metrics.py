@@ -34,7 +34,16 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from discoverd import logs
 
-__all__ = ["AgentMetrics", "ControllerMetrics", "OperatorMetrics", "Server", "parse_address", "serve", "since"]
+__all__ = [
+    "AgentMetrics",
+    "CollectorRegistry",
+    "ControllerMetrics",
+    "OperatorMetrics",
+    "Server",
+    "parse_address",
+    "serve",
+    "since",
+]
 
 log = logging.getLogger(__name__)
 

@@ -62,6 +62,8 @@ class Options:
     script_logs: steps.LogLimit = field(default_factory=steps.LogLimit)
     metrics_address: str = ""
     """`host:port` of /metrics, /healthz and /readyz; "" serves none."""
+    more_metrics: tuple[metrics.CollectorRegistry, ...] = ()
+    """Registries served on the same endpoint (`discoverd up`: its controller's)."""
 
 
 class Agent:
@@ -80,6 +82,8 @@ class Agent:
         )
         self._wake = asyncio.Event()
         self.metrics = metrics.AgentMetrics(p.value for p in Phase)
+        self.metrics_server: metrics.Server | None = None
+        """The /metrics, /healthz and /readyz endpoint while it serves (None: not asked for, or the bind failed)."""
         self.executor = executor_.Executor(self.layout, ctx, self._wake.set, self.metrics)
         self.entries: dict[str, Entry] | None = None
         self.desired = desired_.Desired()
@@ -210,7 +214,8 @@ class Agent:
             "Started agent", extra=self._kv(state_dir=str(self.layout.root), adopted=len(self.executor.supervisors))
         )
         context = {"server": self.options.server_id}
-        server = await metrics.serve(self.options.metrics_address, [self.metrics.registry], self.ready)
+        registries = [self.metrics.registry, *self.options.more_metrics]
+        server = self.metrics_server = await metrics.serve(self.options.metrics_address, registries, self.ready)
         if server is not None:
             server.before_scrape = self._refresh
         running = [
@@ -226,6 +231,7 @@ class Agent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             if server is not None:
+                self.metrics_server = None
                 await server.close()
             await self.executor.shutdown(self.options.stop_instances_on_exit)
             if self.writer is not None:

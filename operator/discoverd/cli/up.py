@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from discoverd import embedded_etcd
+from discoverd import embedded_etcd, metrics
 from discoverd.agent import loop, model, status
 from discoverd.cli import main
 from discoverd.config import EtcdOptions
@@ -110,7 +110,9 @@ _SAYS = {
 }
 
 
-def _progress(url: str, endpoint: str) -> Callable[[model.Ref, status.Summary], None]:
+def _progress(
+    url: str, endpoint: str, metrics_url: Callable[[], str | None]
+) -> Callable[[model.Ref, status.Summary], None]:
     shown: dict[model.Ref, tuple[documents.Phase, str | None]] = {}
     running: set[str] = set()
     hinted = False
@@ -135,6 +137,8 @@ def _progress(url: str, endpoint: str) -> Callable[[model.Ref, status.Summary], 
             d = f"discoverd --etcd-endpoints {endpoint}"
             click.echo(f"\n  Try it:   curl {url}   (hello-2 and hello-3 on the next two ports)")
             click.echo(f"  Status:   {d} get instances")
+            if (where := metrics_url()) is not None:
+                click.echo(f"  Metrics:  curl {where}   (the agent's and the controller's; /healthz, /readyz)")
             click.echo(f"  Roll out: {d} rollout start {SERVICE} --to 2.0 --canary 1 --pause-after-canary")
             click.echo(f"            {d} rollout status {SERVICE} -w")
             click.echo(f"            {d} rollout resume {SERVICE}    (or: rollout undo {SERVICE})")
@@ -157,22 +161,35 @@ async def _apply_sample(options: EtcdOptions, state_dir: Path, port: int) -> Non
         await store.close()
 
 
-async def _run(options: EtcdOptions, state_dir: Path, port: int) -> None:
+async def _run(options: EtcdOptions, state_dir: Path, port: int, metrics_address: str) -> None:
     await _apply_sample(options, state_dir, port)
     click.echo(
         f"Applied the sample: service {SERVICE!r} in versions 1.0 and 2.0, "
         f"instances {', '.join(INSTANCES)} on 1.0 (ports {port}-{port + len(INSTANCES) - 1})."
     )
-    agent_options = loop.Options(server_id=SERVER_ID, state_dir=state_dir, stop_instances_on_exit=True)
-    agent = loop.Agent(
-        options, agent_options, on_status=_progress(f"http://127.0.0.1:{port}/", str(options.endpoints[0]))
+    # One endpoint for the process, as `discoverd operator` serves its controller's: the agent's and the controller's.
+    controller_metrics = metrics.ControllerMetrics(controller_loop.PHASES)
+    agent_options = loop.Options(
+        server_id=SERVER_ID,
+        state_dir=state_dir,
+        stop_instances_on_exit=True,
+        metrics_address=metrics_address,
+        more_metrics=(controller_metrics.registry,),
     )
+
+    def metrics_url() -> str | None:
+        return f"http://{metrics_address}/metrics" if agent.metrics_server is not None else None
+
+    progress = _progress(f"http://127.0.0.1:{port}/", str(options.endpoints[0]), metrics_url)
+    agent = loop.Agent(options, agent_options, on_status=progress)
     stop = asyncio.Event()
     running = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         running.add_signal_handler(sig, stop.set)
     click.echo(f"Started the agent for server {SERVER_ID!r} and the rollout controller:")
-    controller = asyncio.create_task(controller_loop.run(options, stop, ttl=5), name="rollout controller")
+    controller = asyncio.create_task(
+        controller_loop.run(options, stop, ttl=5, metrics_=controller_metrics), name="rollout controller"
+    )
     try:
         await agent.run(stop)
     finally:
@@ -189,8 +206,15 @@ async def _run(options: EtcdOptions, state_dir: Path, port: int) -> None:
     help="Where etcd's data, versions and instances live [default: ~/.local/state/discoverd/up].",
 )
 @click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True, help="Port of the sample.")
+@click.option(
+    "--metrics-address",
+    default="127.0.0.1:9464",
+    show_default=True,
+    callback=main.metrics_address,
+    help="HOST:PORT serving the agent's and the controller's /metrics, /healthz and /readyz (\"\" serves none).",
+)
 @click.pass_context
-def up(ctx: click.Context, state_dir: Path | None, port: int) -> None:
+def up(ctx: click.Context, state_dir: Path | None, port: int, metrics_address: str) -> None:
     """Run etcd, an agent and a sample service on this machine, to try discoverd (Ctrl-C stops it all)."""
     state = (state_dir or default_state_dir()).resolve()
     state.mkdir(parents=True, exist_ok=True)
@@ -205,7 +229,7 @@ def up(ctx: click.Context, state_dir: Path | None, port: int) -> None:
     try:
         click.echo(f"etcd is serving at {etcd.endpoint}")
         options = EtcdOptions(endpoints=etcd.endpoint, prefix=ctx.find_root().params["prefix"])
-        main.run_async(_run(options, state / "agent", port))
+        main.run_async(_run(options, state / "agent", port, metrics_address))
     finally:
         etcd.stop()
         click.echo("Stopped etcd.")

@@ -38,12 +38,12 @@ def _get(url: str) -> str:
 
 def test_up_serves_the_sample_and_stops_cleanly_on_sigint(tmp_path: Path) -> None:
     state = tmp_path / "up-state"
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     out = tmp_path / "up.out"
+    argv = [DISCOVERD, "up", "--state-dir", str(state), "--port", str(port)]
+    argv += ["--metrics-address", f"127.0.0.1:{metrics_port}"]
     with open(out, "wb") as f:
-        up = subprocess.Popen(
-            [DISCOVERD, "up", "--state-dir", str(state), "--port", str(port)], stdout=f, stderr=subprocess.STDOUT
-        )
+        up = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT)
     try:
         body = wait_until(lambda: _get(f"http://127.0.0.1:{port}/"), 60, interval=0.2, what="the sample answering")
         assert "version 1.0" in body
@@ -52,6 +52,18 @@ def test_up_serves_the_sample_and_stops_cleanly_on_sigint(tmp_path: Path) -> Non
         assert "downloading" in text and "installing" in text and "running" in text
         assert _processes_mentioning(str(state))  # etcd and the sample run under the state directory
 
+        # One endpoint serves the agent's and the controller's metrics, as its hint says.
+        assert f"curl http://127.0.0.1:{metrics_port}/metrics" in text
+        scraped = _get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert 'discoverd_agent_instances{phase="Running"} 3.0' in scraped, scraped[:2000]
+        leader = wait_until(
+            lambda: "discoverd_controller_leader 1.0" in _get(f"http://127.0.0.1:{metrics_port}/metrics"),
+            20,
+            what="the controller leading, on the same endpoint",
+        )
+        assert leader
+        assert _get(f"http://127.0.0.1:{metrics_port}/readyz") != ""
+
         up.send_signal(signal.SIGINT)
         try:
             assert up.wait(30) == 0, out.read_text()
@@ -59,6 +71,7 @@ def test_up_serves_the_sample_and_stops_cleanly_on_sigint(tmp_path: Path) -> Non
             raise AssertionError(f"discoverd up still running 30 s after SIGINT:\n{out.read_text()[-4000:]}") from None
         wait_until(lambda: not _processes_mentioning(str(state)), 10, what="nothing left behind")
         assert _get(f"http://127.0.0.1:{port}/") == ""
+        assert _get(f"http://127.0.0.1:{metrics_port}/healthz") == ""
         assert "Stopped etcd" in out.read_text()
     finally:
         if up.poll() is None:
@@ -74,10 +87,9 @@ def test_up_runs_the_controller_and_rolls_the_sample_out_to_2_0_with_a_canary(tm
     port = free_port()
     ports = [port, port + 1, port + 2]
     out = tmp_path / "up.out"
+    argv = [DISCOVERD, "up", "--state-dir", str(state), "--port", str(port), "--metrics-address", ""]
     with open(out, "wb") as f:
-        up = subprocess.Popen(
-            [DISCOVERD, "up", "--state-dir", str(state), "--port", str(port)], stdout=f, stderr=subprocess.STDOUT
-        )
+        up = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT)
     try:
         for p in ports:
             wait_until(
