@@ -22,49 +22,12 @@ TOOLS_BIN="${DISCOVERD_TOOLS_DIR:-$HOME/.cache/discoverd/tools}/bin"
 MARKER=".discoverd-control-plane"
 READY_TIMEOUT="${DISCOVERD_CONTROL_PLANE_TIMEOUT:-90}"
 
-log() { printf '[control-plane] %s\n' "$*" >&2; }
-die() {
-	log "ERROR: $*"
-	exit 1
-}
-usage() {
-	echo "usage: $0 up|down|env [--dir DIR]" >&2
-	exit 2
-}
+LOG_TAG=control-plane
+# shellcheck source=hack/lib.sh
+. "$REPO/hack/lib.sh"
+parse_command "${TMPDIR:-/tmp}/discoverd-control-plane" "$@"
 
-# --- arguments -----------------------------------------------------------------
-cmd="${1:-}"
-[[ -n "$cmd" ]] || usage
-shift
-DIR="${TMPDIR:-/tmp}/discoverd-control-plane"
-while (($#)); do
-	case "$1" in
-	--dir)
-		[[ $# -ge 2 ]] || usage
-		DIR="$2"
-		shift 2
-		;;
-	--dir=*)
-		DIR="${1#--dir=}"
-		shift
-		;;
-	*) usage ;;
-	esac
-done
-DIR="$(realpath -m "$DIR")"
-
-# --- binaries --------------------------------------------------------------------
-find_tool() { # NAME: print the path of a Go-built tool, or nothing
-	local name="$1"
-	if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/$name" ]]; then
-		echo "$KUBEBUILDER_ASSETS/$name"
-	elif [[ -x "$TOOLS_BIN/$name" ]]; then
-		echo "$TOOLS_BIN/$name"
-	else
-		command -v "$name" || true
-	fi
-}
-
+# --- binaries (find_tool is in lib.sh) ---------------------------------------------
 find_etcd() {
 	if [[ -n "${ETCD:-}" ]]; then
 		[[ -x "$ETCD" ]] || die "\$ETCD=$ETCD is not an executable"
@@ -77,94 +40,6 @@ find_etcd() {
 		echo "$REPO/.venv/bin/etcd"
 	fi
 }
-
-# --- helpers -----------------------------------------------------------------------
-# N distinct free TCP ports on 127.0.0.1 (held together while chosen, so distinct).
-free_ports() {
-	python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
-# Running, not just a zombie waiting for its (re)parent to reap it.
-alive() {
-	[[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null || return 1
-	local stat
-	stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
-	stat="${stat##*) }"
-	[[ "${stat:0:1}" != Z ]]
-}
-
-# Is PID still the process this DIR started (guards against pid reuse)?
-ours() {
-	local pid="$1"
-	alive "$pid" && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$DIR/"
-}
-
-# start NAME CMD...: run CMD detached (own session, no tty, output to DIR/NAME.log), record its pid.
-start() {
-	local name="$1"
-	shift
-	setsid "$@" </dev/null >"$DIR/$name.log" 2>&1 &
-	echo $! >"$DIR/$name.pid"
-}
-
-show_log() { # NAME: the error lines (klog E/F) of DIR/NAME.log, else its tail
-	local file="$DIR/$1.log"
-	log "last lines of $file:"
-	{ grep -E '^[EF][0-9]{4} |level=(error|fatal)|"level":"(error|fatal|panic)"' "$file" || tail -n 25 "$file"; } |
-		tail -n 25 >&2 || true
-}
-
-# wait_for NAME SECONDS CMD...: poll CMD until it succeeds; fail if the process exits or time runs out.
-wait_for() {
-	local name="$1" timeout="$2"
-	shift 2
-	local deadline=$((SECONDS + timeout)) pid
-	pid="$(cat "$DIR/$name.pid")"
-	until "$@" >/dev/null 2>&1; do
-		if ! alive "$pid"; then
-			log "$name exited"
-			show_log "$name"
-			return 1
-		fi
-		if ((SECONDS >= deadline)); then
-			log "$name not ready after ${timeout}s"
-			show_log "$name"
-			return 1
-		fi
-		sleep 0.2
-	done
-}
-
-stop_pid() { # NAME: TERM the recorded pid, KILL after 10 s, only if it is still ours
-	local name="$1" pid
-	[[ -f "$DIR/$name.pid" ]] || return 0
-	pid="$(cat "$DIR/$name.pid")"
-	if ours "$pid"; then
-		local t0=$EPOCHREALTIME
-		kill -TERM "$pid" 2>/dev/null || true
-		local deadline=$((SECONDS + 10))
-		while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-		if alive "$pid"; then
-			log "$name (pid $pid) ignored SIGTERM; sending SIGKILL"
-			kill -KILL "$pid" 2>/dev/null || true
-			while alive "$pid"; do sleep 0.1; done
-		fi
-		log "stopped $name (pid $pid) in $(elapsed "$t0")s"
-	fi
-	rm -f "$DIR/$name.pid"
-}
-
-elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
-
-b64() { base64 -w0 <"$1"; }
 
 # --- certificates --------------------------------------------------------------------
 # One CA signs the API server's serving cert and the admin client cert

@@ -35,20 +35,9 @@ LOCAL_BASE="discoverd-base:$DEBIAN_SUITE"
 PAUSE_IMAGE="${PAUSE_IMAGE:-localhost/discoverd/pause:3.10}"
 ETCD_IMAGE="${ETCD_IMAGE:-localhost/discoverd/etcd:local}"
 
-log() { printf '[image] %s\n' "$*" >&2; }
-die() {
-	log "ERROR: $*"
-	exit 1
-}
-elapsed() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
-
-alive() {
-	[[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null || return 1
-	local stat
-	stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
-	stat="${stat##*) }"
-	[[ "${stat:0:1}" != Z ]]
-}
+LOG_TAG=image
+# shellcheck source=hack/lib.sh
+. "$REPO/hack/lib.sh"
 
 # --- the engine ------------------------------------------------------------------
 DOCKER=(docker)

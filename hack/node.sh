@@ -35,35 +35,12 @@ READY_TIMEOUT="${DISCOVERD_NODE_TIMEOUT:-120}"
 MARKER=".discoverd-node"
 CNI_BIN="${CNI_BIN:-/usr/lib/cni}"
 
-log() { printf '[node] %s\n' "$*" >&2; }
-die() {
-	log "ERROR: $*"
-	exit 1
-}
-usage() {
-	echo "usage: $0 up|down|env [--dir DIR]" >&2
-	exit 2
-}
-
-cmd="${1:-}"
-[[ -n "$cmd" ]] || usage
-shift
-DIR="${TMPDIR:-/tmp}/discoverd-node"
-while (($#)); do
-	case "$1" in
-	--dir)
-		[[ $# -ge 2 ]] || usage
-		DIR="$2"
-		shift 2
-		;;
-	--dir=*)
-		DIR="${1#--dir=}"
-		shift
-		;;
-	*) usage ;;
-	esac
-done
-DIR="$(realpath -m "$DIR")"
+LOG_TAG=node
+POLL_SECONDS=0.5 # the checks run kubectl and ctr
+STOP_SECONDS=15 # before stop_pid sends SIGKILL
+# shellcheck source=hack/lib.sh
+. "$REPO/hack/lib.sh"
+parse_command "${TMPDIR:-/tmp}/discoverd-node" "$@"
 CP_DIR="$DIR/cp"
 CTR="$DIR/containerd"
 SOCK="$CTR/containerd.sock"
@@ -73,96 +50,10 @@ CGROUP_ROOT="/discoverd-node-$(printf '%s' "$DIR" | sha256sum | cut -c1-8)"
 # pods' addresses exist only inside their own network namespaces.
 BRIDGE="dn$(printf '%s' "$DIR" | sha256sum | cut -c1-8)"
 
-# --- processes (as in hack/control-plane.sh) ---------------------------------------
-alive() {
-	[[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null || return 1
-	local stat
-	stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
-	stat="${stat##*) }"
-	[[ "${stat:0:1}" != Z ]]
-}
-
-ours() { # PID: alive and started with a path under DIR on its command line
-	alive "$1" && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$DIR/"
-}
-
-start() { # NAME CMD...: detached, output to DIR/NAME.log, pid in DIR/NAME.pid
-	local name="$1"
-	shift
-	setsid "$@" </dev/null >"$DIR/$name.log" 2>&1 &
-	echo $! >"$DIR/$name.pid"
-}
-
-show_log() {
-	local file="$DIR/$1.log"
-	log "last lines of $file:"
-	{ grep -E '^[EF][0-9]{4} |level=(error|fatal)' "$file" || tail -n 25 "$file"; } | tail -n 25 >&2 || true
-}
-
-wait_for() { # NAME SECONDS CMD...: poll CMD until it succeeds while NAME runs
-	local name="$1" timeout="$2"
-	shift 2
-	local deadline=$((SECONDS + timeout)) pid
-	pid="$(cat "$DIR/$name.pid")"
-	until "$@" >/dev/null 2>&1; do
-		if ! alive "$pid"; then
-			log "$name exited"
-			show_log "$name"
-			return 1
-		fi
-		if ((SECONDS >= deadline)); then
-			log "$name not ready after ${timeout}s"
-			show_log "$name"
-			return 1
-		fi
-		sleep 0.5
-	done
-}
-
-stop_pid() { # NAME: TERM the recorded pid, KILL after 15 s, only if still ours
-	local name="$1" pid
-	[[ -f "$DIR/$name.pid" ]] || return 0
-	pid="$(cat "$DIR/$name.pid")"
-	if ours "$pid"; then
-		kill -TERM "$pid" 2>/dev/null || true
-		local deadline=$((SECONDS + 15))
-		while alive "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
-		if alive "$pid"; then
-			log "$name (pid $pid) ignored SIGTERM; sending SIGKILL"
-			kill -KILL "$pid" 2>/dev/null || true
-			while alive "$pid"; do sleep 0.1; done
-		fi
-		log "stopped $name (pid $pid)"
-	fi
-	rm -f "$DIR/$name.pid"
-}
-
-free_ports() {
-	python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
+# --- processes: lib.sh (as hack/control-plane.sh) ------------------------------------
 ctr_() { ctr --address "$SOCK" --namespace k8s.io "$@"; }
 
-find_tool() {
-	if [[ -n "${KUBEBUILDER_ASSETS:-}" && -x "$KUBEBUILDER_ASSETS/$1" ]]; then
-		echo "$KUBEBUILDER_ASSETS/$1"
-	elif [[ -x "$TOOLS_BIN/$1" ]]; then
-		echo "$TOOLS_BIN/$1"
-	else
-		command -v "$1" || true
-	fi
-}
-
 # --- pieces ------------------------------------------------------------------------
-b64() { base64 -w0 <"$1"; }
 
 # A client certificate for the kubelet (the Node authorizer's system:node:<name>).
 make_kubelet_pki() {
