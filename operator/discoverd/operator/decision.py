@@ -87,15 +87,13 @@ def digest(kind: keys.Kind, spec: dict[str, Any]) -> str:
     or holds text Kubernetes cannot store (a lone surrogate would come back as U+FFFD, and the changed
     spec would then be written back to etcd), or when its etcd value would be over the size limit."""
     validated = _validate_spec(kind, spec)
-    dumped = validated.model_dump(mode="json")
-    try:
-        json.dumps(dumped, ensure_ascii=False).encode()
+    try:  # the etcd value, encoded once: for its text and for its size
+        _check_size(kind, documents.dumps(resources.to_document(validated).document))
     except UnicodeEncodeError as error:
         raise InvalidDocument(
             f"{kind.value} spec", "", f"holds text that is not valid Unicode: {error.reason}"
         ) from None
-    _check_size(kind, documents.dumps(resources.to_document(validated).document))
-    canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
+    canonical = json.dumps(validated.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:20]
 
 
