@@ -5,7 +5,9 @@
 # Nothing is installed when everything is there; not root or no apt-get: it names what is missing.
 set -euo pipefail
 
-log() { printf '[deps] %s\n' "$*" >&2; }
+LOG_TAG=deps
+# shellcheck source=hack/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 node=0
 case "${1:-}" in

@@ -1,4 +1,4 @@
-# Helpers shared by hack/control-plane.sh, hack/node.sh and hack/image.sh:
+# Helpers shared by hack/control-plane.sh, hack/node.sh, hack/image.sh and hack/deps.sh:
 # sourced, not run. The caller sets LOG_TAG (the `[tag]` of its log lines)
 # before sourcing, and DIR (its scratch directory) before using the process
 # helpers. Each process helper touches only the pids recorded in DIR/NAME.pid,
