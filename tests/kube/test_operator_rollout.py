@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from typing import Any
 
 import pytest
@@ -99,23 +100,22 @@ def test_the_api_server_refuses_a_bad_max_unavailable_with_the_models_rule(
 ) -> None:
     """The CRD checks maxUnavailable as the model does, so `kubectl apply` fails at once, not the mirror later;
     each accepted value parses to itself (the forms the mirror writes back)."""
-    for n, value in enumerate([1, 7, "1%", "25%", "100%"]):
+
+    def create(name: str, max_unavailable: int | str) -> subprocess.CompletedProcess[str]:
         body = {
             "apiVersion": "discoverd.io/v1alpha1",
             "kind": "ServiceRollout",
-            "metadata": {"name": f"ok{n}"},
-            "spec": {"service": f"ok{n}", "toVersion": "2.0", "maxUnavailable": value},
+            "metadata": {"name": name},
+            "spec": {"service": name, "toVersion": "2.0", "maxUnavailable": max_unavailable},
         }
-        control_plane.kubectl_run("create", "-n", namespace, "-f", "-", input=json.dumps(body))
+        return control_plane.kubectl_run("create", "-n", namespace, "-f", "-", input=json.dumps(body), check=False)
+
+    for n, value in enumerate([1, 7, "1%", "25%", "100%"]):
+        created = create(f"ok{n}", value)
+        assert created.returncode == 0, created.stderr
         assert rollouts.parse_max_unavailable(value) == value
     for n, value in enumerate([0, -1, "x", "0%", "101%", "25", "25%%", ""]):
-        body = {
-            "apiVersion": "discoverd.io/v1alpha1",
-            "kind": "ServiceRollout",
-            "metadata": {"name": f"bad{n}"},
-            "spec": {"service": f"bad{n}", "toVersion": "2.0", "maxUnavailable": value},
-        }
-        proc = control_plane.kubectl_run("create", "-n", namespace, "-f", "-", input=json.dumps(body), check=False)
+        proc = create(f"bad{n}", value)
         assert proc.returncode != 0, value
         assert "spec.maxUnavailable" in proc.stderr and "percentage from 1% to 100%" in proc.stderr, proc.stderr
         with pytest.raises(ValueError):
