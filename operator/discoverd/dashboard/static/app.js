@@ -37,6 +37,7 @@
   const time = (iso) => (iso ? iso.replace("T", " ").replace(/\.\d+/, "").replace(/\+00:00$/, " UTC") : "");
   const table = (heads, rows) => el("table", {}, el("thead", {}, el("tr", {}, heads.map((h) => el("th", {}, h)))), el("tbody", {}, rows));
   const card = (title, ...body) => el("section", { class: "card" }, title ? el("h2", {}, title) : null, ...body);
+  const title = (text) => { $("title").textContent = text; document.title = `${text} - discoverd`; return null; };
   const none = (text) => el("p", { class: "muted" }, text);
 
   function route() {
@@ -98,7 +99,7 @@
         el("td", {}, rolloutSummary(s.name, s.rollout))));
     const problems = v.problems.map((p) => el("li", { class: "error" }, p.error));
     return [
-      el("h1", {}, "Fleet"),
+      title("Fleet"),
       card(`Servers (${v.servers.filter((s) => s.online).length} online of ${v.servers.length})`,
         servers.length ? table(["server", "state", "host", "agent", "instances", "heartbeat", ""], servers) : none("No servers yet.")),
       card("Services",
@@ -124,7 +125,7 @@
         el("td", { class: "error" }, [i.error, p.message].filter(Boolean).join("; ")))));
     }
     return [
-      el("h1", {}, `Service ${v.name}`),
+      title(`Service ${v.name}`),
       v.exists ? null : el("p", { class: "error" }, "No such service (yet): this page fills in when it appears."),
       card("Rollout", el("p", {}, rolloutSummary(v.name, v.rollout), " ", el("a", { href: rolloutUrl(v.name) }, "open the rollout page")),
         v.rollout ? progress(v.rollout) : null),
@@ -137,7 +138,7 @@
 
   function rollout(v) {
     const s = v.status;
-    const parts = [el("h1", {}, `Rollout of ${v.service}`)];
+    const parts = [title(`Rollout of ${v.service}`)];
     if (v.config_error) parts.push(el("p", { class: "error" }, v.config_error));
     if (v.status_error) parts.push(el("p", { class: "error" }, v.status_error));
     if (!v.config && !s) {
@@ -249,7 +250,7 @@
   // one instance
 
   function instance(v) {
-    const parts = [el("h1", {}, `Instance ${v.service}/${v.id}`)];
+    const parts = [title(`Instance ${v.service}/${v.id}`)];
     if (!v.exists) parts.push(el("p", { class: "error" }, "No such instance (yet): this page fills in when it appears."));
     if (v.error) parts.push(el("p", { class: "error" }, v.error));
     if (v.config) {
