@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from discoverd import embedded_etcd
+from support.cli import discoverd
 from support.dashboard import Dashboard
 from support.etcd import RawEtcd
 
@@ -194,17 +195,10 @@ async def test_the_event_stream_sends_a_new_view_when_etcd_changes(
     url = f"{dashboard.base}/api/events?view=service&service=web"
     async with http.get(url, headers={"Cookie": dashboard.cookie}) as answer:
         assert answer.headers["Content-Type"] == "text/event-stream"
-
-        async def next_view() -> dict[str, Any]:
-            while True:
-                line = (await asyncio.wait_for(answer.content.readline(), 10)).decode()
-                if line.startswith("data: "):
-                    return dict(json.loads(line.removeprefix("data: ")))
-
-        first = await next_view()
+        first = await next_view(answer)
         assert [v["version"] for v in first["versions"]] == ["1.0", "2.0"]
         raw_etcd.put(f"{prefix}/services/web/versions/{HOSTILE}/config/details", json.dumps({"name": "web"}))
-        second = await next_view()
+        second = await next_view(answer)
         assert [v["version"] for v in second["versions"]] == ["1.0", "2.0", HOSTILE]
         assert second["revision"] > first["revision"]
 
@@ -215,3 +209,42 @@ async def test_an_unknown_view_or_a_bad_name_is_a_clear_error(
     for query, reason in (("view=nope", "view must be"), ("view=service&service=..", "must not be '..'")):
         async with http.get(f"{dashboard.base}/api/events?{query}", headers={"Cookie": dashboard.cookie}) as answer:
             assert answer.status == 400 and reason in await answer.text()
+
+
+async def next_view(answer: aiohttp.ClientResponse, timeout: float = 30.0) -> dict[str, Any]:
+    while True:
+        line = (await asyncio.wait_for(answer.content.readline(), timeout)).decode()
+        if line.startswith("data: "):
+            return dict(json.loads(line.removeprefix("data: ")))
+
+
+async def test_a_lost_etcd_is_shown_on_the_page_and_the_view_catches_up_when_it_is_back(
+    private_etcd: embedded_etcd.EtcdServer, prefix: str, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    etcd = RawEtcd(private_etcd.endpoint)
+    seed(etcd, prefix)
+    board = Dashboard(private_etcd.endpoint, prefix, tmp_path / "dashboard.log", ("--etcd-timeout", "1")).start()
+    try:
+        url = f"{board.base}/api/events?view=fleet"
+        async with http.get(url, headers={"Cookie": board.cookie}) as answer:
+            assert (await next_view(answer))["etcd_error"] == ""
+            private_etcd.stop()
+            while not (view := await next_view(answer))["etcd_error"]:
+                pass
+            assert "etcd" in view["etcd_error"]
+            assert [s["name"] for s in view["services"]] == ["web"]  # the last state seen stays on the page
+            private_etcd.start()
+            etcd.put(f"{prefix}/services/api/versions/1.0/config/details", json.dumps({"name": "api"}))
+            while (view := await next_view(answer))["etcd_error"] or len(view["services"]) < 2:
+                pass
+            assert [s["name"] for s in view["services"]] == ["api", "web"]
+    finally:
+        board.stop()
+
+
+def test_an_unreachable_etcd_or_a_bad_address_is_one_line_and_no_url(tmp_path: Path) -> None:
+    result = discoverd("--etcd-endpoints", "http://127.0.0.1:9", "--etcd-timeout", "1", "dashboard")
+    assert result.returncode == 1 and "http" not in result.stdout
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    result = discoverd("dashboard", "--address", "nowhere")
+    assert result.returncode == 2 and "'nowhere' is not HOST:PORT" in result.stderr

@@ -142,7 +142,10 @@ class Dashboard:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        response = await self._check(request, handler)
+        try:
+            response = await self._check(request, handler)
+        except web.HTTPException as error:  # a handler's 400 or aiohttp's own 404 and 405: with our headers too
+            response = _error(error.status, error.text or error.reason)
         for name, value in _HEADERS.items():
             response.headers.setdefault(name, value)
         return response
@@ -233,8 +236,8 @@ class Dashboard:
                 if not await subscription.wait(_KEEPALIVE):
                     await response.write(b": keepalive\n\n")
                     continue
-                if not self.feed.loaded.is_set():
-                    continue
+                if not self.feed.loaded.is_set() and not self.feed.error:
+                    continue  # nothing read yet; an empty page with the reason is shown when the read fails
                 view = render(self.index())
                 view.update(revision=self.feed.revision, etcd_error=self.feed.error)
                 data = json.dumps(view, separators=(",", ":"), ensure_ascii=True)
