@@ -84,6 +84,11 @@ def config(node: Node) -> dict[str, Any]:
     return {} if raw is None else dict(json.loads(raw))
 
 
+def enabled(button: str) -> str:
+    """JavaScript: whether the button with this id exists and is on."""
+    return f"((b) => !!b && !b.disabled)(document.getElementById({json.dumps(button)}))"
+
+
 def text(selector: str) -> str:
     """JavaScript: the text of the first element matching `selector` ('' if none)."""
     return f"(document.querySelector({json.dumps(selector)}) || {{textContent: ''}}).textContent"
@@ -119,7 +124,7 @@ async def test_rollout_started_paused_and_resumed_from_the_page_follows_etcd_liv
         # the rollout page: start a rollout to 2.0 from the form
         await page.goto(f"{board.base}/services/web/rollout")
         await page.evaluate("window.__marker = 'no reload'")
-        await page.wait_for("!document.getElementById('btn-start').disabled", what="the start button on")
+        await page.wait_for(enabled("btn-start"), what="the start button on")
         assert await page.evaluate("document.getElementById('btn-pause').disabled") is True
         await page.evaluate(
             "(() => { document.getElementById('start-version').value = '2.0';"
@@ -134,12 +139,12 @@ async def test_rollout_started_paused_and_resumed_from_the_page_follows_etcd_liv
         await page.wait_for(f"{text('#canary')} === 'a'", what="the canary shown")
 
         # pause: the config says so, the controller stops, the page shows it
-        await page.wait_for("!document.getElementById('btn-pause').disabled")
+        await page.wait_for(enabled("btn-pause"))
         await page.click("#btn-pause")
         await page.wait_for(f"{text('#action-result')}.startsWith('Asked the controller to pause')")
         assert config(fleet)["paused"] is True
         await page.wait_for(f"{text('#rollout-phase')} === 'Paused'", timeout=30, what="Paused shown")
-        await page.wait_for("!document.getElementById('btn-resume').disabled")
+        await page.wait_for(enabled("btn-resume"))
         updated = int(await page.evaluate("document.getElementById('progress').dataset.updated"))
         assert updated < len(IDS), "the pause came after the last batch"
         await page.screenshot(artifacts / "rollout-paused.png")

@@ -287,6 +287,7 @@
   const renderers = { fleet, service, rollout, instance };
 
   function show(v) {
+    const began = performance.now();
     const banner = $("banner");
     banner.hidden = !v.etcd_error;
     banner.textContent = v.etcd_error ? `etcd: ${v.etcd_error} (showing the last state seen)` : "";
@@ -294,6 +295,7 @@
     $("main").replaceChildren(...renderers[v.view](v).filter(Boolean));
     if (v.view === "rollout") updateActions(v);
     document.body.dataset.revision = String(v.revision);
+    document.body.dataset.renderMs = (performance.now() - began).toFixed(1);  // bench/dashboard.py reads it
   }
 
   function start() {
@@ -309,7 +311,12 @@
     const live = $("live");
     source.onopen = () => { live.className = "live"; live.textContent = "live"; };
     source.onerror = () => { live.className = "live off"; live.textContent = "reconnecting"; };
-    source.onmessage = (event) => show(JSON.parse(event.data));
+    // Views that arrive while the page is still drawing collapse into the newest one.
+    let latest = null;
+    source.onmessage = (event) => {
+      if (latest === null) setTimeout(() => { const data = latest; latest = null; show(JSON.parse(data)); }, 0);
+      latest = event.data;
+    };
   }
 
   start();
