@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from discoverd.agent import logfiles
+from discoverd.agent import layout, logfiles, model
 
 PASSWD = b"root:x:0:0:root:/root:/bin/bash\n" * 64
 
@@ -94,3 +94,22 @@ def test_rotation_replaces_linked_copies_instead_of_writing_through_them(tmp_pat
     assert (logs / "run.log.1").read_bytes() == b"generation 1" and not (logs / "run.log.1").is_symlink()
     assert (logs / "run.log.2").is_symlink()  # the old `.1`, moved up as the name it is
     assert sorted(p.name for p in logs.iterdir()) == ["run.log", "run.log.1", "run.log.2"]
+
+
+def test_layout_keeps_logs_out_of_the_instance_directory_and_refuses_a_linked_one(tmp_path: Path) -> None:
+    lay = layout.Layout(tmp_path / "state")
+    lay.prepare()
+    ref = model.Ref("web", "i1")
+    run = lay.log_path(ref, "run")
+    assert run == lay.root / "logs" / "web" / "i1" / "run.log" and run.is_file()
+    assert not run.is_relative_to(lay.instance_dir(ref))
+    assert lay.instance_dirs() == [ref] and lay.has_files(ref)
+    # A log directory replaced by a link (only root could, but still): refused, never followed.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    lay.remove_instance_dir(ref)
+    assert not lay.has_files(ref)
+    run.parent.symlink_to(elsewhere)
+    with pytest.raises(OSError, match=r"i1: a symbolic link"):
+        lay.log_path(ref, "run")
+    assert list(elsewhere.iterdir()) == []
