@@ -19,7 +19,7 @@ import logging
 import socket
 from collections.abc import Mapping
 
-from discoverd import __version__, logs
+from discoverd import __version__, logs, runtime
 from discoverd.agent import model
 from discoverd.errors import StoreUnavailable
 from discoverd.schema import documents, keys
@@ -160,7 +160,7 @@ class Writer:
         loop = asyncio.get_running_loop()
         keepalive_every = max(1.0, self.ttl / 3)
         next_keepalive = loop.time() + keepalive_every
-        retry = 0.5
+        backoff = runtime.Backoff()
         while True:
             try:
                 if self.lease is None:
@@ -180,7 +180,7 @@ class Writer:
                 if self._down_since is not None:
                     log.info("Reached etcd again", extra=logs.kv(after=f"{loop.time() - self._down_since:.1f}s"))
                     self._down_since = None
-                retry = 0.5
+                backoff.reset()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._dirty.wait(), max(0.0, next_keepalive - loop.time()))
             except leases.LeaseExpired:
@@ -190,8 +190,7 @@ class Writer:
                 if self._down_since is None:
                     self._down_since = loop.time()
                     log.warning("Failed to write status", extra=logs.kv(reason=str(error)))
-                await asyncio.sleep(retry)
-                retry = min(retry * 2, 5.0)
+                await asyncio.sleep(backoff.next())
 
     async def close(self) -> None:
         """Revoke the lease: the status keys go at once and the server shows offline."""
