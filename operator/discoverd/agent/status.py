@@ -20,7 +20,7 @@ import socket
 from collections.abc import Mapping
 
 from discoverd import __version__, logs, runtime
-from discoverd.agent import model
+from discoverd.agent import model, states
 from discoverd.errors import StoreUnavailable
 from discoverd.schema import documents, keys
 from discoverd.schema.documents import Phase
@@ -111,6 +111,18 @@ class Writer:
         for ref, summary in summaries.items():
             history = self._history.setdefault(ref, [])
             if not history or history[-1].phase != summary.phase:
+                if history and not states.expected(history[-1].phase, summary.phase):
+                    log.warning(
+                        "Changed phase unexpectedly",
+                        extra=logs.kv(
+                            server=self.server_id,
+                            service=ref.service,
+                            instance=ref.instance,
+                            old=history[-1].phase.value,
+                            new=summary.phase.value,
+                            reason=summary.message,
+                        ),
+                    )
                 history.append(documents.PhaseChange(phase=summary.phase, at=now, version=summary.version))
                 del history[: -documents.MAX_PHASE_HISTORY]
         for ref in set(self._history) - set(summaries):
