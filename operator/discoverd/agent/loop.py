@@ -1,6 +1,6 @@
 """The agent's main: watch etcd -> desired; instance states -> plan -> execute; status -> etcd.
 
-Three tasks share one event loop, each kept alive by `tasks.supervise` (a
+Three tasks share one event loop, each kept alive by `runtime.supervise` (a
 crash is logged with its traceback and the task restarted with back-off):
 
 - the watch (`scope.ScopedWatch`) keeps this server's configuration current
@@ -28,15 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from discoverd import logs, metrics
-from discoverd.agent import cgroups, model, plan, scope, status, steps, tasks
+from discoverd import logs, metrics, runtime
+from discoverd.agent import cgroups, model, plan, scope, status, steps
 from discoverd.agent import desired as desired_
 from discoverd.agent import executor as executor_
 from discoverd.agent import layout as layout_
 from discoverd.config import EtcdOptions
-from discoverd.errors import StoreUnavailable
 from discoverd.schema.documents import Phase
-from discoverd.store import client
+from discoverd.store import connect
 from discoverd.store.documents import Entry, Store
 
 __all__ = ["Agent", "Options"]
@@ -96,16 +95,6 @@ class Agent:
     def _kv(self, **more: object) -> dict[str, object]:
         return logs.kv(server=self.options.server_id, **more)
 
-    async def _connect(self) -> Store:
-        delay = 0.5
-        while True:
-            try:
-                return Store(await client.connect(self.etcd))
-            except StoreUnavailable as error:
-                log.warning("Failed to connect to etcd", extra=self._kv(reason=str(error), retry_in=f"{delay:g}s"))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
     # the watch
 
     def _set_entries(self, entries: dict[str, Entry]) -> None:
@@ -130,7 +119,7 @@ class Agent:
     async def _etcd(self) -> None:
         """Connect once; then the status writer and the watch, each restarted if it crashes."""
         if self.store is None:
-            self.store = await self._connect()
+            self.store = await connect.retrying(self.etcd, context={"server": self.options.server_id})
         if self.writer is None:
             self.writer = status.Writer(self.store, self.options.server_id, self.options.lease_ttl)
         if self.watch is None:
@@ -139,8 +128,8 @@ class Agent:
             )
         context = {"server": self.options.server_id}
         await asyncio.gather(
-            tasks.supervise("status writer", self.writer.run, context=context),
-            tasks.supervise("etcd watch", self.watch.run, context=context),
+            runtime.supervise("status writer", self.writer.run, context=context),
+            runtime.supervise("etcd watch", self.watch.run, context=context),
         )
 
     # reconcile
@@ -219,8 +208,8 @@ class Agent:
         if server is not None:
             server.before_scrape = self._refresh
         running = [
-            asyncio.create_task(tasks.supervise("etcd", self._etcd, context=context), name="etcd"),
-            asyncio.create_task(tasks.supervise("reconcile", self._reconcile, context=context), name="reconcile"),
+            asyncio.create_task(runtime.supervise("etcd", self._etcd, context=context), name="etcd"),
+            asyncio.create_task(runtime.supervise("reconcile", self._reconcile, context=context), name="reconcile"),
         ]
         try:
             await stop.wait()

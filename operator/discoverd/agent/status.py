@@ -19,8 +19,8 @@ import logging
 import socket
 from collections.abc import Mapping
 
-from discoverd import __version__, logs
-from discoverd.agent import model
+from discoverd import __version__, logs, runtime
+from discoverd.agent import model, states
 from discoverd.errors import StoreUnavailable
 from discoverd.schema import documents, keys
 from discoverd.schema.documents import Phase
@@ -111,6 +111,18 @@ class Writer:
         for ref, summary in summaries.items():
             history = self._history.setdefault(ref, [])
             if not history or history[-1].phase != summary.phase:
+                if history and not states.expected(history[-1].phase, summary.phase):
+                    log.warning(
+                        "Changed phase unexpectedly",
+                        extra=logs.kv(
+                            server=self.server_id,
+                            service=ref.service,
+                            instance=ref.instance,
+                            old=history[-1].phase.value,
+                            new=summary.phase.value,
+                            reason=summary.message,
+                        ),
+                    )
                 history.append(documents.PhaseChange(phase=summary.phase, at=now, version=summary.version))
                 del history[: -documents.MAX_PHASE_HISTORY]
         for ref in set(self._history) - set(summaries):
@@ -160,7 +172,7 @@ class Writer:
         loop = asyncio.get_running_loop()
         keepalive_every = max(1.0, self.ttl / 3)
         next_keepalive = loop.time() + keepalive_every
-        retry = 0.5
+        backoff = runtime.Backoff()
         while True:
             try:
                 if self.lease is None:
@@ -180,7 +192,7 @@ class Writer:
                 if self._down_since is not None:
                     log.info("Reached etcd again", extra=logs.kv(after=f"{loop.time() - self._down_since:.1f}s"))
                     self._down_since = None
-                retry = 0.5
+                backoff.reset()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._dirty.wait(), max(0.0, next_keepalive - loop.time()))
             except leases.LeaseExpired:
@@ -190,8 +202,7 @@ class Writer:
                 if self._down_since is None:
                     self._down_since = loop.time()
                     log.warning("Failed to write status", extra=logs.kv(reason=str(error)))
-                await asyncio.sleep(retry)
-                retry = min(retry * 2, 5.0)
+                await asyncio.sleep(backoff.next())
 
     async def close(self) -> None:
         """Revoke the lease: the status keys go at once and the server shows offline."""
