@@ -34,10 +34,10 @@ Per instance the rules are, in order:
 
 A drained server (`drain` given) starts nothing: its running instances are
 stopped one at a time, in the order of this function (by service, then
-instance ID), each with its own stop signal and `stop_timeout`, the next one
-once the last stop is over; past the drain's deadline every instance still
-running gets a `Stop` at once, with `kill` (no grace). Removals and rejections
-go on as usual.
+instance ID), each with its own stop signal and `stop_timeout` (cut short
+at the drain's deadline), the next one once the last stop is over; past the
+deadline every instance still running gets a `Stop` at once, with no grace
+(SIGKILL). Removals and rejections go on as usual.
 """
 
 from __future__ import annotations
@@ -85,8 +85,8 @@ class Stop:
     ref: model.Ref
     reason: str
     failure: bool = False
-    kill: bool = False
-    """SIGKILL at once, no grace: a drain's deadline has passed."""
+    grace: float | None = None
+    """At most this many seconds between the stop signal and SIGKILL (a drain's deadline); 0: SIGKILL at once."""
 
 
 @dataclass(frozen=True)
@@ -215,11 +215,13 @@ def _plan_drained(
         return [Reject(ref, f.config_hash, f.version, f.reason)]
     if s.process is None:
         return []
-    if drain.deadline is not None and now >= drain.deadline:
-        return [Stop(ref, "the server is drained and its drain deadline has passed", kill=True)]
+    if drain.deadline is None:
+        return [Stop(ref, "the server is drained")] if turn else []
+    if now >= drain.deadline:
+        return [Stop(ref, "the server is drained and its drain deadline has passed", grace=0.0)]
     if not turn:
-        return [] if drain.deadline is None else [Wait(ref, drain.deadline, "waiting for its turn to drain")]
-    return [Stop(ref, "the server is drained")]
+        return [Wait(ref, drain.deadline, "waiting for its turn to drain")]
+    return [Stop(ref, "the server is drained", grace=drain.deadline - now)]
 
 
 def plan(

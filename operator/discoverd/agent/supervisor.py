@@ -156,8 +156,8 @@ class Supervisor:
                         self._start(target)
                         if self.metrics is not None:
                             self.metrics.step_seconds.labels("start").observe(time.monotonic() - began)
-                    case plan.Stop(reason=reason, failure=failure, kill=kill):
-                        await self._stop(reason, failure, kill)
+                    case plan.Stop(reason=reason, failure=failure, grace=grace):
+                        await self._stop(reason, failure, grace)
                     case plan.Promote(target=target):
                         self._promote(target)
                     case plan.Reject(config_hash=config_hash, version=version, reason=reason):
@@ -314,7 +314,7 @@ class Supervisor:
         why = self.state.last_exit.reason if self.state.last_exit else ""
         log.warning("Exited instance", extra=self._kv(p.version, pid=p.pid, code=code, reason=why))
 
-    async def _stop(self, reason: str, failure: bool, kill: bool = False) -> None:
+    async def _stop(self, reason: str, failure: bool, grace: float | None = None) -> None:
         p = self.state.process
         if p is None:
             return
@@ -322,6 +322,9 @@ class Supervisor:
         self.notify()
         target = self.state.current
         doc = target.document if target is not None and target.config_hash == p.config_hash else None
+        timeout = doc.stop_timeout if doc else 10.0
+        if grace is not None:
+            timeout = max(0.0, min(timeout, grace))
         log.info("Stopping instance", extra=self._kv(p.version, pid=p.pid, reason=reason))
         self._stopping = True
         self._cancel_health()
@@ -329,8 +332,8 @@ class Supervisor:
             await steps.stop_group(
                 p.pid,
                 p.start_time,
-                "SIGKILL" if kill else doc.stop_signal if doc else "SIGTERM",
-                0.0 if kill else doc.stop_timeout if doc else 10.0,
+                "SIGKILL" if grace is not None and grace <= 0 else doc.stop_signal if doc else "SIGTERM",
+                timeout,
                 self.ctx.placement.cgroup(self.ref),
             )
             code = self.popen.wait() if self.popen is not None else None

@@ -5,10 +5,11 @@
 
 Like every document they are untrusted input: `documents.parse` turns bytes
 into one of these or an `InvalidDocument` naming the key and the field.
-Unknown fields are kept. Two fields beyond the design's list are ours and
+Unknown fields are kept. Fields beyond the design's list are ours and
 documented in docs/rollouts.md: the config's `undo` (the CLI's `rollout undo`
 sets it) and the status's `revisions` and `changed_at` (what the controller
-needs to continue after a change of leader).
+needs to continue after a change of leader); `restart_token` in both makes
+the rollout a restart (docs/operating.md, "Restart").
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ class RolloutBody(documents.Document):
     paused: bool = False
     undo: bool = False
     """Ours: set by `discoverd rollout undo`; every changed instance goes back to its previous version now."""
+    restart_token: documents.RestartToken | None = None
+    """Ours: a restart (`discoverd restart`): each instance gets this `restart_token` and keeps its version."""
 
 
 class RolloutConfig(RolloutBody):
@@ -140,3 +143,5 @@ class RolloutStatus(documents.Document):
     """Ours: when each updated instance was written (its progress deadline runs from there)."""
     reverted: list[Segment] = Field(default_factory=list)
     """Ours: instances set back to their `from_versions` entry by a revert or an undo."""
+    restart_token: documents.RestartToken | None = None
+    """Ours: the restart this status is about (the config's `restart_token` when it started)."""

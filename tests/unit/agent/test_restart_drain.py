@@ -156,15 +156,15 @@ DRAINS: list[tuple[str, Drain, dict[Ref, InstanceState], list[plan.Action]]] = [
         "with a deadline, the waiting ones wake up at the deadline",
         LATE,
         {R1: up(R1), R2: up(R2), R3: down(R3)},
-        [Stop(R1, "the server is drained"), Wait(R2, NOW + 30, "waiting for its turn to drain")],
+        [Stop(R1, "the server is drained", grace=30.0), Wait(R2, NOW + 30, "waiting for its turn to drain")],
     ),
     (
         "past the deadline: every instance still running is killed at once",
         PAST,
         {R1: up(R1, step=Step.STOPPING), R2: up(R2), R3: up(R3)},
         [
-            Stop(R2, "the server is drained and its drain deadline has passed", kill=True),
-            Stop(R3, "the server is drained and its drain deadline has passed", kill=True),
+            Stop(R2, "the server is drained and its drain deadline has passed", grace=0.0),
+            Stop(R3, "the server is drained and its drain deadline has passed", grace=0.0),
         ],
     ),
     (
