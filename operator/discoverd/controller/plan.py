@@ -347,7 +347,7 @@ def plan(
     if waiting_offline:
         message += f"; {waiting_offline} waiting for their server to come online"
     if held_drained:
-        message += f"; {held_drained} held while their server is drained"
+        message += f"; {held_drained} held while their server is drained (they count as unavailable)"
     new = current.model_copy(
         update={
             "phase": RolloutPhase.PROGRESSING,
