@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
-from discoverd.controller import plan
-from discoverd.schema import documents
+from discoverd.controller import plan, world
+from discoverd.schema import documents, keys
 from discoverd.schema.documents import Phase
 from discoverd.schema.rollouts import RolloutConfig, RolloutPhase, RolloutStatus
+from discoverd.store.documents import Snapshot, decode
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 TOKEN = "2026-01-01T00:00:00.000000Z"
@@ -153,3 +155,15 @@ def test_an_updated_instance_on_a_server_drained_meanwhile_has_no_deadline() -> 
     members = after(d, members, report(phase=Phase.BACK_OFF, revision=61))
     failed = step(upgrade(progress_deadline_seconds=60), members, 600, d.status)
     assert failed.status is not None and failed.status.phase is RolloutPhase.FAILED
+
+
+def test_world_marks_the_reports_of_drained_servers() -> None:
+    p = "/d"
+    docs = {
+        keys.instance_config(p, "web", "i1"): {"name": "web", "service_version": "1.0"},
+        keys.server_config(p, "n1"): {"service_instances": [{"name": "web", "id": "i1"}], "drained": True},
+        keys.server_config(p, "n2"): {"service_instances": [{"name": "web", "id": "i1"}]},
+    }
+    w = world.World()
+    w.load(Snapshot(9, {k: decode(p, k, json.dumps(v).encode(), 5) for k, v in docs.items()}))
+    assert [(r.server, r.drained) for r in w.members("web")["i1"].reports] == [("n1", True), ("n2", False)]
