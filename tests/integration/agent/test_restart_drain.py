@@ -224,3 +224,31 @@ def test_a_drain_deadline_cuts_the_grace_short(fleet: Fleet) -> None:
     assert fleet.cli("undrain", "node-2").returncode == 0
     for i in ids:
         where(fleet, i).wait_phase("stub", i, "Running", timeout=30)
+
+
+def test_an_agent_restart_restarts_nothing_but_a_restart_asked_for_while_it_was_away(node: Node) -> None:
+    node.version("web", "1.0", run_script=node.py(SERVE), min_healthy_seconds=0.3)
+    node.instance("web", "tok", "1.0", restart_token="t1")
+    node.instance("web", "old", "1.0")
+    node.instance("web", "away", "1.0")
+    node.server(("web", "tok"), ("web", "old"), ("web", "away"))
+    agent = node.agent()
+    ids = ("tok", "old", "away")
+    for i in ids:
+        node.wait_phase("web", i, "Running")
+    before = {i: node.wait_process("web", i) for i in ids}
+    assert (node.record("web", "tok") or {})["process"]["restart_token"] == "t1"
+    assert agent.terminate() == 0
+    # "old" as an agent before restart tokens recorded it; "away" asked to restart meanwhile.
+    node.edit_record("web", "old", lambda state: state["process"].pop("restart_token"))
+    node.instance("web", "away", "1.0", restart_token="t2")
+    again = node.agent()
+    again.wait_log("Adopted instance")
+    restarted = wait_until(
+        lambda: (p := node.process("web", "away")) not in (None, before["away"]) and p, 30, what="away restarted"
+    )
+    wait_until(lambda: (node.status("web", "away") or {}).get("restart_token") == "t2", 30, what="away on t2")
+    time.sleep(1.0)  # long enough for a wrong restart of the others to show
+    assert {i: node.process("web", i) for i in ("tok", "old")} == {i: before[i] for i in ("tok", "old")}
+    assert node.process("web", "away") == restarted
+    assert again.log().count("Started instance") == 1
