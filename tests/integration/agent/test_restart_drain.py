@@ -175,8 +175,12 @@ def test_drain_stops_instances_one_at_a_time_holds_rollouts_and_undrain_starts_t
     for i in on_drained:
         drained.wait_phase("dr", i, "Drained", timeout=30)
         assert drained.process("dr", i) is None
-    agent = json.loads(fleet.etcd.get(f"{fleet.prefix}/servers/node-3/status/agent") or "{}")
-    assert agent["drain"] == "Drained"
+    # The other tests' instances on node-3 are stopped too, one at a time: then the agent says Drained.
+    wait_until(
+        lambda: json.loads(fleet.etcd.get(f"{fleet.prefix}/servers/node-3/status/agent") or "{}")["drain"] == "Drained",
+        30,
+        what="node-3's agent Drained",
+    )
     # One at a time, each with its grace: every SIGTERM came after the previous instance had exited.
     events = _events(log)
     assert sorted(who for what, who, _ in events if what == "term") == sorted(on_drained), events
