@@ -163,6 +163,9 @@ class Document(BaseModel):
 
     keep_defaults: ClassVar[bool] = False
     """Status documents are written whole; configuration only with the fields its writer set."""
+    kept_by_apply: ClassVar[frozenset[str]] = frozenset()
+    """Fields commands set rather than configuration (`discoverd restart`, `drain`): `apply -f` keeps
+    what etcd has when its YAML leaves them out, as `kubectl apply` keeps fields it never set."""
 
     model_config = ConfigDict(
         extra="allow",
@@ -260,6 +263,8 @@ class InstanceBody(Document):
     restart_token: RestartToken | None = None
     """Extension: a new value restarts the instance, same version, no install (docs/operating.md, "Restart")."""
 
+    kept_by_apply = frozenset({"restart_token"})
+
 
 class Instance(InstanceBody):
     """`<prefix>/services/<service>/instances/<id>/config/details`; `name` is the service."""
@@ -282,6 +287,8 @@ class ServerBody(Document):
     """Extension: the agent stops every instance, one at a time, and starts none; rollouts hold its instances."""
     drain_deadline: pydantic.AwareDatetime | None = None
     """Extension: once past, the agent kills the instances still running at once, without their grace."""
+
+    kept_by_apply = frozenset({"drained", "drain_deadline"})
 
     @pydantic.model_validator(mode="after")
     def _no_duplicates(self) -> Self:
