@@ -99,7 +99,9 @@ class Agent:
 
     def _set_entries(self, entries: dict[str, Entry]) -> None:
         self.entries = entries
-        self.desired = desired_.resolve(entries, self.etcd.prefix, self.options.server_id, self.desired.refs)
+        self.desired = desired_.resolve(
+            entries, self.etcd.prefix, self.options.server_id, self.desired.refs, self.desired.drain
+        )
         self._log_rejected()
         self._wake.set()
 
@@ -143,7 +145,12 @@ class Agent:
                 began = time.monotonic()
                 states = self.executor.states()
                 actions = plan.plan(
-                    self.desired.instances, states, now, self.options.backoff_base, self.options.removed_grace
+                    self.desired.instances,
+                    states,
+                    now,
+                    self.options.backoff_base,
+                    self.options.removed_grace,
+                    self.desired.drain,
                 )
                 self.executor.execute(actions)
                 for action in actions:
@@ -157,13 +164,15 @@ class Agent:
     def _report(self) -> None:
         """Rebuild every instance's status from its state; hand what changed to the writer."""
         wanted = self.desired.instances
+        drained = self.desired.drain is not None
         summaries: dict[model.Ref, status.Summary] = {}
         for ref, sup in self.executor.supervisors.items():
             state = sup.state
             if ref in wanted or state.removed_at is None:  # a removed one has no status key
-                summaries[ref] = status.summarize(wanted.get(ref), state, self.options.backoff_base)
+                summaries[ref] = status.summarize(wanted.get(ref), state, self.options.backoff_base, drained)
         for ref in wanted.keys() - summaries.keys():
-            summaries[ref] = status.summarize(wanted[ref], model.InstanceState(ref=ref), self.options.backoff_base)
+            blank = model.InstanceState(ref=ref)
+            summaries[ref] = status.summarize(wanted[ref], blank, self.options.backoff_base, drained)
         for ref, summary in summaries.items():
             old = self._summaries.get(ref)
             if old != summary:
@@ -175,7 +184,7 @@ class Agent:
         self._summaries = summaries
         self.metrics.set_phases(s.phase for s in summaries.values())
         if self.writer is not None:
-            self.writer.update(summaries, self.desired.server_error or "")
+            self.writer.update(summaries, self.desired.server_error or "", status.drain_phase(drained, summaries))
 
     # health
 

@@ -11,7 +11,9 @@ nothing but the schema.
     Starting -> BackOff (exited early, nothing to roll back to)
     Starting/Unhealthy/Installing -> RolledBack (the previous version runs again)
     any -> Failed (invalid documents, failed install with nothing to go back to)
-    any -> Stopping (removal, upgrade)
+    any -> Stopping (removal, upgrade, restart, drain)
+    Stopping/Pending/BackOff/Downloading/Installing -> Drained (the server is drained)
+    Drained -> Pending/Downloading/Installing/Starting/Running (undrained)
 """
 
 from __future__ import annotations
@@ -23,16 +25,17 @@ __all__ = ["ACTIVE", "TRANSITIONS", "expected"]
 P = Phase
 
 TRANSITIONS: dict[Phase, frozenset[Phase]] = {
-    P.PENDING: frozenset({P.DOWNLOADING, P.INSTALLING, P.STARTING, P.RUNNING, P.BACK_OFF}),
-    P.DOWNLOADING: frozenset({P.INSTALLING, P.STARTING, P.RUNNING, P.ROLLED_BACK, P.PENDING}),
-    P.INSTALLING: frozenset({P.STARTING, P.RUNNING, P.ROLLED_BACK, P.PENDING}),
+    P.PENDING: frozenset({P.DOWNLOADING, P.INSTALLING, P.STARTING, P.RUNNING, P.BACK_OFF, P.DRAINED}),
+    P.DOWNLOADING: frozenset({P.INSTALLING, P.STARTING, P.RUNNING, P.ROLLED_BACK, P.PENDING, P.DRAINED}),
+    P.INSTALLING: frozenset({P.STARTING, P.RUNNING, P.ROLLED_BACK, P.PENDING, P.DRAINED}),
     P.STARTING: frozenset({P.RUNNING, P.UNHEALTHY, P.BACK_OFF, P.ROLLED_BACK, P.DOWNLOADING, P.INSTALLING}),
     P.RUNNING: frozenset({P.UNHEALTHY, P.BACK_OFF, P.DOWNLOADING, P.INSTALLING, P.STARTING}),
     P.UNHEALTHY: frozenset({P.RUNNING, P.BACK_OFF, P.ROLLED_BACK, P.STARTING}),
-    P.BACK_OFF: frozenset({P.STARTING, P.DOWNLOADING, P.INSTALLING, P.ROLLED_BACK, P.RUNNING}),
+    P.BACK_OFF: frozenset({P.STARTING, P.DOWNLOADING, P.INSTALLING, P.ROLLED_BACK, P.RUNNING, P.DRAINED}),
     P.FAILED: frozenset(set(Phase) - {P.FAILED}),
     P.ROLLED_BACK: frozenset({P.DOWNLOADING, P.INSTALLING, P.STARTING, P.UNHEALTHY, P.BACK_OFF, P.RUNNING}),
     P.STOPPING: frozenset(set(Phase) - {P.STOPPING}),
+    P.DRAINED: frozenset({P.PENDING, P.DOWNLOADING, P.INSTALLING, P.STARTING, P.RUNNING}),
 }
 """Phase -> the phases it is expected to move to (besides Failed and Stopping, always possible)."""
 

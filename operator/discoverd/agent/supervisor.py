@@ -156,8 +156,8 @@ class Supervisor:
                         self._start(target)
                         if self.metrics is not None:
                             self.metrics.step_seconds.labels("start").observe(time.monotonic() - began)
-                    case plan.Stop(reason=reason, failure=failure):
-                        await self._stop(reason, failure)
+                    case plan.Stop(reason=reason, failure=failure, grace=grace):
+                        await self._stop(reason, failure, grace)
                     case plan.Promote(target=target):
                         self._promote(target)
                     case plan.Reject(config_hash=config_hash, version=version, reason=reason):
@@ -258,7 +258,7 @@ class Supervisor:
         run_id = uuid.uuid4().hex
         # Recorded before it exists: an agent killed between the spawn and the record below leaves
         # this, through which the next agent finds the run and adopts it instead of starting another.
-        pending = model.Process(0, 0, target.config_hash, target.version, started_at, run_id)
+        pending = model.Process(0, 0, target.config_hash, target.version, started_at, run_id, target.restart_token)
         restarts = self.state.restarts
         self._apply(self.state.spawning(target, pending, started_at))
         if self.metrics is not None and self.state.restarts > restarts:
@@ -278,7 +278,7 @@ class Supervisor:
             self._exited(None, reason)
             return
         start_time = observe.start_time(popen.pid) or 0
-        p = model.Process(popen.pid, start_time, target.config_hash, target.version, started_at, run_id)
+        p = dataclasses.replace(pending, pid=popen.pid, start_time=start_time)
         self.popen = popen
         self._apply(self.state.started(p, time.time()))
         log.info("Started instance", extra=self._kv(target.version, pid=p.pid, restarts=self.state.restarts))
@@ -315,7 +315,7 @@ class Supervisor:
         why = self.state.last_exit.reason if self.state.last_exit else ""
         log.warning("Exited instance", extra=self._kv(p.version, pid=p.pid, code=code, reason=why))
 
-    async def _stop(self, reason: str, failure: bool) -> None:
+    async def _stop(self, reason: str, failure: bool, grace: float | None = None) -> None:
         p = self.state.process
         if p is None:
             return
@@ -323,6 +323,9 @@ class Supervisor:
         self.notify()
         target = self.state.current
         doc = target.document if target is not None and target.config_hash == p.config_hash else None
+        timeout = doc.stop_timeout if doc else 10.0
+        if grace is not None:
+            timeout = max(0.0, min(timeout, grace))
         log.info("Stopping instance", extra=self._kv(p.version, pid=p.pid, reason=reason))
         self._stopping = True
         self._cancel_health()
@@ -330,8 +333,8 @@ class Supervisor:
             await steps.stop_group(
                 p.pid,
                 p.start_time,
-                doc.stop_signal if doc else "SIGTERM",
-                doc.stop_timeout if doc else 10.0,
+                "SIGKILL" if grace is not None and grace <= 0 else doc.stop_signal if doc else "SIGTERM",
+                timeout,
                 self.ctx.placement.cgroup(self.ref),
             )
             code = self.popen.wait() if self.popen is not None else None

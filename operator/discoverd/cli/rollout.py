@@ -218,9 +218,14 @@ def _done(status: rollouts.RolloutStatus | None, config: rollouts.RolloutConfig 
     return status.phase is rollouts.RolloutPhase.FAILED and config is not None and not config.auto_revert
 
 
+def _title(service: str, s: rollouts.RolloutStatus) -> str:
+    """`web -> 2.0`, or for a restart `web restart`."""
+    return f"{service} restart" if s.restart_token is not None else f"{service} -> {s.to_version}"
+
+
 def _line(service: str, s: rollouts.RolloutStatus) -> str:
     parts = [
-        f"{service} -> {s.to_version}: {s.phase.value}",
+        f"{_title(service, s)}: {s.phase.value}",
         f"updated {len(s.updated)}/{s.total}",
         f"healthy {len(s.healthy)}/{s.total}",
     ]
@@ -236,7 +241,7 @@ def _bar(service: str, s: rollouts.RolloutStatus, width: int = 30) -> str:
     healthy = min(width, width * len(s.healthy) // total)
     updated = min(width - healthy, width * len(s.updated) // total - healthy)
     bar = "#" * healthy + "+" * max(0, updated) + "." * (width - healthy - max(0, updated))
-    return f"{service} -> {s.to_version} [{bar}] {len(s.healthy)}/{s.total} healthy, {len(s.updated)} updated  {s.phase.value}"
+    return f"{_title(service, s)} [{bar}] {len(s.healthy)}/{s.total} healthy, {len(s.updated)} updated  {s.phase.value}"
 
 
 class _Printer:

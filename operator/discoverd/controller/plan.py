@@ -38,6 +38,19 @@ the status keeps each instance's restart count from before it ran to_version
 (`restarts_from`, followed while the old version still runs), and forgets it
 once the instance is healthy (later crashes fall to the progress deadline, as
 before).
+
+A restart (the config's `restart_token`, written by `discoverd restart`) is a
+rollout that writes that token into each instance document and keeps its
+version: the same steps, canary, budget and pause; an instance is healthy
+when its servers report it `Running` with the new token for
+`min_healthy_seconds`. Nothing can be reverted (the old token would only
+restart it again): a failed restart stays `Failed`, and an undo ends it where
+it is (`Reverted`, no writes).
+
+Drained servers: an instance a drained server lists is held, not updated,
+until the server is undrained (its instance is down, so it still counts
+against the budget); an updated instance whose server is drained meanwhile
+has no progress deadline while it is.
 """
 
 from __future__ import annotations
@@ -63,6 +76,8 @@ class Report:
     status: documents.InstanceStatus | None = None
     revision: int = 0
     """mod_revision of the status key (0: none)."""
+    drained: bool = False
+    """The server document says `drained` (`discoverd drain`)."""
 
 
 @dataclass(frozen=True)
@@ -112,13 +127,19 @@ class _Pass:
             return False
         for r in m.reports:
             s = r.status
-            if not r.online or s is None or s.phase is not Phase.RUNNING or s.version != self.config.to_version:
+            if not r.online or s is None or s.phase is not Phase.RUNNING or not self.arrived(s):
                 return False
             ready_at = s.since + dt.timedelta(seconds=self.config.min_healthy_seconds)
             if ready_at > self.now:
                 self.wake.append(ready_at)
                 return False
         return True
+
+    def arrived(self, s: documents.InstanceStatus) -> bool:
+        """The report shows what the rollout set: `to_version`, or for a restart its new token."""
+        if self.config.restart_token is not None:
+            return s.restart_token == self.config.restart_token
+        return s.version == self.config.to_version
 
     def failure(self, m: Member) -> str | None:
         """Why an updated instance counts as failed on to_version, if it does."""
@@ -134,6 +155,8 @@ class _Pass:
         if crash_loop is not None:
             return crash_loop
         changed = self.status.changed_at.get(m.id)
+        if any(r.drained for r in m.reports):
+            return None  # held: no deadline while its server is drained
         if changed is not None and m.reports and not self.healthy(m):
             deadline = changed + dt.timedelta(seconds=self.config.progress_deadline_seconds)
             if self.now >= deadline:
@@ -200,11 +223,33 @@ def _start(config: RolloutConfig, members: Mapping[str, Member], now: dt.datetim
         started_at=now,
         updated_at=now,
         revisions={i: m.revision for i, m in valid.items()},
+        restart_token=config.restart_token,
     )
 
 
 def _with_version(doc: documents.Instance, version: str) -> documents.Instance:
     return doc.model_copy(update={"service_version": version})
+
+
+def _updated(config: RolloutConfig, doc: documents.Instance) -> documents.Instance:
+    """The document the rollout writes: the new version, or for a restart the new token and the same version."""
+    if config.restart_token is not None:
+        return doc.model_copy(update={"restart_token": config.restart_token})
+    return _with_version(doc, config.to_version)
+
+
+def _end_restart(p: _Pass, status: RolloutStatus, skipped: list[str]) -> Decision:
+    """An undo of a restart: nothing to set back, it ends where it is."""
+    if status.phase is RolloutPhase.REVERTED:
+        return Decision()
+    message = (
+        f"undone by request: {len(status.updated)} instance(s) had been restarted; "
+        "a restart cannot be taken back, the others are left as they are"
+    )
+    new = status.model_copy(
+        update={"phase": RolloutPhase.REVERTED, "skipped": skipped, "message": message, "updated_at": p.now}
+    )
+    return Decision((), new)
 
 
 def _revert(p: _Pass, status: RolloutStatus, reason: str, skipped: list[str]) -> Decision:
@@ -257,7 +302,7 @@ def plan(
     now: dt.datetime,
 ) -> Decision:
     """The next step of the rollout `config` asks for; see the module docstring for the rules."""
-    started = status is None or status.to_version != config.to_version
+    started = status is None or status.to_version != config.to_version or status.restart_token != config.restart_token
     if status is None or started:
         status = _start(config, members, now)
     p = _Pass(config, status, members, now)
@@ -280,10 +325,13 @@ def plan(
     phase = base.phase
     if phase is RolloutPhase.REVERTED or (phase is RolloutPhase.SUCCEEDED and not config.undo):
         return Decision()
+    restart = config.restart_token is not None
     if config.undo:
+        if restart:
+            return _end_restart(p, base, skipped)
         return _revert(p, base, "undone by request", skipped)
     if phase is RolloutPhase.FAILED:
-        if config.auto_revert:
+        if config.auto_revert and not restart:
             return _revert(p, base, base.message, skipped)
         return Decision()
 
@@ -330,11 +378,14 @@ def plan(
     allowed = max_unavailable_count(config.max_unavailable, base.total)
     budget = allowed - _unavailable(p, members, set(live), set(healthy))
     chosen: list[str] = []
-    waiting_offline = 0
+    waiting_offline = held_drained = 0
     for i in todo:
         if len(chosen) >= limit:
             break
         m = members[i]
+        if any(r.drained for r in m.reports):
+            held_drained += 1
+            continue
         if any(not r.online for r in m.reports):
             waiting_offline += 1
             continue
@@ -351,7 +402,7 @@ def plan(
     for i in chosen:
         m = members[i]
         assert m.doc is not None
-        writes.append(Write(i, _with_version(m.doc, config.to_version), m.revision))
+        writes.append(Write(i, _updated(config, m.doc), m.revision))
         revisions[i] = 0
         changed_at[i] = now
         restarts_from[i] = _baseline(m)
@@ -361,6 +412,8 @@ def plan(
         message += f", {len(skipped)} skipped"
     if waiting_offline:
         message += f"; {waiting_offline} waiting for their server to come online"
+    if held_drained:
+        message += f"; {held_drained} held while their server is drained (they count as unavailable)"
     new = current.model_copy(
         update={
             "phase": RolloutPhase.PROGRESSING,

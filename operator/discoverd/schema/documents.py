@@ -39,6 +39,7 @@ __all__ = [
     "MAX_PHASE_HISTORY",
     "MAX_PID",
     "MAX_RESTARTS",
+    "MAX_RESTART_TOKEN",
     "MAX_STEP_TIMEOUT",
     "MAX_STOP_TIMEOUT",
     "MIN_HEALTH_INTERVAL",
@@ -46,6 +47,7 @@ __all__ = [
     "AgentStatus",
     "Arg",
     "Document",
+    "DrainPhase",
     "EnvName",
     "HealthCheck",
     "Instance",
@@ -57,6 +59,7 @@ __all__ = [
     "Phase",
     "PhaseChange",
     "Resources",
+    "RestartToken",
     "Script",
     "Segment",
     "Server",
@@ -92,6 +95,8 @@ MAX_EXIT_CODE = 255
 MAX_RESTARTS = (1 << 31) - 1
 MAX_LEASE_TTL = 9_000_000_000
 """etcd's own maximum lease TTL, in seconds."""
+MAX_RESTART_TOKEN = 256
+"""Longest `restart_token`, in characters (`discoverd restart` writes a timestamp of 27)."""
 RESERVED_ENV_PREFIX = "DISCOVERD_"
 """Env names the agent sets itself (and uses to recognise its processes): a document cannot set them."""
 
@@ -145,6 +150,8 @@ Arg = Annotated[str, AfterValidator(_arg)]
 """A command, argument or env value: text without NUL, within the kernel's length for one argument."""
 EnvName = Annotated[str, AfterValidator(_env_name)]
 """An environment variable name: non-empty, no '=' or NUL, not one of the agent's own DISCOVERD_*."""
+RestartToken = Annotated[str, Field(max_length=MAX_RESTART_TOKEN), AfterValidator(_text)]
+"""Extension: any text; a change restarts the instance with no version change (`discoverd restart`)."""
 
 
 def _both_spellings(field: str) -> AliasChoices:
@@ -156,6 +163,9 @@ class Document(BaseModel):
 
     keep_defaults: ClassVar[bool] = False
     """Status documents are written whole; configuration only with the fields its writer set."""
+    kept_by_apply: ClassVar[frozenset[str]] = frozenset()
+    """Fields commands set rather than configuration (`discoverd restart`, `drain`): `apply -f` keeps
+    what etcd has when its YAML leaves them out, as `kubectl apply` keeps fields it never set."""
 
     model_config = ConfigDict(
         extra="allow",
@@ -250,6 +260,10 @@ class InstanceBody(Document):
 
     service_version: Segment
     run_script: Script = Field(default_factory=Script, validation_alias=AliasChoices("run_script", "runScript", "run"))
+    restart_token: RestartToken | None = None
+    """Extension: a new value restarts the instance, same version, no install (docs/operating.md, "Restart")."""
+
+    kept_by_apply = frozenset({"restart_token"})
 
 
 class Instance(InstanceBody):
@@ -269,6 +283,12 @@ class ServerBody(Document):
     """The instances a server runs."""
 
     service_instances: list[InstanceRef]
+    drained: bool = False
+    """Extension: the agent stops every instance, one at a time, and starts none; rollouts hold its instances."""
+    drain_deadline: pydantic.AwareDatetime | None = None
+    """Extension: once past, the agent kills the instances still running at once, without their grace."""
+
+    kept_by_apply = frozenset({"drained", "drain_deadline"})
 
     @pydantic.model_validator(mode="after")
     def _no_duplicates(self) -> Self:
@@ -297,6 +317,17 @@ class Phase(enum.StrEnum):
     FAILED = "Failed"
     ROLLED_BACK = "RolledBack"
     STOPPING = "Stopping"
+    DRAINED = "Drained"
+    """Extension: stopped because its server is drained (`discoverd drain`)."""
+
+
+class DrainPhase(enum.StrEnum):
+    """Extension: where a drained server's agent is (its status's `drain`)."""
+
+    DRAINING = "Draining"
+    """Instances are still being stopped."""
+    DRAINED = "Drained"
+    """Nothing runs."""
 
 
 class AgentStatus(Document):
@@ -311,6 +342,8 @@ class AgentStatus(Document):
     """When the agent last (re)established its lease and wrote this key."""
     lease_ttl: Annotated[int, Field(ge=1, le=MAX_LEASE_TTL), NotBool] | None = None
     message: str = ""
+    drain: DrainPhase | None = None
+    """Extension: set while the server document says `drained` (None: not drained)."""
 
 
 class InstanceState(Document):
@@ -326,6 +359,8 @@ class InstanceState(Document):
     restarts: Annotated[int, Field(ge=0, le=MAX_RESTARTS), NotBool] = 0
     last_exit_code: Annotated[int, Field(ge=-MAX_EXIT_CODE, le=MAX_EXIT_CODE), NotBool] | None = None
     message: str = ""
+    restart_token: Annotated[str, Field(max_length=MAX_RESTART_TOKEN)] | None = None
+    """Extension: the restart token the running process was started with (the controller waits for it)."""
 
 
 MAX_PHASE_HISTORY = 10

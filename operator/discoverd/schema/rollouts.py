@@ -5,11 +5,12 @@
 
 Like every document they are untrusted input: `documents.parse` turns bytes
 into one of these or an `InvalidDocument` naming the key and the field.
-Unknown fields are kept. Two fields beyond the design's list are ours and
+Unknown fields are kept. Fields beyond the design's list are ours and
 documented in docs/rollouts.md: the config's `undo` (the CLI's `rollout undo`
 sets it) and `max_restarts`, and the status's `revisions`, `changed_at` and
 `restarts_from` (what the controller needs to continue after a change of
-leader).
+leader); `restart_token` in both makes the rollout a restart
+(docs/operating.md, "Restart").
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ class RolloutBody(documents.Document):
     paused: bool = False
     undo: bool = False
     """Ours: set by `discoverd rollout undo`; every changed instance goes back to its previous version now."""
+    restart_token: documents.RestartToken | None = None
+    """Ours: a restart (`discoverd restart`): each instance gets this `restart_token` and keeps its version."""
 
 
 class RolloutConfig(RolloutBody):
@@ -147,3 +150,5 @@ class RolloutStatus(documents.Document):
     restarts_from: dict[Segment, dict[Segment, Annotated[int, Field(ge=0), NotBool]]] = Field(default_factory=dict)
     """Ours: per updated instance not yet seen healthy, per server, its restart count before it ran
     `to_version` (restarts on the old version do not count toward `max_restarts`); dropped once healthy."""
+    restart_token: documents.RestartToken | None = None
+    """Ours: the restart this status is about (the config's `restart_token` when it started)."""
