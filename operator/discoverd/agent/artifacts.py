@@ -230,6 +230,10 @@ class Artifacts:
         tmp.write_text(json.dumps(sorted(set(names))))
         os.replace(tmp, path)
 
+    def unpin(self, service: str, version: str) -> None:
+        """The install of `version` is gone: its blobs may be evicted."""
+        self._pin_path(service, version).unlink(missing_ok=True)
+
     def pinned(self) -> set[str]:
         """Blobs used by an install still on disk (pins of removed installs are dropped here)."""
         names: set[str] = set()
