@@ -308,8 +308,8 @@ class InstanceState(BaseModel):
     def install_failed(self, target: Target, reason: str, now: float) -> InstanceState:
         return self._with(now, install_failure=Failure(target.config_hash, target.version, reason, now), message=reason)
 
-    def downloading(self, message: str, now: float) -> InstanceState:
-        """Progress of the artifacts being fetched (`Downloading 42% ...`), for the status."""
+    def progressed(self, message: str, now: float) -> InstanceState:
+        """How far a step under way has come (`Downloading 42% ...`), for the status."""
         return self._with(now, message=message)
 
     def installed_version(self, target: Target, now: float) -> InstanceState:

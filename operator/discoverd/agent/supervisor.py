@@ -244,7 +244,7 @@ class Supervisor:
                 message = f"Downloading {100 * got // total}% ({got / 2**20:.1f} of {total / 2**20:.1f} MiB)"
             else:
                 message = f"Downloading {got / 2**20:.1f} MiB"
-            self.state = self.state.downloading(message, time.time())
+            self.state = self.state.progressed(message, time.time())
             self.notify()
 
         log.info("Fetching artifacts", extra=self._kv(target.version, count=len(artifacts)))
@@ -257,6 +257,9 @@ class Supervisor:
             return False
         if self.metrics is not None:
             self.metrics.step_seconds.labels("artifacts").observe(time.monotonic() - began)
+        self.state = self.state.progressed(
+            f"placed {len(artifacts)} artifacts of version {target.version}", time.time()
+        )
         return True
 
     async def _sweep(self) -> None:
