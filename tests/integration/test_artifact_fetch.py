@@ -211,6 +211,15 @@ async def test_the_cache_evicts_the_least_recently_used_blob_no_install_pins(
     assert cache.evict() == [f"sha256/{shas['a']}"]
 
 
+@pytest.mark.parametrize("parallel", [1, 3])
+async def test_downloads_at_once_are_bounded_over_the_whole_agent(files: FileServer, make: Any, parallel: int) -> None:
+    files.delay = 0.05
+    wanted = [art(files.url(f"/{i}.bin"), files.add(f"/{i}.bin", os.urandom(200_000))) for i in range(5)]
+    cache = make(parallel=parallel)
+    await asyncio.gather(*(cache.get(a, noop) for a in wanted))
+    assert files.most_active == parallel
+
+
 async def test_a_damaged_cached_blob_is_fetched_again(files: FileServer, make: Any) -> None:
     sha = files.add("/d.bin", b"good bytes")
     cache = make()

@@ -41,6 +41,9 @@ class FileServer:
     gzip_encoding: bool = False
     requests: list[Request] = field(default_factory=list)
     bytes_sent: int = 0
+    active: int = 0
+    most_active: int = 0
+    """Most answers being sent at once."""
     port: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -107,16 +110,23 @@ def _handler(server: FileServer) -> type[http.server.BaseHTTPRequestHandler]:
                 self.send_header("Content-Encoding", "gzip")
             self.end_headers()
             limit = server.cut_at if cut else len(body)
-            for at in range(0, limit, 1 << 16):
-                piece = body[at : min(at + (1 << 16), limit)]
-                try:
-                    self.wfile.write(piece)
-                    self.wfile.flush()
-                except (BrokenPipeError, ConnectionResetError):
-                    return
-                server._sent(len(piece))
-                if server.delay:
-                    time.sleep(server.delay)
+            with server._lock:
+                server.active += 1
+                server.most_active = max(server.most_active, server.active)
+            try:
+                for at in range(0, limit, 1 << 16):
+                    piece = body[at : min(at + (1 << 16), limit)]
+                    try:
+                        self.wfile.write(piece)
+                        self.wfile.flush()
+                    except (BrokenPipeError, ConnectionResetError):
+                        return
+                    server._sent(len(piece))
+                    if server.delay:
+                        time.sleep(server.delay)
+            finally:
+                with server._lock:
+                    server.active -= 1
             if cut:
                 self.close_connection = True
 

@@ -156,3 +156,25 @@ def test_old_installs_are_pruned_keeping_the_previous_and_keep_versions_more(nod
     wait_until(lambda: not node.version_dir("svc", "1.0").exists(), 10, what="install of 1.0 removed")
     assert all(node.version_dir("svc", n).exists() for n in ("2.0", "3.0", "4.0"))
     assert sorted(p.name for p in (node.state_dir / "cache" / "pins" / "svc").iterdir()) == ["2.0", "3.0", "4.0"]
+
+
+def test_a_download_cut_by_an_agent_kill_resumes_in_the_next_agent(node: Any, files: FileServer) -> None:
+    big = bytes(range(256)) * 16384  # 4 MiB, 64 KiB every 50 ms: about 3 s
+    files.delay = 0.05
+    artifacts = [{"url": files.url("/big.bin"), "sha256": files.add("/big.bin", big)}]
+    version(node, files, "1.0", artifacts=artifacts, download_script={})
+    node.instance("svc", "i1", "1.0")
+    node.server(("svc", "i1"))
+    first = node.agent()
+    wait_until(
+        lambda: (s := node.status("svc", "i1")) and re.match(r"Downloading [1-9]\d?%", s["message"]), 20, what="> 0 %"
+    )
+    first.kill()  # SIGKILL in the middle of the download
+    files.delay = 0.0
+    node.agent()
+    node.wait_phase("svc", "i1", "Running")
+    gets = files.gets("/big.bin")
+    assert len(gets) == 2 and gets[0].range is None
+    assert gets[1].range is not None and gets[1].range.startswith("bytes=") and gets[1].status == 206
+    assert files.bytes_sent < 1.5 * len(big)
+    assert (node.version_dir("svc", "1.0") / "big.bin").read_bytes() == big
