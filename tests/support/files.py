@@ -7,7 +7,8 @@ fetches and bytes sent. Behaviour is set on the object while it runs:
 cut after `cut_at` bytes: the connection is closed mid-body), `delay` (seconds
 slept between 64 KiB chunks: a slow server), `gzip_encoding` (a
 `Content-Encoding: gzip` header on the bytes, as a misconfigured server sends
-for .tar.gz files).
+for .tar.gz files), `no_length` (no Content-Length: the body ends with the
+connection).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class FileServer:
     cut_at: int = 0
     delay: float = 0.0
     gzip_encoding: bool = False
+    no_length: bool = False
+    """Answer without Content-Length, the body ending when the connection closes."""
     requests: list[Request] = field(default_factory=list)
     bytes_sent: int = 0
     active: int = 0
@@ -100,7 +103,11 @@ def _handler(server: FileServer) -> type[http.server.BaseHTTPRequestHandler]:
             server._record(path, range_, status)
             body = data[start:]
             self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
+            if server.no_length:
+                self.send_header("Connection", "close")
+                self.close_connection = True
+            else:
+                self.send_header("Content-Length", str(len(body)))
             if server.ranges:
                 self.send_header("Accept-Ranges", "bytes")
                 self.send_header("ETag", etag)

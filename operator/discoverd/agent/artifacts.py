@@ -165,6 +165,8 @@ class Artifacts:
                 for task in fetches:
                     task.cancel()
                 await asyncio.gather(*fetches, return_exceptions=True)
+            # The directory first: a pin counts only while its version directory exists (`pinned`).
+            await asyncio.to_thread(vdir.mkdir, parents=True, exist_ok=True)
             self._pin(service, version, names)
             for a in artifacts:
                 await asyncio.to_thread(self._place, a, vdir)
@@ -178,7 +180,6 @@ class Artifacts:
     def _place(self, a: documents.Artifact, vdir: Path) -> None:
         blob = self.blob(a)
         try:
-            vdir.mkdir(parents=True, exist_ok=True)
             if a.archive is None:
                 extract.place(blob, vdir, a.dest, a.file_name, 0o644 if a.mode is None else a.mode)
             else:
@@ -314,7 +315,7 @@ class Artifacts:
             while True:
                 attempt += 1
                 try:
-                    resumed = await self._attempt(a, partial, meta, progress)
+                    uncertain = await self._attempt(a, partial, meta, progress)
                 except _Retry as error:
                     if attempt >= s.attempts:
                         raise FetchError(f"artifact {shown(a.url)}: {error} (after {attempt} attempts)") from None
@@ -329,13 +330,18 @@ class Artifacts:
                 if actual == a.digest:
                     break
                 _forget(partial, meta)
-                if resumed and fresh_retry:  # the pieces may come from two different files: once more, whole
+                # Resumed (the pieces may come from two different files) or of no announced size (it may
+                # have been cut short): once more, whole, before it counts as a mismatch.
+                if uncertain and fresh_retry:
                     fresh_retry = False
                     continue
                 raise DigestMismatch(a.url, a.algorithm, a.digest, actual)
 
     async def _attempt(self, a: documents.Artifact, partial: Path, meta: Path, progress: Progress) -> bool:
-        """One GET into `partial`, resumed when the server allows; True if it was a resume. _Retry or FetchError."""
+        """One GET into `partial`, resumed when the server allows; _Retry or FetchError.
+
+        True when the result is uncertain: a resume, or a body of no announced size.
+        """
         s = self.settings
         offset, validator = _resume_point(a.url, partial, meta)
         headers = {"Accept-Encoding": "identity"}
@@ -405,7 +411,7 @@ class Artifacts:
         if expected is not None and received != expected:
             raise _Retry(f"the connection ended after {received} of {expected} bytes")
         progress(a.url, received, expected)
-        return offset > 0
+        return offset > 0 or expected is None
 
     async def close(self) -> None:
         if self._session is not None:
