@@ -75,7 +75,7 @@ class Settings:
     read_timeout: float = 60.0
     """Seconds without a byte before an attempt is given up."""
     total_timeout: float = 3600.0
-    """Seconds for one artifact, every attempt and back-off included."""
+    """Seconds for one artifact, every attempt and back-off included (not the wait for a download slot)."""
     attempts: int = 5
     backoff_base: float = 1.0
     backoff_cap: float = 30.0
@@ -204,8 +204,7 @@ class Artifacts:
                 log.warning("Dropped damaged cached artifact", extra=logs.kv(path=str(blob), actual=actual))
                 blob.unlink(missing_ok=True)
             try:
-                async with asyncio.timeout(self.settings.total_timeout):
-                    await self._fetch(a, blob, progress)
+                await self._fetch(a, blob, progress)
             except TimeoutError:
                 self._count("failed")
                 raise FetchError(
@@ -310,7 +309,8 @@ class Artifacts:
         """Attempts with back-off until `partial` holds the whole file with the right digest."""
         s = self.settings
         assert self._slots is not None
-        async with self._slots:
+        # The total timeout starts once a download slot is ours: waiting behind others does not count.
+        async with self._slots, asyncio.timeout(s.total_timeout):
             attempt = 0
             while True:
                 attempt += 1
