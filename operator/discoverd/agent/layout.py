@@ -119,7 +119,7 @@ class Layout:
         """When `version` was last installed (its marker's time); 0 when it is not installed."""
         try:
             return (self.version_dir(service, version) / _MARKER).stat().st_mtime
-        except OSError:
+        except (OSError, ValueError):  # ValueError: UnsafePath, a directory no agent made
             return 0.0
 
     def unmark_installed(self, service: str, version: str) -> None:
