@@ -102,6 +102,8 @@ def test_a_plain_archive_unpacks_with_its_files_links_and_modes(where: tuple[Pat
         ([member("dev", tarfile.CHRTYPE)], "device file"),
         ([member("blk", tarfile.BLKTYPE)], "device file"),
         ([member("fifo", tarfile.FIFOTYPE)], "FIFO"),
+        # An escaping link, then a write through it: refused at the link, nothing reaches outside.
+        ([member("esc", tarfile.SYMTYPE, link="../../../../outside"), member("esc/victim", data=b"pwned")], "outside"),
         # A link inside dest is allowed, but nothing is written through it.
         ([member("d", tarfile.DIRTYPE), member("ln", tarfile.SYMTYPE, link="d"), member("ln/f", data=b"x")], "link"),
     ],
