@@ -175,7 +175,9 @@ class Artifacts:
                 self._busy[name] -= 1
                 if not self._busy[name]:
                     del self._busy[name]
-        await asyncio.to_thread(self.evict, set(self._busy))  # copied here: the thread must not read a changing dict
+        # On the loop, not in a thread: no fetch can finish (and need its blob) while this decides.
+        # It stats and unlinks a few files (one per blob): cheap.
+        self.evict()
 
     def _place(self, a: documents.Artifact, vdir: Path) -> None:
         blob = self.blob(a)
@@ -247,11 +249,8 @@ class Artifacts:
                 names.update(str(n) for n in json.loads(pin.read_text()))
         return names
 
-    def evict(self, busy: set[str] | None = None) -> list[str]:
-        """Remove the least recently used blobs nothing pins or holds until the cache fits; their names.
-
-        `busy`: the blobs being fetched or placed (default: as the event loop sees them now).
-        """
+    def evict(self) -> list[str]:
+        """Remove the least recently used blobs nothing pins or holds until the cache fits; their names."""
         blobs = []
         for algorithm in ("sha256", "sha512"):
             for path in (self.root / algorithm).glob("*"):
@@ -259,7 +258,7 @@ class Artifacts:
                     st = path.stat()
                     blobs.append((st.st_mtime, st.st_size, f"{algorithm}/{path.name}", path))
         total = sum(size for _, size, _, _ in blobs)
-        keep = self.pinned() | (set(self._busy) if busy is None else busy)
+        keep = self.pinned() | set(self._busy)
         evicted = []
         for _, size, name, path in sorted(blobs):
             if total <= self.settings.cache_bytes:
