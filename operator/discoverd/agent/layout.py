@@ -139,6 +139,13 @@ class Layout:
         path = self.version_dir(target.ref.service, target.version) / _MARKER
         _write(path, json.dumps({"hash": target.install_hash, "installed_at": time.time()}).encode())
 
+    def installed_at(self, service: str, version: str) -> float:
+        """When `version` was last installed (its marker's time); 0 when it is not installed."""
+        try:
+            return (self.version_dir(service, version) / _MARKER).stat().st_mtime
+        except (OSError, ValueError):  # ValueError: UnsafePath, a directory no agent made
+            return 0.0
+
     def unmark_installed(self, service: str, version: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             (self.version_dir(service, version) / _MARKER).unlink()

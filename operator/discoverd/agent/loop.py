@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from discoverd import logs, metrics, runtime
-from discoverd.agent import cgroups, model, plan, scope, status, steps
+from discoverd.agent import artifacts, cgroups, model, plan, scope, status, steps
 from discoverd.agent import desired as desired_
 from discoverd.agent import executor as executor_
 from discoverd.agent import layout as layout_
@@ -63,6 +63,10 @@ class Options:
     """`host:port` of /metrics, /healthz and /readyz; "" serves none."""
     more_metrics: tuple[metrics.CollectorRegistry, ...] = ()
     """Registries served on the same endpoint (`discoverd up`: its controller's)."""
+    artifacts: artifacts.Settings = field(default_factory=artifacts.Settings)
+    """The artifact cache's size, the fetch's limits and timeouts (docs/agent.md, "Artifacts")."""
+    keep_versions: int = 0
+    """Installs kept per service beyond those in use and each instance's previous one (`prune`)."""
 
 
 class Agent:
@@ -83,7 +87,14 @@ class Agent:
         self.metrics = metrics.AgentMetrics(p.value for p in Phase)
         self.metrics_server: metrics.Server | None = None
         """The /metrics, /healthz and /readyz endpoint while it serves (None: not asked for, or the bind failed)."""
-        self.executor = executor_.Executor(self.layout, ctx, self._wake.set, self.metrics)
+        self.executor = executor_.Executor(
+            self.layout,
+            ctx,
+            self._wake.set,
+            self.metrics,
+            artifacts.Artifacts(options.state_dir, options.artifacts, self.metrics),
+            options.keep_versions,
+        )
         self.entries: dict[str, Entry] | None = None
         self.desired = desired_.Desired()
         self._summaries: dict[model.Ref, status.Summary] = {}
