@@ -260,6 +260,8 @@ def _register() -> None:
         ("operator", ("operator",)),
         ("controller", ("controller",)),
         ("rollout", ("rollout",)),
+        ("restart", ("restart",)),
+        ("drain", ("drain", "undrain")),
         ("dashboard", ("dashboard",)),
     ):
         try:
