@@ -128,7 +128,8 @@ def fleet(index: Index) -> View:
                 "agent_version": agent.agent_version if agent else None,
                 "heartbeat": _time(agent.heartbeat) if agent else None,
                 "instances": len(doc.service_instances) if doc else 0,
-                "drained": bool(doc.model_dump().get("drained") is True) if doc else False,
+                "drained": doc.drained if doc else False,
+                "drain": agent.drain.value if agent and agent.drain else None,
                 "error": _error(entry),
             }
         )
@@ -164,12 +165,15 @@ def _rollout_summary(s: _Service) -> View | None:
         return {
             "phase": status.phase.value,
             "to_version": status.to_version,
+            "restart": status.restart_token is not None,
             "updated": len(status.updated),
             "healthy": len(status.healthy),
             "total": status.total,
         }
     if s.rollout is not None and isinstance(s.rollout.document, rollouts.RolloutConfig):
-        return {"phase": "Requested", "to_version": s.rollout.document.to_version, "updated": 0, "healthy": 0}
+        config = s.rollout.document
+        restart = config.restart_token is not None
+        return {"phase": "Requested", "to_version": config.to_version, "restart": restart, "updated": 0, "healthy": 0}
     return None
 
 
@@ -233,9 +237,11 @@ def rollout(index: Index, name: str) -> View:
     paused = config is not None and (
         config.paused or (status is not None and status.phase is rollouts.RolloutPhase.PAUSED)
     )
+    about = status if status is not None else config
     view: View = {
         "view": "rollout",
         "service": name,
+        "restart": about is not None and about.restart_token is not None,  # `discoverd restart`: versions kept
         "versions": sorted(s.versions),
         "config": documents.dump(config) if config is not None else None,
         "config_error": _error(s.rollout),

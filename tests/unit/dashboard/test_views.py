@@ -145,3 +145,24 @@ def test_the_instance_page_lists_the_last_phase_changes_newest_first() -> None:
     assert on["server"] == "node-1" and on["online"] is True
     assert [h["phase"] for h in on["status"]["history"]] == ["Running", "Starting"]
     assert view["config"]["service_version"] == "1.0"
+
+
+def test_a_drained_server_shows_what_its_agent_reports_of_the_drain() -> None:
+    index = world(
+        **{
+            "servers/node-2/config/details": {"service_instances": [], "drained": True},
+            "servers/node-1/status/agent": {**AGENT, "drain": "Drained"},
+            "servers/node-1/config/details": {"service_instances": [], "drained": True},
+        }
+    )
+    servers = {s["id"]: (s["drained"], s["drain"]) for s in views.fleet(index)["servers"]}
+    assert servers == {"node-1": (True, "Drained"), "node-2": (True, None)}  # node-2's agent is offline
+
+
+def test_a_restart_is_shown_as_a_restart_not_a_version_change() -> None:
+    docs = rollout_docs("Progressing", restart_token="2026-12-06T20:00:00Z", auto_revert=False)
+    docs["services/web/rollout/status"]["restart_token"] = "2026-12-06T20:00:00Z"
+    index = world(**docs)
+    assert views.rollout(index, "web")["restart"] is True
+    assert views.fleet(index)["services"][0]["rollout"]["restart"] is True
+    assert views.rollout(world(**rollout_docs("Progressing")), "web")["restart"] is False

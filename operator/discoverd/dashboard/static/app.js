@@ -75,7 +75,8 @@
 
   function rolloutSummary(service, r) {
     if (!r) return el("span", { class: "muted" }, "none");
-    return el("a", { href: rolloutUrl(service) }, chip("phase", r.phase), ` to ${r.to_version}, healthy ${r.healthy}/${r.total ?? "?"}`);
+    const what = r.restart ? "restart" : `to ${r.to_version}`;
+    return el("a", { href: rolloutUrl(service) }, chip("phase", r.phase), ` ${what}, healthy ${r.healthy}/${r.total ?? "?"}`);
   }
 
   // fleet: servers and services
@@ -84,7 +85,8 @@
     const servers = v.servers.map((s) =>
       el("tr", { data: { server: s.id } },
         el("td", {}, s.id),
-        el("td", { class: "state" }, s.online ? badge("online", "online") : badge("offline", "offline"), s.drained ? badge("drained", "drained") : null),
+        el("td", { class: "state" }, s.online ? badge("online", "online") : badge("offline", "offline"),
+          s.drain ? badge("drained", s.drain) : s.drained ? badge("drained", "drain asked") : null),
         el("td", {}, s.hostname || ""), el("td", {}, s.agent_version || ""),
         el("td", {}, String(s.instances)), el("td", {}, time(s.heartbeat)),
         el("td", { class: "error" }, s.error)));
@@ -138,7 +140,7 @@
 
   function rollout(v) {
     const s = v.status;
-    const parts = [title(`Rollout of ${v.service}`)];
+    const parts = [title(v.restart ? `Restart of ${v.service}` : `Rollout of ${v.service}`)];
     if (v.config_error) parts.push(el("p", { class: "error" }, v.config_error));
     if (v.status_error) parts.push(el("p", { class: "error" }, v.status_error));
     if (!v.config && !s) {
@@ -147,7 +149,8 @@
     }
     if (s) {
       parts.push(card("Progress",
-        el("p", {}, el("span", { id: "rollout-phase" }, chip("phase", s.phase)), ` to version ${s.to_version}: `,
+        el("p", {}, el("span", { id: "rollout-phase" }, chip("phase", s.phase)),
+          v.restart ? " restart, each instance keeps its version: " : ` to version ${s.to_version}: `,
           el("span", { id: "rollout-counts" }, `healthy ${s.healthy}/${s.total}, updated ${s.updated}/${s.total}`)),
         progress(s),
         s.message ? el("p", { class: "muted", id: "rollout-message" }, s.message) : null,
@@ -165,7 +168,8 @@
     }
     if (v.config) {
       const c = v.config;
-      const items = ["to_version", "canary", "pause_after_canary", "max_unavailable", "min_healthy_seconds", "progress_deadline_seconds", "auto_revert", "paused", "undo"]
+      const items = ["to_version", "restart_token", "canary", "pause_after_canary", "max_unavailable", "min_healthy_seconds",
+        "progress_deadline_seconds", "max_restarts", "auto_revert", "paused", "undo"]
         .filter((k) => k in c).flatMap((k) => [el("dt", {}, k), el("dd", { data: { field: k } }, String(c[k]))]);
       parts.push(card("Asked for (rollout config)", el("dl", { id: "config" }, items)));
     }
