@@ -108,6 +108,9 @@ class Dashboard:
         self.port = 0
         self._index: tuple[int, views.Index] | None = None
         self._streams: set[asyncio.Task[Any]] = set()
+        html = (_STATIC / "index.html").read_text(encoding="utf-8")  # read once: a few KB, served from memory
+        self._html = html.replace("{{csrf}}", self.csrf).replace("{{read_only}}", "1" if read_only else "")
+        self._files = {name: (_STATIC / name).read_bytes() for name in _TYPES}
 
     @property
     def cookie(self) -> str:
@@ -182,15 +185,13 @@ class Dashboard:
         for name in request.match_info.values():
             if keys.segment_error(name) is not None:
                 return _error(404, "not a valid name")
-        html = (_STATIC / "index.html").read_text(encoding="utf-8")
-        html = html.replace("{{csrf}}", self.csrf).replace("{{read_only}}", "1" if self.read_only else "")
-        return web.Response(text=html, content_type="text/html")
+        return web.Response(text=self._html, content_type="text/html")
 
     async def _static(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         if name not in _TYPES:
             return _error(404, "no such file")
-        return web.Response(body=(_STATIC / name).read_bytes(), content_type=_TYPES[name])
+        return web.Response(body=self._files[name], content_type=_TYPES[name])
 
     # the event stream
 
