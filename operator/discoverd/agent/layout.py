@@ -80,9 +80,13 @@ class Layout:
     def instance_dir(self, ref: model.Ref) -> Path:
         return self._join("instances", ref.service, ref.instance)
 
+    def log_file(self, ref: model.Ref, step: str) -> Path:
+        """Where the log of `step` is (nothing created: for readers); its rotated copies are `<path>.<n>`."""
+        return self.instance_dir(ref) / ".discoverd" / "logs" / f"{step}.log"
+
     def log_path(self, ref: model.Ref, step: str) -> Path:
         """The log of `step`, created readable by the owner only (it may show env values)."""
-        path = self.instance_dir(ref) / ".discoverd" / "logs" / f"{step}.log"
+        path = self.log_file(ref, step)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
         return path

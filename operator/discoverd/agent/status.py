@@ -97,6 +97,9 @@ class Writer:
         self.started_at = _now()
         self.lease: int | None = None
         self.agent_message = ""
+        self.api_address: str | None = None
+        """Where this agent serves its logs, and its certificate's SHA-256: published in `status/agent`."""
+        self.api_cert_sha256: str | None = None
         self._wanted: dict[model.Ref, Summary] = {}
         self._history: dict[model.Ref, list[documents.PhaseChange]] = {}
         """Per instance, its last phase changes (the last one is the current phase and its `since`)."""
@@ -138,6 +141,8 @@ class Writer:
                 heartbeat=now,
                 lease_ttl=self.ttl,
                 message=self.agent_message,
+                api_address=self.api_address,
+                api_cert_sha256=self.api_cert_sha256,
             )
             await self.store.put(keys.agent_status(prefix, self.server_id), doc, lease=self.lease)
             self._written_agent_message = self.agent_message

@@ -260,6 +260,7 @@ def _register() -> None:
         ("operator", ("operator",)),
         ("controller", ("controller",)),
         ("rollout", ("rollout",)),
+        ("logs", ("logs",)),
     ):
         try:
             imported = __import__(f"discoverd.cli.{module}", fromlist=["_"])

@@ -311,6 +311,10 @@ class AgentStatus(Document):
     """When the agent last (re)established its lease and wrote this key."""
     lease_ttl: Annotated[int, Field(ge=1, le=MAX_LEASE_TTL), NotBool] | None = None
     message: str = ""
+    api_address: Annotated[str, Field(max_length=300)] | None = None
+    """`host:port` where the agent serves its instances' logs over HTTPS (None: it serves none)."""
+    api_cert_sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")] | None = None
+    """SHA-256 (hex) of the agent's self-made certificate (DER): readers pin it (DESIGN section 3)."""
 
 
 class InstanceState(Document):
