@@ -28,7 +28,7 @@ from pathlib import Path
 
 from discoverd import logs
 
-__all__ = ["Sampler", "Times", "index_path", "rotated"]
+__all__ = ["Sampler", "Times", "copy_id", "index_path", "rotated"]
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ def _last_size(log_path: Path) -> int:
     return times.sizes[-1] if times.sizes else 0
 
 
-def _copy_id(path: Path) -> tuple[int, int]:
+def copy_id(path: Path) -> tuple[int, int]:
     """Identifies `<log>.1`: a new one (rotation) has a new inode or mtime."""
     try:
         st = rotated(path, 1).stat()
@@ -137,7 +137,7 @@ class Sampler:
                 size = path.stat().st_size
             except OSError:
                 continue
-            copy = _copy_id(path)
+            copy = copy_id(path)
             before = self._seen.get(path)
             last = _last_size(path) if before is None else before[0]
             # A rotation shows as a smaller log or, should it have grown back past the last size

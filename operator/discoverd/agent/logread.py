@@ -13,9 +13,11 @@ the index (`logindex`). Following polls the live file every `poll` seconds:
 - another file now has the name: read the old one to its end, then the new
   one from 0.
 
-Each live line carries `pos` (`<inode>:<offset>` just after it), from which a
-reader that lost its connection (an agent restart) asks to continue
-(`resume`) without a gap or a repeat. Files are opened with O_NOFOLLOW.
+Each live line carries `pos` (`<inode>:<offset>:<inode of <log>.1>` just
+after it), from which a reader that lost its connection (an agent restart)
+asks to continue (`resume`) without a gap or a repeat: a different `<log>.1`
+by then means the log was rotated meanwhile, and the rest is read from the
+copy first. Files are opened with O_NOFOLLOW.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class Piece:
     line: bytes
     at: float | None
     pos: str | None
-    """`<inode>:<offset>` after the line when it came from the live log."""
+    """`<inode>:<offset>:<copy inode>` after the line when it came from the live log."""
 
 
 Check = Callable[[], Awaitable[logaccess.End | None]]
@@ -121,7 +123,7 @@ async def read(
         first, offset = (0, 0) if query.tail is None else _tail_start(sized, query.tail)
         if query.tail == 0:
             first, offset = len(sized), 0
-        live_ino, live_end = 0, 0
+        live_ino, live_end, copy = 0, 0, logindex.copy_id(path)[0]
         if opened and opened[-1][1] == path:
             live_ino, live_end = os.fstat(opened[-1][0]).st_ino, sized[-1][1]
         for index in range(first, len(opened)):
@@ -133,7 +135,8 @@ async def read(
             is_live = name == path
             size = sized[index][1]
             ino = os.fstat(fd).st_ino
-            async for piece in _history(fd, start, size, times, query.since, ino if is_live else None):
+            tag = (ino, copy) if is_live else None
+            async for piece in _history(fd, start, size, times, query.since, tag):
                 yield piece
         if not query.follow:
             yield logaccess.End.DONE
@@ -141,12 +144,12 @@ async def read(
     finally:
         for fd, _ in opened:
             os.close(fd)
-    async for piece in _follow(path, keep, query, check, poll, partial_after, (live_ino, live_end)):
+    async for piece in _follow(path, keep, query, check, poll, partial_after, (live_ino, live_end, copy)):
         yield piece
 
 
 async def _history(
-    fd: int, start: int, end: int, times: logindex.Times, since: float | None, ino: int | None
+    fd: int, start: int, end: int, times: logindex.Times, since: float | None, tag: tuple[int, int] | None
 ) -> AsyncIterator[Piece]:
     """The complete lines of `fd` between `start` and `end` (a last line without newline too)."""
     rest = b""
@@ -161,17 +164,29 @@ async def _history(
         for line, after in lines:
             at = times.at(base + after)
             if since is None or at is None or at >= since:
-                yield Piece(line, at, f"{ino}:{base + after}" if ino is not None else None)
+                yield Piece(line, at, _pos(tag, base + after))
         await asyncio.sleep(0)  # let the agent's other tasks run between blocks
     if rest:
         at = times.at(offset)
         if since is None or at is None or at >= since:
-            yield Piece(rest, at, f"{ino}:{offset}" if ino is not None else None)
+            yield Piece(rest, at, _pos(tag, offset))
 
 
-def _resume_point(resume: str) -> tuple[int, int]:
-    ino, _, offset = resume.partition(":")
-    return int(ino), int(offset)
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _pos(tag: tuple[int, int] | None, offset: int) -> str | None:
+    """`<inode>:<offset>:<copy inode>` of a live log's line; None for a line of a copy."""
+    return None if tag is None else f"{tag[0]}:{offset}:{tag[1]}"
+
+
+def _resume_point(resume: str) -> tuple[int, int, int]:
+    ino, offset, *copy = resume.split(":")
+    return int(ino), int(offset), int(copy[0]) if copy else -1
 
 
 async def _follow(
@@ -181,10 +196,10 @@ async def _follow(
     check: Check,
     poll: float,
     partial_after: float,
-    where: tuple[int, int],
+    where: tuple[int, int, int],
 ) -> AsyncIterator[Piece | logaccess.End]:
-    """New lines of the live log from `where` (inode, offset), across rotations, until `check` says stop."""
-    ino, offset = where
+    """New lines of the live log from `where` (inode, offset, copy inode or -1), across rotations, until `check` says stop."""
+    ino, offset, copy_then = where
     fd: int | None = None
     rest = b""
     rest_since = 0.0
@@ -196,11 +211,11 @@ async def _follow(
         found, rest = _lines(rest + data)
         rest_since = (rest_since or time.monotonic()) if rest else 0.0
         now = time.time()
-        return [Piece(line, now, f"{ino}:{base + after}") for line, after in found]
+        return [Piece(line, now, f"{ino}:{base + after}:{copy_seen[0]}") for line, after in found]
 
     def flush(end: int) -> list[Piece]:
         nonlocal rest, rest_since
-        out = [Piece(rest, time.time(), f"{ino}:{end}")] if rest else []
+        out = [Piece(rest, time.time(), f"{ino}:{end}:{copy_seen[0]}")] if rest else []
         rest, rest_since = b"", 0.0
         return out
 
@@ -237,12 +252,13 @@ async def _follow(
         if st.st_ino != ino:
             out += flush(offset)
             ino, offset = st.st_ino, 0
-        elif st.st_size < offset:  # rotated while nobody read it (an agent restart)
+        elif st.st_size < offset or copy_then not in (-1, copy_seen[0]):  # rotated while nobody read it
             out += from_copy(offset)
             offset = 0
         return out
 
     last_check = time.monotonic()
+    copy_seen = logindex.copy_id(path)
     try:
         for piece in reopen():
             yield piece
@@ -253,10 +269,19 @@ async def _follow(
                     yield piece
             if fd is not None:
                 size = os.fstat(fd).st_size
-                if size < offset:  # copied and emptied: the rest of what we had is in `<log>.1`
+                copy = logindex.copy_id(path)
+                # Copied and emptied: the rest of what we had is in the new `<log>.1`. It shows as a
+                # log shorter than what was read or, when it was written to again as far meanwhile,
+                # as a new copy longer than the log (a copy not yet followed by the truncation waits).
+                if size < offset or (copy != copy_seen and 0 < size < _size(logindex.rotated(path, 1))):
                     for piece in from_copy(offset):
                         yield piece
                     offset = 0
+                    copy_seen = copy
+                elif copy != copy_seen and size >= offset and size >= _size(logindex.rotated(path, 1)):
+                    pass  # a copy whose truncation has not happened yet, or a log that grew past it: next look
+                else:
+                    copy_seen = copy
                 if size > offset:
                     chunk = os.pread(fd, min(_BLOCK, size - offset), offset)
                     offset += len(chunk)

@@ -99,8 +99,8 @@ class LogQuery(BaseModel):
     since: Annotated[float, Field(ge=0), NotBool] | None = None
     """Only lines the agent first saw at or after this time (Unix seconds)."""
     follow: bool = False
-    resume: Annotated[str, Field(pattern=r"^[0-9]{1,20}:[0-9]{1,20}$")] | None = None
-    """`<inode>:<offset>` of the last byte a reader got (`LogMessage.pos`): continue right after it."""
+    resume: Annotated[str, Field(pattern=r"^[0-9]{1,20}:[0-9]{1,20}(:[0-9]{1,20})?$")] | None = None
+    """`LogMessage.pos` of the last line a reader got: continue right after it."""
 
     def params(self) -> dict[str, str]:
         """The query as URL parameters (only those set)."""
@@ -125,8 +125,8 @@ class LogMessage(BaseModel):
     """The line without its newline; bytes that are not UTF-8 as lone surrogates (surrogateescape)."""
     at: Annotated[float, Field(ge=0)] | None = None
     """When the agent first saw the line (Unix seconds), when it knows."""
-    pos: Annotated[str, Field(max_length=41)] | None = None
-    """`<inode>:<offset>` just after the line in the live log: resume from there."""
+    pos: Annotated[str, Field(max_length=62)] | None = None
+    """Where the line ends in the live log (`<inode>:<offset>:<inode of the newest copy>`): resume from there."""
     end: End | None = None
     error: Annotated[str, Field(max_length=4096)] | None = None
 
