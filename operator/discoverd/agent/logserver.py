@@ -173,13 +173,16 @@ class LogServer:
                 await _answer(writer, 503, f"too many log readers at once (at most {self.limits.max_connections})")
                 return
             try:
-                request = await self._authorize(await _read_request(reader))
+                raw = await asyncio.wait_for(_read_request(reader), _HEADER_TIMEOUT)
+                request = await self._authorize(raw)
             except _Refused as refused:
                 await _answer(writer, refused.status, refused.reason)
                 return
             await self._stream(request, writer)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass
+        except Exception:  # one bad request must not go unnoticed, nor touch the agent
+            log.exception("Failed to serve a log request")
         finally:
             self._active -= 1
             if task is not None:
@@ -315,7 +318,7 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[st
 
     async def line() -> bytes:
         try:
-            return await asyncio.wait_for(reader.readuntil(b"\n"), _HEADER_TIMEOUT)
+            return await reader.readuntil(b"\n")
         except (asyncio.LimitOverrunError, asyncio.IncompleteReadError):
             raise _Refused(400, "malformed or oversized request") from None
 

@@ -358,3 +358,38 @@ def test_the_cli_names_a_server_whose_agent_is_offline(node: Node) -> None:
     assert result.stderr == "error: server node-1 is offline: its agent has no status in etcd\n"
     missing = logs(node, "web/nope")
     assert missing.stderr == "error: no server lists web/nope (see `discoverd get instances`)\n"
+
+
+def test_garbage_on_the_log_port_is_refused_and_the_agent_goes_on(node: Node) -> None:
+    seed(node, "i1", count=1, delay=0.0)
+    agent = node.agent()
+    node.wait_phase("web", "i1", "Running")
+    host, port = agent_status(node)["api_address"].rsplit(":", 1)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    answers = []
+    with socket.create_connection((host, int(port)), timeout=5) as plain:  # not TLS at all
+        plain.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        answers.append(plain.recv(100))
+    for request in (
+        b"\x00\xff garbage\r\n\r\n",
+        b"GET /v1/logs/web/%2e%2e HTTP/1.1\r\n\r\n",
+        b"GET /v1/logs/web/i1?tail=-5 HTTP/1.1\r\nAuthorization: Bearer " + b"x" * 40 + b"\r\n\r\n",
+        b"GET /v1/logs/web/i1 HTTP/1.1\r\n" + b"X: y\r\n" * 4000 + b"\r\n",
+        b"POST /v1/logs/web/i1 HTTP/1.1\r\n\r\n",
+    ):
+        with socket.create_connection((host, int(port)), timeout=5) as raw, context.wrap_socket(raw) as tls:
+            tls.sendall(request)
+            answers.append(tls.recv(200).split(b"\r\n")[0])
+    assert answers[1:] == [
+        b"HTTP/1.1 400 Bad Request",
+        b"HTTP/1.1 400 Bad Request",
+        b"HTTP/1.1 400 Bad Request",
+        b"HTTP/1.1 400 Bad Request",
+        b"HTTP/1.1 405 Method Not Allowed",
+    ]
+    result = logs(node, "web/i1", "--tail", "1")
+    assert (result.returncode, result.stdout) == (0, "line 0\n")
+    assert agent.process is not None and agent.process.poll() is None
+    assert "Traceback" not in agent.log()
