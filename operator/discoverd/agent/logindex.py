@@ -21,6 +21,7 @@ import bisect
 import contextlib
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,12 +29,31 @@ from pathlib import Path
 
 from discoverd import logs
 
-__all__ = ["Sampler", "Times", "copy_id", "index_path", "rotated"]
+__all__ = ["Sampler", "Times", "copy_id", "index_path", "open_regular", "rotated"]
 
 log = logging.getLogger(__name__)
 
 _MAX_INDEX_BYTES = 4 * 2**20
 """An index past this (a log growing every second for weeks without rotation) is started anew."""
+
+
+def open_regular(path: Path, flags: int = os.O_RDONLY) -> int | None:
+    """A file descriptor on `path` if it is a regular file reached without following a final link.
+
+    None otherwise: missing, a link, a FIFO (which would block the agent), a device. Logs may sit
+    where a script can write (agents before the private log directory), so none is trusted to be a file.
+    """
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return None
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
 
 
 def rotated(path: Path, n: int) -> Path:
@@ -59,10 +79,15 @@ class Times:
         times = cls()
         with contextlib.suppress(OSError):
             times.mtime = log_path.stat().st_mtime
+        fd = open_regular(index_path(log_path))
+        if fd is None:
+            return times
         try:
-            text = index_path(log_path).read_bytes()
+            text = os.pread(fd, _MAX_INDEX_BYTES, 0)
         except OSError:
             return times
+        finally:
+            os.close(fd)
         for line in text.splitlines():
             parts = line.split()
             try:
@@ -87,7 +112,9 @@ class Times:
 
 
 def _append(path: Path, size: int, now: float) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    fd = open_regular(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    if fd is None:
+        raise OSError(f"{path} is not a regular file")
     try:
         os.write(fd, f"{size} {now:.3f}\n".encode())
     finally:

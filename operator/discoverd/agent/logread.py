@@ -53,10 +53,7 @@ Check = Callable[[], Awaitable[logaccess.End | None]]
 
 
 def _open(path: Path) -> int | None:
-    try:
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
+    return logindex.open_regular(path)
 
 
 def _lines(data: bytes) -> tuple[list[tuple[bytes, int]], bytes]:
@@ -120,7 +117,7 @@ async def read(
     opened = [(fd, name) for name in names if (fd := _open(name)) is not None]
     try:
         sized = [(fd, os.fstat(fd).st_size) for fd, _ in opened]
-        first, offset = (0, 0) if query.tail is None else _tail_start(sized, query.tail)
+        first, offset = (0, 0) if query.tail is None else await asyncio.to_thread(_tail_start, sized, query.tail)
         if query.tail == 0:
             first, offset = len(sized), 0
         live_ino, live_end, copy = 0, 0, logindex.copy_id(path)[0]
@@ -128,7 +125,7 @@ async def read(
             live_ino, live_end = os.fstat(opened[-1][0]).st_ino, sized[-1][1]
         for index in range(first, len(opened)):
             fd, name = opened[index]
-            times = logindex.Times.read(name)
+            times = await asyncio.to_thread(logindex.Times.read, name)
             start = offset if index == first else 0
             if query.since is not None:
                 start = max(start, times.start_for(query.since))

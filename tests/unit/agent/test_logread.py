@@ -146,3 +146,20 @@ def test_a_rotation_is_seen_even_when_the_log_grew_back_meanwhile(tmp_path: Path
     sampler.sample([path], now=2.0)
     assert logindex.Times.read(path).at(5) == 2.0
     assert logindex.Times.read(logindex.rotated(path, 1)).at(6) == 1.0
+
+
+async def test_a_log_that_is_a_fifo_or_an_index_linked_to_a_device_is_not_read(tmp_path: Path) -> None:
+    """A run script that can write beside its logs cannot make a reader (or the agent) block or read elsewhere."""
+    path = tmp_path / "run.log"
+    os.mkfifo(path)
+    assert await asyncio.wait_for(read(path), 5) == ([], logaccess.End.DONE)
+    path.unlink()
+    write(path, "mine")
+    logindex.index_path(path).symlink_to("/dev/zero")
+    assert await asyncio.wait_for(read(path), 5) == (["mine"], logaccess.End.DONE)
+    logindex.Sampler(keep=2).sample([path])  # refuses to write through the link, and returns
+    assert logindex.index_path(path).is_symlink()
+    (tmp_path / "secret").write_text("do not read\n")
+    path.unlink()
+    path.symlink_to(tmp_path / "secret")
+    assert await asyncio.wait_for(read(path), 5) == ([], logaccess.End.DONE)
