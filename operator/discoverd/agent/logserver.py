@@ -65,9 +65,9 @@ _REASONS = {
 class Limits:
     max_connections: int = 32
     """Readers served at once; one more gets 503."""
-    bytes_per_second: int = 1 << 20
-    """Per reader."""
-    request_timeout: float = 30.0
+    bytes_per_second: int = 4 << 20
+    """Per reader: a whole log at the default cap (10 MiB and 2 copies) takes about 10 s."""
+    request_timeout: float = 60.0
     """Seconds a request without follow may take."""
     grant_recheck: float = 5.0
     """Seconds between two reads of the grant key during a follow."""
