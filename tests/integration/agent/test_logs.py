@@ -393,3 +393,15 @@ def test_garbage_on_the_log_port_is_refused_and_the_agent_goes_on(node: Node) ->
     assert (result.returncode, result.stdout) == (0, "line 0\n")
     assert agent.process is not None and agent.process.poll() is None
     assert "Traceback" not in agent.log()
+
+
+def test_a_request_slowed_by_the_rate_limit_ends_at_its_deadline(node: Node) -> None:
+    seed(node, "i1", count=500, delay=0.0)  # about 4 kB
+    node.agent("--api-bytes-per-second", "1024", "--api-request-timeout", "1")
+    node.wait_phase("web", "i1", "Running")
+    wait_until(lambda: logs(node, "web/i1", "--tail", "1").stdout == "line 499\n", what="line 499 logged")
+    result = logs(node, "web/i1")
+    assert result.returncode == 1
+    assert "the agent's deadline for one request passed" in result.stderr
+    sent = result.stdout.splitlines()
+    assert 0 < len(sent) < 200, len(sent)  # about 1 kB (the burst) plus 1 kB/s for 1 s, not everything
