@@ -344,6 +344,9 @@ class Session:
                 renewed = True  # the grant may have gone with a lease etcd lost: write a new one
                 if not await _listed(self.store, target):
                     return
+                if not told and self.on_retry is not None:
+                    self.on_retry(target, str(error))
+                    told = True
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX)
 
