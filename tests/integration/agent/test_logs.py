@@ -405,3 +405,23 @@ def test_a_request_slowed_by_the_rate_limit_ends_at_its_deadline(node: Node) -> 
     assert "the agent's deadline for one request passed" in result.stderr
     sent = result.stdout.splitlines()
     assert 0 < len(sent) < 200, len(sent)  # about 1 kB (the burst) plus 1 kB/s for 1 s, not everything
+
+
+def test_following_a_whole_service_interleaves_its_instances(node: Node, followers: list[Follower]) -> None:
+    seed(node, "a", "b", count=0, delay=0.1)
+    node.agent()
+    node.wait_phase("web", "a", "Running")
+    node.wait_phase("web", "b", "Running")
+    follower = Follower(node, "web", "--prefix", "--tail", "0")
+    followers.append(follower)
+    wait_until(
+        lambda: (
+            {line.split("]")[0] for line in follower.lines} == {"[node-1/a", "[node-1/b"} and len(follower.lines) > 10
+        ),
+        what="lines of both instances",
+    )
+    node.server(("web", "b"))  # a removed: its follow ends, b's goes on
+    count = len(follower.lines)
+    wait_until(lambda: len(follower.lines) > count + 10, what="more lines")
+    assert follower.process.poll() is None
+    assert follower.lines[-1].startswith("[node-1/b] line ")
