@@ -127,10 +127,13 @@ async def read(
             fd, name = opened[index]
             times = await asyncio.to_thread(logindex.Times.read, name)
             start = offset if index == first else 0
-            if query.since is not None:
-                start = max(start, times.start_for(query.since))
+            if query.since is not None and times.start_for(query.since) > start:
+                start = _line_start(fd, times.start_for(query.since))
             is_live = name == path
             size = sized[index][1]
+            if is_live and query.follow:
+                # A last line still being written is left to the follow, which sends it whole.
+                size = live_end = max(start, _line_start(fd, size))
             ino = os.fstat(fd).st_ino
             tag = (ino, copy) if is_live else None
             async for piece in _history(fd, start, size, times, query.since, tag):
@@ -167,6 +170,15 @@ async def _history(
         at = times.at(offset)
         if since is None or at is None or at >= since:
             yield Piece(rest, at, _pos(tag, offset))
+
+
+def _line_start(fd: int, offset: int) -> int:
+    """Where the line holding the byte before `offset` begins (`offset` itself after a newline)."""
+    if offset <= 0:
+        return 0
+    begin = max(0, offset - logaccess.MAX_LINE_BYTES)
+    found = os.pread(fd, offset - begin, begin).rfind(b"\n")
+    return begin + found + 1 if found >= 0 else (0 if begin == 0 else offset)
 
 
 def _size(path: Path) -> int:

@@ -19,6 +19,11 @@ def write(path: Path, *lines: str) -> None:
         f.write("".join(line + "\n" for line in lines))
 
 
+def append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
 async def read(path: Path, **query: object) -> tuple[list[str], logaccess.End | None]:
     async def never() -> logaccess.End | None:
         return None
@@ -163,3 +168,27 @@ async def test_a_log_that_is_a_fifo_or_an_index_linked_to_a_device_is_not_read(t
     path.unlink()
     path.symlink_to(tmp_path / "secret")
     assert await asyncio.wait_for(read(path), 5) == ([], logaccess.End.DONE)
+
+
+async def test_a_line_being_written_when_a_follow_starts_comes_whole(tmp_path: Path) -> None:
+    path = tmp_path / "run.log"
+    path.write_bytes(b"done\nhalf a l")
+    stop = asyncio.Event()
+
+    async def check() -> logaccess.End | None:
+        return logaccess.End.REMOVED if stop.is_set() else None
+
+    got: list[bytes] = []
+
+    async def follow() -> None:
+        async for piece in logread.read(path, 2, logaccess.LogQuery(follow=True), check, poll=0.01):
+            if isinstance(piece, logread.Piece):
+                got.append(piece.line)
+
+    task = asyncio.create_task(follow())
+    await _until(lambda: got == [b"done"])
+    append(path, b"ine\n")
+    await _until(lambda: len(got) == 2)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert got == [b"done", b"half a line"]
