@@ -266,7 +266,8 @@ class LogServer:
             "Connection: close\r\n\r\n"
         )
         writer.write(head.encode())
-        sent = 0
+        rate = self.limits.bytes_per_second
+        credit, last = float(rate), time.monotonic()  # a token bucket: a burst of one second's worth
         path = self.log_file(ref, query.step.value)
         pieces = logread.read(path, self.keep, query, check, poll=self.limits.poll)
         try:
@@ -278,7 +279,6 @@ class LogServer:
                     message = {"line": text, "at": piece.at, "pos": piece.pos}
                 data = json.dumps(message).encode() + b"\n"
                 writer.write(data)
-                sent += len(data)
                 await writer.drain()
                 if isinstance(piece, logaccess.End):
                     return
@@ -286,9 +286,11 @@ class LogServer:
                     writer.write(json.dumps({"end": logaccess.End.DEADLINE.value}).encode() + b"\n")
                     await writer.drain()
                     return
-                ahead = sent / self.limits.bytes_per_second - (time.monotonic() - began)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
+                now = time.monotonic()
+                credit = min(float(rate), credit + (now - last) * rate) - len(data)
+                last = now
+                if credit < 0:
+                    await asyncio.sleep(-credit / rate)
         finally:
             await pieces.aclose()
 
