@@ -102,7 +102,7 @@ class Supervisor:
         """Take over the saved state and what it says runs; False when there is neither a record nor files."""
         state = self.layout.load(self.ref)
         if state is None:
-            if not self.layout.instance_dir(self.ref).is_dir():
+            if not self.layout.has_files(self.ref):
                 return False
             # Files without a record: left by an agent before format 2, which deleted the record on
             # removal and kept the directory forever. Kept for the grace period from now, like a removal.
@@ -187,6 +187,7 @@ class Supervisor:
         doc = target.document
         vdir = self.layout.version_dir(service, version)
         idir = self.layout.instance_dir(self.ref)
+        idir.mkdir(parents=True, exist_ok=True)  # DISCOVERD_INSTANCE_DIR exists for every script
         self._step(model.Step.DOWNLOADING)
         self.notify()
         async with self.install_lock(service, version):

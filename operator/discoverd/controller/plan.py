@@ -9,8 +9,8 @@ something changes or `wake_at` comes. The steps, in the order they are tried:
     Succeeded / Reverted                        done (an undo of a Succeeded rollout still reverts)
     undo requested                              revert every updated instance now -> Reverted
     Failed                                      auto_revert: revert now -> Reverted; else stay Failed
-    an updated instance failed or missed        -> Failed (reverted on the next step when auto_revert)
-      its progress deadline
+    an updated instance failed, crash-looped    -> Failed (reverted on the next step when auto_revert)
+      or missed its progress deadline
     every instance updated and healthy          -> Succeeded
     paused                                      -> Paused, no writes
     canary not yet all updated                  update the next canary instances (within the budget)
@@ -27,6 +27,17 @@ update; an instance no server lists is updated without cost and needs no
 health. Every write is guarded by the document's mod_revision: a document
 at any revision but the one the rollout last read or wrote was changed by
 someone else, is never written again, and is listed in `skipped`.
+
+Crash loop: an updated instance that restarts on to_version before it was
+ever healthy (Running on to_version for min_healthy_seconds) counts as failed
+once its restarts there reach max_restarts, a `BackOff` counting as the
+restart it waits for. The agent's own probation (the version's, often shorter)
+does not catch a version that crashes after it; without this the rollout would
+fail only at its progress deadline. Restarts on the old version do not count:
+the status keeps each instance's restart count from before it ran to_version
+(`restarts_from`, followed while the old version still runs), and forgets it
+once the instance is healthy (later crashes fall to the progress deadline, as
+before).
 """
 
 from __future__ import annotations
@@ -119,6 +130,9 @@ class _Pass:
             rolled_back = s.phase is Phase.ROLLED_BACK and s.previous_version == self.config.to_version
             if rolled_back or s.phase is Phase.FAILED:
                 return f"instance {m.id} on server {r.server} is {s.phase.value}: {s.message}".rstrip(": ")
+        crash_loop = self.crash_loop(m)
+        if crash_loop is not None:
+            return crash_loop
         changed = self.status.changed_at.get(m.id)
         if changed is not None and m.reports and not self.healthy(m):
             deadline = changed + dt.timedelta(seconds=self.config.progress_deadline_seconds)
@@ -129,6 +143,49 @@ class _Pass:
                 )
             self.wake.append(deadline)
         return None
+
+    def crash_loop(self, m: Member) -> str | None:
+        """Why an updated instance, never yet healthy, counts as crash-looping on to_version, if it does.
+
+        Its restarts on to_version are its restart count now less the count it had before it ran
+        to_version (`restarts_from`), plus one while it waits in `BackOff` for its next restart.
+        """
+        before = self.status.restarts_from.get(m.id)
+        if before is None:
+            return None  # seen healthy once already (or updated by a controller before max_restarts)
+        written = self.expected.get(m.id, 0)
+        for r in m.reports:
+            s = r.status
+            if s is None or r.revision <= written or s.version != self.config.to_version or r.server not in before:
+                continue
+            count = max(0, s.restarts - before[r.server]) + (1 if s.phase is Phase.BACK_OFF else 0)
+            if count >= self.config.max_restarts:
+                return (
+                    f"instance {m.id} on server {r.server} restarted {count} time(s) on {self.config.to_version} "
+                    f"before it was healthy (max_restarts {self.config.max_restarts}): {s.message}"
+                ).rstrip(": ")
+        return None
+
+    def restarts_from(self, live: Iterable[str], healthy: Iterable[str]) -> dict[str, dict[str, int]]:
+        """`restarts_from` for the next status: dropped once healthy, followed while the old version runs."""
+        done = set(healthy)
+        result: dict[str, dict[str, int]] = {}
+        for i in live:
+            before = self.status.restarts_from.get(i)
+            if before is None or i in done:
+                continue
+            before = dict(before)
+            for r in self.members[i].reports:
+                s = r.status
+                if s is not None and (s.version != self.config.to_version or r.server not in before):
+                    before[r.server] = s.restarts  # still the old version (restarting meanwhile), or a new server
+            result[i] = before
+        return result
+
+
+def _baseline(m: Member) -> dict[str, int]:
+    """Each server's restart count of `m` as the rollout updates it (no status yet: none so far)."""
+    return {r.server: r.status.restarts if r.status is not None else 0 for r in m.reports}
 
 
 def _start(config: RolloutConfig, members: Mapping[str, Member], now: dt.datetime) -> RolloutStatus:
@@ -245,7 +302,14 @@ def plan(
     progress = f"{len(updated)} of {base.total} updated, {len(healthy)} healthy"
     if skipped:
         progress += f", {len(skipped)} skipped"
-    current = base.model_copy(update={"skipped": skipped, "healthy": healthy, "updated_at": now})
+    current = base.model_copy(
+        update={
+            "skipped": skipped,
+            "healthy": healthy,
+            "restarts_from": p.restarts_from(live, healthy),
+            "updated_at": now,
+        }
+    )
 
     if not todo and all(i in done for i in live):
         return finish(current.model_copy(update={"phase": RolloutPhase.SUCCEEDED, "message": progress}))
@@ -283,12 +347,14 @@ def plan(
     writes: list[Write] = []
     revisions = dict(current.revisions)
     changed_at = dict(current.changed_at)
+    restarts_from = dict(current.restarts_from)
     for i in chosen:
         m = members[i]
         assert m.doc is not None
         writes.append(Write(i, _with_version(m.doc, config.to_version), m.revision))
         revisions[i] = 0
         changed_at[i] = now
+        restarts_from[i] = _baseline(m)
     new_updated = [*updated, *chosen]
     message = f"{len(new_updated)} of {base.total} updated, {len(healthy)} healthy"
     if skipped:
@@ -301,6 +367,7 @@ def plan(
             "updated": new_updated,
             "revisions": revisions,
             "changed_at": changed_at,
+            "restarts_from": restarts_from,
             "message": message,
         }
     )
