@@ -40,8 +40,8 @@ _MAX_INDEX_BYTES = 4 * 2**20
 def open_regular(path: Path, flags: int = os.O_RDONLY) -> int | None:
     """A file descriptor on `path` if it is a regular file reached without following a final link.
 
-    None otherwise: missing, a link, a FIFO (which would block the agent), a device. Logs may sit
-    where a script can write (agents before the private log directory), so none is trusted to be a file.
+    None otherwise: missing, a link, a FIFO (which would block the agent), a device. The log
+    directory is the agent's own (`logfiles`), but a reader of it never relies on that alone.
     """
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
