@@ -160,8 +160,9 @@ def test_follow_goes_on_across_log_rotation(node: Node, followers: list[Follower
     assert len(gaps) <= len(numbers) // 20, gaps
 
 
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
 def test_follow_goes_on_across_an_agent_restart_without_a_gap_or_a_repeat(
-    node: Node, followers: list[Follower]
+    node: Node, followers: list[Follower], how: str
 ) -> None:
     seed(node, "i1", count=0, delay=0.05)
     agent = node.agent()
@@ -170,11 +171,16 @@ def test_follow_goes_on_across_an_agent_restart_without_a_gap_or_a_repeat(
     follower = Follower(node, "web/i1", "--tail", "1")
     followers.append(follower)
     wait_until(lambda: len(follower.numbers()) > 5, what="lines followed")
-    agent.terminate()
+    if how == "SIGTERM":
+        agent.terminate()  # its status goes with its lease: the reader waits for the next one
+    else:
+        agent.kill()  # its status stays until the lease expires, naming a dead address and an old certificate
     node.agent()
-    wait_until(lambda: node.etcd.get(f"{node.prefix}/servers/node-1/status/agent") is not None, what="new agent")
-    after = agent_status(node)
-    assert after["api_cert_sha256"] != before["api_cert_sha256"]  # a new key and certificate each start
+    key = f"{node.prefix}/servers/{node.server_id}/status/agent"
+    wait_until(
+        lambda: (raw := node.etcd.get(key)) and json.loads(raw)["api_cert_sha256"] != before["api_cert_sha256"],
+        what="the new agent's status (a new certificate each start)",
+    )
     count = len(follower.numbers())
     wait_until(lambda: len(follower.numbers()) > count + 20, 30, what="lines after the agent restart")
     assert consecutive(follower.numbers()), follower.numbers()
@@ -424,3 +430,13 @@ def test_following_a_whole_service_interleaves_its_instances(node: Node, followe
     wait_until(lambda: len(follower.lines) > count + 10, what="more lines")
     assert follower.process.poll() is None
     assert follower.lines[-1].startswith("[node-1/b] line ")
+
+
+def test_an_agent_started_without_a_log_api_is_named(node: Node) -> None:
+    seed(node, "i1", count=1, delay=0.0)
+    node.agent("--api-address", "")
+    node.wait_phase("web", "i1", "Running")
+    assert "api_address" not in agent_status(node) or agent_status(node)["api_address"] is None
+    result = logs(node, "web/i1")
+    assert result.returncode == 1
+    assert "the agent of server node-1 serves no logs" in result.stderr
