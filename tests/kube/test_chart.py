@@ -503,7 +503,7 @@ def test_operator_host_network_and_env_also_apply_to_the_helm_test_pod() -> None
 def test_metrics_port_and_health_probes(kind: str, port: int) -> None:
     container = _container(chart.find(chart.render(), kind))
     assert f"--metrics-address=0.0.0.0:{port}" in container["args"]
-    assert container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    assert container["ports"][0] == {"name": "metrics", "containerPort": port, "protocol": "TCP"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
@@ -514,6 +514,18 @@ def test_metrics_ports_come_from_values() -> None:
     agent = _container(chart.find(objects, "DaemonSet"))
     assert "--metrics-address=10.0.0.1:19464" in agent["args"]
     assert agent["ports"][0]["containerPort"] == 19464
+
+
+def test_the_agent_serves_logs_on_the_node_and_publishes_the_node_ip() -> None:
+    agent = _container(chart.find(chart.render(), "DaemonSet"))
+    assert "--api-address=0.0.0.0:9466" in agent["args"]
+    assert "--api-advertise-address=$(DISCOVERD_HOST_IP):9466" in agent["args"]
+    host_ip = {"name": "DISCOVERD_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}
+    assert host_ip in agent["env"]
+    assert {"name": "api", "containerPort": 9466, "hostPort": 9466, "protocol": "TCP"} in agent["ports"]
+    off = _container(chart.find(chart.render("agent.api.port=0"), "DaemonSet"))
+    assert "--api-address=" in off["args"]
+    assert [p["name"] for p in off["ports"]] == ["metrics"]
 
 
 def test_no_service_monitor_unless_enabled() -> None:

@@ -14,6 +14,10 @@ crash is logged with its traceback and the task restarted with back-off):
   planned `Wait` is due;
 - the status `Writer` holds the lease and writes what changed.
 
+Beside them, with `--api-address`, the log server (`logserver`) serves the
+instances' logs over HTTPS, and the log index (`logindex`) notes every second
+how far each log has grown, for timestamps.
+
 Nothing here waits on etcd to keep instances running: processes belong to
 their supervisors, which need no etcd at all.
 """
@@ -29,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from discoverd import logs, metrics, runtime
-from discoverd.agent import artifacts, cgroups, model, plan, scope, status, steps
+from discoverd.agent import artifacts, cgroups, logindex, logserver, model, plan, scope, status, steps
 from discoverd.agent import desired as desired_
 from discoverd.agent import executor as executor_
 from discoverd.agent import layout as layout_
@@ -67,6 +71,13 @@ class Options:
     """The artifact cache's size, the fetch's limits and timeouts (docs/agent.md, "Artifacts")."""
     keep_versions: int = 0
     """Installs kept per service beyond those in use and each instance's previous one (`prune`)."""
+    api_address: str = ""
+    """`host:port` of the log API (HTTPS); "" serves none."""
+    api_advertise: str = ""
+    """`host[:port]` published in the agent status for readers; "" publishes the bound address."""
+    api_limits: logserver.Limits = field(default_factory=logserver.Limits)
+    log_index_interval: float = 1.0
+    """Seconds between two looks at every log's size (the timestamps' resolution)."""
 
 
 class Agent:
@@ -102,6 +113,7 @@ class Agent:
         self.writer: status.Writer | None = None
         self.watch: scope.ScopedWatch | None = None
         self._rejected: set[tuple[model.Ref | None, str]] = set()
+        self.log_server: logserver.LogServer | None = None
 
     def _kv(self, **more: object) -> dict[str, object]:
         return logs.kv(server=self.options.server_id, **more)
@@ -135,6 +147,9 @@ class Agent:
             self.store = await connect.retrying(self.etcd, context={"server": self.options.server_id})
         if self.writer is None:
             self.writer = status.Writer(self.store, self.options.server_id, self.options.lease_ttl)
+            if self.log_server is not None:
+                self.writer.api_address = self.log_server.advertised
+                self.writer.api_cert_sha256 = self.log_server.cert_sha256
         if self.watch is None:
             self.watch = scope.ScopedWatch(
                 self.store, self.options.server_id, self._set_entries, on_lost=self.metrics.etcd_reconnects.inc
@@ -197,6 +212,52 @@ class Agent:
         if self.writer is not None:
             self.writer.update(summaries, self.desired.server_error or "", status.drain_phase(drained, summaries))
 
+    # logs
+
+    def known(self, ref: model.Ref) -> bool:
+        """For the log server: `ref` is this server's, listed or with its files still kept."""
+        return ref in self.desired.instances or ref in self.executor.supervisors
+
+    def live(self, ref: model.Ref) -> bool:
+        """For the log server: a follow of `ref` goes on (listed, running, or the configuration not read yet)."""
+        if ref in self.desired.instances:
+            return True
+        sup = self.executor.supervisors.get(ref)
+        if sup is None:
+            return False
+        return self.entries is None or sup.state.process is not None or sup.state.step is not None
+
+    async def _serve_logs(self) -> None:
+        where = metrics.parse_address(self.options.api_address)
+        if where is None:
+            return
+        server = logserver.LogServer(
+            self.options.server_id,
+            self.etcd.prefix,
+            self.layout.log_file,
+            self.options.script_logs.keep,
+            lambda: self.store,
+            self,
+            self.options.api_limits,
+        )
+        try:
+            await server.start(*where, self.options.api_advertise)
+        except OSError as error:
+            # Not fatal: the instances run on; only their logs cannot be read from afar.
+            log.error("Failed to serve logs", extra=self._kv(address=self.options.api_address, reason=str(error)))
+            return
+        self.log_server = server
+
+    async def _index_logs(self) -> None:
+        """Every `log_index_interval`, note how far each instance's logs have grown (`logindex`)."""
+        sampler = logindex.Sampler(self.options.script_logs.keep)
+        steps_ = ("download", "install", "run", "health")
+        while True:
+            refs = list(self.executor.supervisors)
+            paths = [self.layout.log_file(ref, step) for ref in refs for step in steps_]
+            await asyncio.to_thread(sampler.sample, paths)
+            await asyncio.sleep(self.options.log_index_interval)
+
     # health
 
     def ready(self) -> str | None:
@@ -227,9 +288,11 @@ class Agent:
         server = self.metrics_server = await metrics.serve(self.options.metrics_address, registries, self.ready)
         if server is not None:
             server.before_scrape = self._refresh
+        await self._serve_logs()
         running = [
             asyncio.create_task(runtime.supervise("etcd", self._etcd, context=context), name="etcd"),
             asyncio.create_task(runtime.supervise("reconcile", self._reconcile, context=context), name="reconcile"),
+            asyncio.create_task(runtime.supervise("log index", self._index_logs, context=context), name="log index"),
         ]
         try:
             await stop.wait()
@@ -242,6 +305,9 @@ class Agent:
             if server is not None:
                 self.metrics_server = None
                 await server.close()
+            if self.log_server is not None:
+                await self.log_server.close()
+                self.log_server = None
             await self.executor.shutdown(self.options.stop_instances_on_exit)
             if self.writer is not None:
                 await self.writer.close()

@@ -117,6 +117,9 @@ class Writer:
         self.agent_message = ""
         self.drain: documents.DrainPhase | None = None
         self._written_drain: documents.DrainPhase | None = None
+        self.api_address: str | None = None
+        """Where this agent serves its logs, and its certificate's SHA-256: published in `status/agent`."""
+        self.api_cert_sha256: str | None = None
         self._wanted: dict[model.Ref, Summary] = {}
         self._history: dict[model.Ref, list[documents.PhaseChange]] = {}
         """Per instance, its last phase changes (the last one is the current phase and its `since`)."""
@@ -180,6 +183,8 @@ class Writer:
                 lease_ttl=self.ttl,
                 message=self.agent_message,
                 drain=self.drain,
+                api_address=self.api_address,
+                api_cert_sha256=self.api_cert_sha256,
             )
             await self.store.put(keys.agent_status(prefix, self.server_id), doc, lease=self.lease)
             self._written_agent_message = self.agent_message

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from discoverd.agent import artifacts, cgroups, extract, loop, model, steps
+from discoverd.agent import artifacts, cgroups, extract, logserver, loop, model, steps
 from discoverd.cli import main
 from discoverd.schema import keys
 
@@ -36,6 +36,15 @@ def _server_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
     reason = keys.segment_error(value)
     if reason is not None:
         raise click.BadParameter(f"{value!r} {reason}")
+    return value
+
+
+def _advertise(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if value:
+        try:
+            logserver.split_advertise(value)
+        except ValueError as error:
+            raise click.BadParameter(str(error)) from None
     return value
 
 
@@ -169,6 +178,50 @@ def _cgroup_root(ctx: click.Context, param: click.Parameter, value: str) -> str:
     show_default=True,
     help="Installs kept per service besides those in use and each instance's previous one (for rollback).",
 )
+@click.option(
+    "--api-address",
+    default="127.0.0.1:0",
+    show_default=True,
+    envvar="DISCOVERD_API_ADDRESS",
+    callback=main.metrics_address,
+    help="HOST:PORT serving the instances' logs over HTTPS to readers with a grant (port 0: any free port, "
+    'published in the agent status; "" serves none).',
+)
+@click.option(
+    "--api-advertise-address",
+    default="",
+    envvar="DISCOVERD_API_ADVERTISE_ADDRESS",
+    callback=_advertise,
+    help="HOST[:PORT] readers are told to connect to (default: the bound address; a wildcard bind: the hostname).",
+)
+@click.option(
+    "--api-max-connections",
+    type=click.IntRange(min=1),
+    default=logserver.Limits.max_connections,
+    show_default=True,
+    help="Log readers served at once.",
+)
+@click.option(
+    "--api-bytes-per-second",
+    type=click.IntRange(min=1024),
+    default=logserver.Limits.bytes_per_second,
+    show_default=True,
+    help="Rate at which one log reader is sent bytes.",
+)
+@click.option(
+    "--api-request-timeout",
+    type=click.FloatRange(min=0.1),
+    default=logserver.Limits.request_timeout,
+    show_default=True,
+    help="Seconds a log request without follow may take.",
+)
+@click.option(
+    "--api-grant-recheck",
+    type=click.FloatRange(min=0.05),
+    default=logserver.Limits.grant_recheck,
+    hidden=True,
+    help="Seconds between two checks of a follower's grant (tests shorten it).",
+)
 @click.option("--stop-instances-on-exit", is_flag=True, help="Stop every instance when the agent exits.")
 @click.option("--lease-ttl", type=click.IntRange(min=2), default=15, show_default=True, help="Seconds.")
 @click.option(
@@ -200,6 +253,12 @@ def agent(
     artifact_timeouts: tuple[float, float, float],
     artifact_attempts: int,
     keep_versions: int,
+    api_address: str,
+    api_advertise_address: str,
+    api_max_connections: int,
+    api_bytes_per_second: int,
+    api_request_timeout: float,
+    api_grant_recheck: float,
     stop_instances_on_exit: bool,
     lease_ttl: int,
     backoff_base: float,
@@ -231,5 +290,13 @@ def agent(
             unpack=extract.Limits(artifact_max_unpacked_mb * 2**20, artifact_max_files),
         ),
         keep_versions=keep_versions,
+        api_address=api_address,
+        api_advertise=api_advertise_address,
+        api_limits=logserver.Limits(
+            max_connections=api_max_connections,
+            bytes_per_second=api_bytes_per_second,
+            request_timeout=api_request_timeout,
+            grant_recheck=api_grant_recheck,
+        ),
     )
     main.run_async(run_until_signal(loop.Agent(main.etcd_options(ctx), options)))

@@ -1,4 +1,4 @@
-"""`discoverd auth bootstrap|add-server|add-admin`: etcd roles and users, one identity per server.
+"""`discoverd auth bootstrap|add-server|add-admin|add-logs-reader`: etcd roles and users, one identity per server.
 
 Run with etcd's root credentials (`--etcd-user root --etcd-password-file ...`).
 A server's agent gets a user that reads its own server document and the
@@ -97,4 +97,17 @@ def add_admin(ctx: click.Context, name: str) -> None:
     role = auth_.admin_role(options.prefix)
     password = main.run_async(_add_user(options, name, role, auth_.admin_grants(options.prefix)))
     click.echo(f"user {name}: {_describe(auth_.admin_grants(options.prefix))}", err=True)
+    _print_credentials(name, password)
+
+
+@auth.command("add-logs-reader")
+@click.argument("name")
+@click.pass_context
+def add_logs_reader(ctx: click.Context, name: str) -> None:
+    """Create user NAME with the logs role (`discoverd logs`: find instances, write grants); prints it once."""
+    options = main.etcd_options(ctx)
+    role = auth_.logs_role(options.prefix)
+    grants = auth_.logs_grants(options.prefix)
+    password = main.run_async(_add_user(options, name, role, grants))
+    click.echo(f"user {name}: {_describe(grants)}", err=True)
     _print_credentials(name, password)

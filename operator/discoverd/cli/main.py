@@ -262,6 +262,7 @@ def _register() -> None:
         ("rollout", ("rollout",)),
         ("restart", ("restart",)),
         ("drain", ("drain", "undrain")),
+        ("logs", ("logs",)),
         ("dashboard", ("dashboard",)),
     ):
         try:

@@ -480,6 +480,10 @@ class AgentStatus(Document):
     message: str = ""
     drain: DrainPhase | None = None
     """Extension: set while the server document says `drained` (None: not drained)."""
+    api_address: Annotated[str, Field(max_length=300)] | None = None
+    """`host:port` where the agent serves its instances' logs over HTTPS (None: it serves none)."""
+    api_cert_sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")] | None = None
+    """SHA-256 (hex) of the agent's self-made certificate (DER): readers pin it (DESIGN section 3)."""
 
 
 class InstanceState(Document):

@@ -7,6 +7,10 @@
   documents (`services/`), read and write its own status
   (`servers/<ID>/status/`). It cannot change any configuration or another
   server's status.
+- `<prefix>/logs`: read instance logs from the agents (DESIGN section 3):
+  read the server documents and agent statuses (`servers/`, to find where
+  an instance runs and how to reach its agent) and write the lease-bound
+  grants the agents check (`grants/`). Nothing else: no configuration.
 
 Role and user names carry the prefix, so several prefixes can share one etcd.
 Everything here is idempotent: granting again what a role has changes
@@ -36,6 +40,8 @@ __all__ = [
     "admin_role",
     "enabled",
     "ensure_role",
+    "logs_grants",
+    "logs_role",
     "server_grants",
     "server_role",
 ]
@@ -84,7 +90,17 @@ def server_grants(prefix: str, server_id: str) -> list[Grant]:
         Grant(f"{server}/config/", Access.READ),
         Grant(prefix + "/services/", Access.READ),
         Grant(f"{server}/status/", Access.READWRITE),
+        Grant(keys.log_grants_prefix(prefix, server_id), Access.READ),
     ]
+
+
+def logs_role(prefix: str) -> str:
+    return f"{prefix}/logs"
+
+
+def logs_grants(prefix: str) -> list[Grant]:
+    """A log reader's: find instances and their agents, and write grants (only the `logs` role and admin may)."""
+    return [Grant(keys.servers_prefix(prefix), Access.READ), Grant(prefix + "/grants/", Access.READWRITE)]
 
 
 def _exists(error: BaseException) -> bool:
