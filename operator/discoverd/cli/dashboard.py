@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import signal
 import socket
 
@@ -57,7 +58,8 @@ async def _serve(options: EtcdOptions, host: str, port: int, read_only: bool) ->
     await store.revision()  # a clear error now if etcd cannot be reached, before a URL is printed
     feed = feed_.Feed(store)
     following = asyncio.create_task(feed.run(), name="dashboard-feed")
-    board = server.Dashboard(feed, host=host, read_only=read_only)
+    reader = f"dashboard {options.user or getpass.getuser()}@{socket.gethostname()}"
+    board = server.Dashboard(feed, host=host, read_only=read_only, reader=reader)
     runner = web.AppRunner(board.app(), access_log=None, handle_signals=False)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -18,7 +18,8 @@ request passes `_guard` first:
   and sends no Referer.
 
 Pages are one static document (static/index.html) whose script asks
-`/api/events` for its view: server-sent events, one JSON view per change.
+`/api/events` for its view: server-sent events, one JSON view per change;
+the instance page also asks `/api/logs` for each server's log tail (`logtail`).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ from typing import Any
 
 from aiohttp import web
 
+from discoverd import logaccess
 from discoverd.dashboard import feed as feed_
-from discoverd.dashboard import views
+from discoverd.dashboard import logtail, views
 from discoverd.errors import DiscoverdError, InvalidDocument, StoreUnavailable
 from discoverd.schema import keys
 from discoverd.store import rollout_requests
@@ -99,10 +101,13 @@ def _error(status: int, message: str) -> web.Response:
 class Dashboard:
     """One `discoverd dashboard` run: its tokens, its feed, its aiohttp application."""
 
-    def __init__(self, feed: feed_.Feed, *, host: str, read_only: bool) -> None:
+    def __init__(self, feed: feed_.Feed, *, host: str, read_only: bool, reader: str = "dashboard") -> None:
         self.feed = feed
         self.host = host
         self.read_only = read_only
+        self.reader = reader
+        """Who reads logs, as the log grants name it (the agent logs it)."""
+        self._tails = 0
         self.token = secrets.token_urlsafe(32)
         self.csrf = secrets.token_urlsafe(32)
         self.port = 0
@@ -130,6 +135,7 @@ class Dashboard:
         app.router.add_get("/instances/{service}/{instance}", self._page)
         app.router.add_get("/static/{name}", self._static)
         app.router.add_get("/api/events", self._events)
+        app.router.add_get("/api/logs", self._logs)
         app.router.add_post("/api/rollouts/{service}", self._start)
         app.router.add_post("/api/rollouts/{service}/{action}", self._change)
         app.on_shutdown.append(self._close_streams)
@@ -222,10 +228,7 @@ class Dashboard:
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         render = self._view(request)
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
-        for name, value in _HEADERS.items():
-            response.headers.setdefault(name, value)
-        await response.prepare(request)
+        response = await self._stream(request)
         task = asyncio.current_task()
         assert task is not None
         self._streams.add(task)
@@ -250,6 +253,39 @@ class Dashboard:
         finally:
             self.feed.unsubscribe(subscription)
             self._streams.discard(task)
+        return response
+
+    async def _logs(self, request: web.Request) -> web.StreamResponse:
+        """One instance's run log on one server, live (a read: allowed with --read-only too)."""
+        names = {}
+        for field in ("server", "service", "instance"):
+            names[field] = request.query.get(field, "")
+            reason = keys.segment_error(names[field])
+            if reason is not None:
+                return _error(400, f"{field}: {reason}")
+        if self._tails >= logtail.MAX_OPEN:
+            return _error(429, f"{logtail.MAX_OPEN} log tails are open already: close some tabs")
+        response = await self._stream(request)
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        self._tails += 1
+        try:
+            await response.write(b"retry: 2000\n\n")
+            target = logaccess.Target(**names)
+            await logtail.follow(self.feed.store, target, self.reader, response.write, _KEEPALIVE)
+        except ConnectionResetError:
+            pass  # the tab was closed
+        finally:
+            self._tails -= 1
+            self._streams.discard(task)
+        return response
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+        for name, value in _HEADERS.items():
+            response.headers.setdefault(name, value)
+        await response.prepare(request)
         return response
 
     async def _close_streams(self, app: web.Application) -> None:

@@ -25,6 +25,7 @@ import pytest
 from integration.agent.conftest import DISCOVERD, Agent, Node
 from support import chromium
 from support.dashboard import Dashboard
+from support.wait import wait_until
 
 SERVE = "import signal,sys,time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\nwhile True: time.sleep(3600)"
 HOSTILE = "<img src=x onerror=window.__xss=1>"
@@ -194,5 +195,43 @@ async def test_a_read_only_dashboard_shows_the_fleet_with_every_button_off(
         assert answer == 403
         assert config(fleet) == {}
         await page.screenshot(artifacts / "read-only.png")
+    finally:
+        board.stop()
+
+
+# Prints `line <n>` every 0.2 s, forever.
+COUNTER = (
+    "import itertools,time\nfor i in itertools.count():\n    print(f'line {i}', flush=True)\n    time.sleep(0.2)\n"
+)
+
+
+async def test_the_instance_page_tails_its_log_live_through_the_agent(
+    node: Node, browser: chromium.Browser, artifacts: Path
+) -> None:
+    node.version("web", "1.0", run_script=node.py(COUNTER), min_healthy_seconds=0.3)
+    node.instance("web", "a", "1.0")
+    node.server(("web", "a"))
+    node.agent()  # serves its logs over HTTPS on a free loopback port, published in its status
+    node.wait_phase("web", "a", "Running")
+    board = dashboard(node, "--read-only")  # reading a log changes nothing: allowed read-only too
+    try:
+        page = await browser.page()
+        await page.goto(board.url)
+        await page.goto(f"{board.base}/instances/web/a")
+        await page.evaluate("window.__marker = 'no reload'")
+        log = "[...document.querySelectorAll('pre.log[data-server=node-1] span')].map((s) => s.textContent)"
+        first = await page.wait_for(f"(({log}).filter((l) => l.startsWith('line ')).length >= 2) && {log}")
+        last = int(first[-1].split()[1])
+        # New lines keep coming into the same page, without a reload.
+        later = await page.wait_for(f"(({log}).includes('line {last + 5}\\n')) && {log}", timeout=20)
+        numbers = [int(line.split()[1]) for line in later if line.startswith("line ")]
+        assert numbers == list(range(numbers[0], numbers[-1] + 1)), "lines lost or repeated"
+        assert "live" in await page.evaluate(text(".log-state"))
+        assert await page.evaluate("window.__marker") == "no reload"
+        await page.screenshot(artifacts / "instance-log.png")
+        grants = node.etcd.keys(f"{node.prefix}/grants/")
+        assert len(grants) == 1, grants  # the tail's own lease-bound grant
+        await page.goto("about:blank")  # the tab leaves: the dashboard ends the tail and revokes its lease
+        wait_until(lambda: not node.etcd.keys(f"{node.prefix}/grants/"), 20, what="the grant gone with the tab")
     finally:
         board.stop()

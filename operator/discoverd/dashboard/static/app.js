@@ -286,6 +286,49 @@
     return parts;
   }
 
+  // the instance page's log tails: one EventSource per server, built once, outside the redrawn part
+
+  const logTails = new Map();
+  const KEEP_LINES = 1000;
+
+  function logTail(service, instance, server) {
+    const state = el("p", { class: "muted log-state" }, "connecting...");
+    const pre = el("pre", { class: "log", data: { server } });
+    const section = el("section", { class: "card", data: { server } }, el("h2", {}, `Run log on ${server}`), state, pre);
+    const query = new URLSearchParams({ service, instance, server });
+    const source = new EventSource(`/api/logs?${query}`);
+    const say = (text, error) => { state.textContent = text; state.className = `log-state ${error ? "error" : "muted"}`; };
+    source.onopen = () => { pre.replaceChildren(); say("live: the last lines, then new ones as they come"); };
+    source.onerror = () => say("reconnecting...", true);
+    source.addEventListener("lines", (event) => {
+      const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+      for (const line of JSON.parse(event.data).lines) pre.append(el("span", {}, line.text, "\n"));
+      while (pre.childNodes.length > KEEP_LINES) pre.firstChild.remove();
+      if (atEnd) pre.scrollTop = pre.scrollHeight;
+    });
+    source.addEventListener("notice", (event) => say(JSON.parse(event.data).message, true));
+    for (const kind of ["end", "failed"]) {
+      source.addEventListener(kind, (event) => { say(JSON.parse(event.data).message, kind === "failed"); source.close(); });
+    }
+    return { section, source };
+  }
+
+  function updateLogs(v) {
+    const servers = v.servers.map((s) => s.server);
+    for (const [server, tail] of logTails) {
+      if (!servers.includes(server)) { tail.source.close(); tail.section.remove(); logTails.delete(server); }
+    }
+    for (const server of servers) {
+      if (!logTails.has(server)) logTails.set(server, logTail(v.service, v.id, server));
+    }
+    const section = $("logs");
+    const shown = [...section.children];
+    const wanted = servers.map((server) => logTails.get(server).section);
+    // Moved only when the list changes: a moved log loses its scroll position.
+    if (shown.length !== wanted.length || shown.some((node, i) => node !== wanted[i])) section.replaceChildren(...wanted);
+    section.hidden = servers.length === 0;
+  }
+
   // the stream
 
   const renderers = { fleet, service, rollout, instance };
@@ -298,6 +341,7 @@
     $("revision").textContent = `etcd revision ${v.revision}`;
     $("main").replaceChildren(...renderers[v.view](v).filter(Boolean));
     if (v.view === "rollout") updateActions(v);
+    if (v.view === "instance") updateLogs(v);
     document.body.dataset.revision = String(v.revision);
     document.body.dataset.renderMs = (performance.now() - began).toFixed(1);  // bench/dashboard.py reads it
   }
