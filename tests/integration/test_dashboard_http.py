@@ -206,8 +206,13 @@ async def test_the_event_stream_sends_a_new_view_when_etcd_changes(
 async def test_an_unknown_view_or_a_bad_name_is_a_clear_error(
     dashboard: Dashboard, http: aiohttp.ClientSession
 ) -> None:
-    for query, reason in (("view=nope", "view must be"), ("view=service&service=..", "must not be '..'")):
-        async with http.get(f"{dashboard.base}/api/events?{query}", headers={"Cookie": dashboard.cookie}) as answer:
+    for path, reason in (
+        ("events?view=nope", "view must be"),
+        ("events?view=service&service=..", "must not be '..'"),
+        ("logs?server=node-1&service=web", "instance: must not be empty"),
+        ("logs?server=node-1&service=web&instance=..", "instance: must not be '..'"),
+    ):
+        async with http.get(f"{dashboard.base}/api/{path}", headers={"Cookie": dashboard.cookie}) as answer:
             assert answer.status == 400 and reason in await answer.text()
 
 
