@@ -27,6 +27,12 @@ _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 10.0
 
 
+def _shown(entry: Entry) -> bool:
+    """Whether a page can show `entry`: a document of the schema, or one that fails it. Other keys under the
+    prefix (log grants, the controller's election) come and go often and no page shows them."""
+    return entry.parsed is not None or entry.error is not None
+
+
 class Subscription:
     """One reader's flag: set when the feed changed since the reader last looked."""
 
@@ -73,8 +79,9 @@ class Feed:
         changed = False
         for event in batch:
             if isinstance(event, watch.Put):
-                self.entries[event.entry.key] = event.entry
-                changed = True
+                if _shown(event.entry):
+                    self.entries[event.entry.key] = event.entry
+                    changed = True
             elif isinstance(event, watch.Delete):
                 changed = self.entries.pop(event.key, None) is not None or changed
             self.revision = max(self.revision, event.revision)
@@ -86,7 +93,8 @@ class Feed:
         while True:
             try:
                 snapshot = await self.store.snapshot()
-                self.entries, self.revision, self.error = dict(snapshot.entries), snapshot.revision, ""
+                self.entries = {key: e for key, e in snapshot.entries.items() if _shown(e)}
+                self.revision, self.error = snapshot.revision, ""
                 self.loaded.set()
                 self._changed()
                 delay = _BACKOFF_FIRST
