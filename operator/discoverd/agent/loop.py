@@ -110,7 +110,8 @@ class Agent:
 
     def _set_entries(self, entries: dict[str, Entry]) -> None:
         self.entries = entries
-        self.desired = desired_.resolve(entries, self.etcd.prefix, self.options.server_id, self.desired.refs)
+        waiting = self.watch.waiting if self.watch is not None else frozenset()
+        self.desired = desired_.resolve(entries, self.etcd.prefix, self.options.server_id, self.desired.refs, waiting)
         self._log_rejected()
         self._wake.set()
 

@@ -7,7 +7,9 @@ of its TTL), writes `status/agent` when it gets a lease, and writes an
 instance's status only when its summary changed, so an idle agent sends
 nothing but keep-alives. When the lease is lost (etcd was away longer than the
 TTL) it takes a new one and writes everything again. A status key whose
-instance is gone is deleted.
+instance is gone is deleted (before any put: see `_flush`); a put etcd refuses
+(an instance whose key the controller has not granted yet) does not hold up
+the others and is tried again with back-off.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Mapping
 
 from discoverd import __version__, logs
 from discoverd.agent import model
-from discoverd.errors import StoreUnavailable
+from discoverd.errors import PermissionDenied, StoreUnavailable
 from discoverd.schema import documents, keys
 from discoverd.schema.documents import Phase
 from discoverd.store import leases
@@ -129,6 +131,11 @@ class Writer:
     async def _flush(self) -> None:
         assert self.lease is not None
         prefix = self.store.prefix
+        # Deletes first: etcd refuses every put on a lease while a key attached to it is not writable
+        # by this server's user, and the controller revokes a status key's write once the key is gone.
+        for ref in list(set(self._written) - set(self._wanted)):
+            await self.store.delete(keys.instance_status(prefix, self.server_id, ref.service, ref.instance))
+            del self._written[ref]
         if self.agent_message != self._written_agent_message:
             now = _now()
             doc = documents.AgentStatus(
@@ -141,6 +148,7 @@ class Writer:
             )
             await self.store.put(keys.agent_status(prefix, self.server_id), doc, lease=self.lease)
             self._written_agent_message = self.agent_message
+        refused: PermissionDenied | None = None
         for ref, summary in list(self._wanted.items()):
             if self._written.get(ref) == summary:
                 continue
@@ -149,11 +157,16 @@ class Writer:
                 **summary.model_dump(), since=history[-1].at, updated_at=_now(), history=list(history)
             )
             key = keys.instance_status(prefix, self.server_id, ref.service, ref.instance)
-            await self.store.put(key, status, lease=self.lease)
+            try:
+                await self.store.put(key, status, lease=self.lease)
+            except PermissionDenied as error:
+                # A newly listed instance whose key the controller has not granted yet: write the
+                # others, and this one again after a back-off (raised once the others are written).
+                refused = refused or error
+                continue
             self._written[ref] = summary
-        for ref in list(set(self._written) - set(self._wanted)):
-            await self.store.delete(keys.instance_status(prefix, self.server_id, ref.service, ref.instance))
-            del self._written[ref]
+        if refused is not None:
+            raise refused
 
     async def run(self) -> None:
         """Hold the lease and keep etcd's status equal to the wanted one; never returns."""

@@ -9,7 +9,8 @@ instance guarded by its mod_revision and the status by its own: the step
 happens whole or not at all, and once. A successful step goes into the cache
 at once (`World.wrote`), so the next step (a revert after a failure) follows
 without waiting for the watch; after a lost compare-and-swap, nothing until
-the watch brings the newer values.
+the watch brings the newer values. Each pass first brings the etcd roles of
+servers whose document or status keys changed in step (`roles`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable
 
 from discoverd import logs, metrics
 from discoverd.config import EtcdOptions
-from discoverd.controller import leader, plan, world
+from discoverd.controller import leader, plan, roles, world
 from discoverd.errors import Compacted, Conflict, StoreUnavailable
 from discoverd.schema import documents, keys, rollouts
 from discoverd.store import client, leases, watch
@@ -64,6 +65,8 @@ class Controller:
         self.ttl = ttl
         self.clock = clock
         self.world = world.World()
+        self.roles = roles.Roles(store)
+        """Server roles kept in step with server documents while leading (`controller/roles.py`)."""
         self.steps = 0
         self._wake = asyncio.Event()
         self._invalid: dict[str, int] = {}
@@ -154,11 +157,13 @@ class Controller:
     async def _follow(self, start: int) -> None:
         async for batch in watch.watch(self.store, start):
             self.world.apply(batch)
+            self.roles.observe(batch)
             self._wake.set()
 
     async def _act(self) -> None:
         snapshot = await self.store.snapshot()
         self.world.load(snapshot)
+        self.roles.load(snapshot.entries.values())
         self.etcd_error, self.watch_current = None, True
         follower = asyncio.create_task(self._follow(snapshot.revision + 1), name="controller watch")
         try:
@@ -166,7 +171,7 @@ class Controller:
                 if follower.done():
                     follower.result()  # raises why the watch ended
                 self._wake.clear()
-                timeout = await self._pass()
+                timeout = min(await self.roles.step(), await self._pass())
                 waiter = asyncio.create_task(self._wake.wait())
                 await asyncio.wait([waiter, follower], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()

@@ -37,6 +37,7 @@ __all__ = [
     "rollout_status",
     "segment_error",
     "server_config",
+    "servers_prefix",
     "service_instances_prefix",
     "validate_segment",
     "version_config",
@@ -142,6 +143,11 @@ def _join(prefix: str, *segments: str) -> str:
     for segment in segments:
         validate_segment(segment)
     return "/".join((normalize_prefix(prefix), *segments))
+
+
+def servers_prefix(prefix: str) -> str:
+    """Every server's keys: documents and status (a prefix to read or watch)."""
+    return normalize_prefix(prefix) + "/servers/"
 
 
 def server_config(prefix: str, server: str) -> str:

@@ -38,7 +38,7 @@ import grpc
 from aetcd import rpc
 
 from discoverd.config import Endpoint, EtcdOptions
-from discoverd.errors import DiscoverdError, StoreUnavailable
+from discoverd.errors import DiscoverdError, PermissionDenied, StoreUnavailable
 
 __all__ = ["Client", "TxnTooLarge", "call", "connect", "describe_error", "translated"]
 
@@ -279,6 +279,11 @@ def _fail_over_on(error: BaseException) -> bool:
     return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
+def _denied(error: BaseException) -> bool:
+    code, details = _details(error)
+    return code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in details.lower()
+
+
 @contextlib.asynccontextmanager
 async def translated(client: Client) -> AsyncIterator[None]:
     """Turn aetcd and gRPC errors raised inside into StoreUnavailable (or TxnTooLarge) with a clear reason."""
@@ -290,7 +295,10 @@ async def translated(client: Client) -> AsyncIterator[None]:
                 f"etcd at {client.etcd_options.describe()} refused the transaction: it has more operations "
                 "than etcd's --max-txn-ops allows (128 unless set)"
             ) from error
-        raise StoreUnavailable(describe_error(error, client.etcd_options, client.endpoint)) from error
+        reason = describe_error(error, client.etcd_options, client.endpoint)
+        if _denied(error):
+            raise PermissionDenied(reason) from error
+        raise StoreUnavailable(reason) from error
 
 
 async def call(client: Client, operation: Callable[[], Awaitable[T]]) -> T:

@@ -1,0 +1,214 @@
+"""Server roles follow assignment (`store/auth.py`, `controller/roles.py`), against a real etcd with auth on.
+
+A server's etcd user reads the services and instances its server document
+lists and nothing else, writes one status key per listed instance and its
+agent key and nothing else; the controller grants a newly listed service and
+revokes a removed one; an agent that asks before the grant waits for it
+without stopping anything else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from discoverd.embedded_etcd import EtcdServer
+from discoverd.errors import PermissionDenied
+from discoverd.schema import documents, keys
+from discoverd.store import leases
+from support.cli import discoverd
+from support.etcd import RawEtcd
+from support.etcd_auth import ROOT_PASSWORD, add_server, auth_etcd, bootstrap, store_as
+from support.wait import async_wait_until, wait_until
+
+DISCOVERD = str(Path(sys.executable).parent / "discoverd")
+Node = Any  # conftest.Node: a server's configuration, status, state directory and agents
+STATUS = documents.InstanceStatus.model_validate(
+    {"phase": "Running", "since": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z"}
+)
+
+
+@pytest.fixture(scope="module")
+def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    """This module's etcd has auth on (it replaces the session's for the fixtures built on it)."""
+    with auth_etcd(tmp_path_factory.mktemp("roles-etcd") / "data") as server:
+        yield server
+
+
+@pytest.fixture
+def root(etcd_server: EtcdServer, prefix: str) -> dict[str, str]:
+    return bootstrap(etcd_server, prefix)
+
+
+@pytest.fixture
+def node(node: Node, etcd_server: EtcdServer) -> Node:
+    """Server node-1; its configuration is written as root, its agents get their own user (`login`)."""
+    node.etcd = RawEtcd(etcd_server.endpoint, "root", ROOT_PASSWORD)
+    return node
+
+
+def login(monkeypatch: pytest.MonkeyPatch, credentials: dict[str, str]) -> None:
+    """Agents this test starts log in as `credentials`' user (the `discoverd` CLI calls pass root's own)."""
+    monkeypatch.setenv("DISCOVERD_ETCD_USER", credentials["DISCOVERD_ETCD_USER"])
+    monkeypatch.setenv("DISCOVERD_ETCD_PASSWORD", credentials["DISCOVERD_ETCD_PASSWORD"])
+
+
+@contextlib.contextmanager
+def controller(root: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A `discoverd controller` process with etcd's root user (the one etcd lets change roles)."""
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [DISCOVERD, "controller", "--metrics-address", ""],
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **root},
+        )
+    try:
+        yield process
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def sleeper(n: Node, service: str, *versions: str) -> None:
+    for version in versions:
+        n.version(service, version, run_script=n.py(n.sleep_forever, version), min_healthy_seconds=0.3)
+
+
+async def refused(operation: Callable[[], Awaitable[object]]) -> bool:
+    try:
+        await operation()
+    except PermissionDenied:
+        return True
+    return False
+
+
+async def test_a_server_reads_and_writes_exactly_its_assignment(root: dict[str, str], node: Node, prefix: str) -> None:
+    sleeper(node, "web", "1.0")
+    sleeper(node, "db", "1.0")
+    node.instance("web", "a", "1.0")
+    node.instance("db", "b", "1.0")
+    node.server(("web", "a"))
+    node.put("servers/node-2/config/details", {"service_instances": [{"name": "db", "id": "b"}]})
+    node.put("servers/node-2/status/instances/db/b", STATUS.model_dump_json())
+    async with store_as(add_server(root, "node-1")) as store:
+        # Its assignment: readable.
+        assert await store.get(keys.version_config(prefix, "web", "1.0")) is not None
+        assert await store.get(keys.instance_config(prefix, "web", "a")) is not None
+        assert await store.get(keys.server_config(prefix, "node-1")) is not None
+        # Another service's version document (env values included), another instance, another server.
+        for key in (
+            keys.version_config(prefix, "db", "1.0"),
+            keys.instance_config(prefix, "db", "b"),
+            keys.instance_status(prefix, "node-2", "db", "b"),
+            keys.server_config(prefix, "node-2"),
+        ):
+            assert await refused(lambda k=key: store.get(k)), key  # type: ignore[misc]
+        # Exactly its own status keys, under its lease.
+        lease = await leases.grant(store, 10)
+        agent = documents.AgentStatus.model_validate(
+            {"hostname": "h", "agent_version": "1", "started_at": STATUS.since, "heartbeat": STATUS.since}
+        )
+        await store.put(keys.agent_status(prefix, "node-1"), agent, lease=lease)
+        await store.put(keys.instance_status(prefix, "node-1", "web", "a"), STATUS, lease=lease)
+        for key in (
+            keys.instance_status(prefix, "node-1", "web", "made-up"),  # one more key under its own prefix
+            keys.instance_status(prefix, "node-1", "db", "b"),  # an instance it does not run
+            keys.instance_status_prefix(prefix, "node-1") + "x/y/z",
+            keys.servers_prefix(prefix) + "node-1/status/other",
+            keys.instance_status(prefix, "node-2", "db", "b"),
+        ):
+            assert await refused(lambda k=key: store.put(k, STATUS, lease=lease)), key  # type: ignore[misc]
+        await leases.revoke(store, lease)
+
+
+def _running(n: Node, service: str, instance: str, version: str = "1.0") -> bool:
+    s = n.status(service, instance)
+    return s is not None and s["phase"] == "Running" and s["version"] == version
+
+
+async def test_the_controller_grants_a_new_service_and_revokes_a_removed_instance(
+    root: dict[str, str], node: Node, prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeper(node, "web", "1.0")
+    sleeper(node, "db", "1.0")
+    node.instance("web", "a", "1.0")
+    node.instance("db", "d1", "1.0")
+    node.server(("web", "a"))
+    credentials = add_server(root, "node-1")
+    login(monkeypatch, credentials)
+    with controller(root, tmp_path / "controller.log"):
+        agent = node.agent()
+        wait_until(lambda: _running(node, "web", "a"), 30, what="web/a Running")
+        a = node.wait_process("web", "a")
+        # The server document gains a service: the agent runs it, nobody granted anything by hand.
+        node.server(("web", "a"), ("db", "d1"))
+        wait_until(lambda: _running(node, "db", "d1"), 30, what="db/d1 Running on node-1")
+        assert node.process("web", "a") == a
+        # It loses web/a: stopped, its status key gone, and with it every right on web.
+        node.server(("db", "d1"))
+        wait_until(lambda: node.process("web", "a") is None, 30, what="web/a stopped")
+        wait_until(lambda: node.status("web", "a") is None, 30, what="web/a's status key deleted")
+        async with store_as(credentials) as store:
+            gone = (
+                lambda: store.get(keys.version_config(prefix, "web", "1.0")),
+                lambda: store.get(keys.instance_config(prefix, "web", "a")),
+                lambda: store.put(keys.instance_status(prefix, "node-1", "web", "a"), STATUS),
+            )
+            for operation in gone:
+                await async_wait_until(lambda o=operation: refused(o), 15, interval=0.1)  # type: ignore[misc]
+            assert await store.get(keys.version_config(prefix, "db", "1.0")) is not None
+        assert _running(node, "db", "d1")
+        assert agent.process is not None and agent.process.poll() is None
+        # Its status kept being written all along (the lease never held a key it could not write).
+        assert "Failed to write status" not in agent.log()
+
+
+async def test_a_refused_new_service_is_read_again_and_never_stops_the_others(
+    root: dict[str, str], node: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sleeper(node, "web", "1.0", "2.0")
+    sleeper(node, "db", "1.0")
+    node.instance("web", "a", "1.0")
+    node.instance("db", "d1", "1.0")
+    node.server(("web", "a"))
+    login(monkeypatch, add_server(root, "node-1"))
+    # No controller: nothing grants db to node-1 until `discoverd auth sync`.
+    agent = node.agent()
+    wait_until(lambda: _running(node, "web", "a"), 30, what="web/a Running")
+    node.server(("web", "a"), ("db", "d1"))
+    agent.wait_log("Waiting for permission to read")
+    # Meanwhile the others go on: web/a upgrades.
+    node.instance("web", "a", "2.0")
+    wait_until(lambda: _running(node, "web", "a", "2.0"), 30, what="web/a Running 2.0")
+    assert node.process("db", "d1") is None
+    synced = discoverd("auth", "sync", env=root)
+    assert synced.returncode == 0, synced.stderr
+    assert synced.stdout == "Updated 1 server role\n"
+    # Read again with back-off: it runs without any restart or change.
+    wait_until(lambda: _running(node, "db", "d1"), 30, what="db/d1 Running after the grant")
+    assert "Read keys etcd had refused" in agent.log()
+    assert agent.process is not None and agent.process.poll() is None
+
+
+def test_add_server_grants_what_the_server_document_lists_now(root: dict[str, str], node: Node) -> None:
+    sleeper(node, "web", "1.0")
+    node.instance("web", "a", "1.0")
+    node.server(("web", "a"))
+    result = discoverd("auth", "add-server", "node-1", env=root)
+    assert result.returncode == 0, result.stderr
+    assert f"read {node.prefix}/services/web/versions/" in result.stderr
+    assert f"write {node.prefix}/servers/node-1/status/instances/web/a" in result.stderr
