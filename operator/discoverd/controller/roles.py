@@ -112,12 +112,15 @@ class Roles:
     # what the controller sees
 
     def load(self, entries: Iterable[Entry]) -> None:
-        """The controller read the whole prefix: start over from it."""
+        """The controller read the whole prefix (it just became the leader, or lost its watch): start over.
+
+        The roles are read again too: while this copy was not acting, another may have changed them."""
         self.listed.clear()
         self.reported.clear()
         for entry in entries:
             self._note(entry.key, entry)
         self._touched = set(self.listed) | set(self.reported) | set(self.roles)
+        self._next_resync = 0.0
 
     def observe(self, batch: Iterable[watch.Event]) -> None:
         """A watch batch: note server documents and status keys that changed."""
