@@ -9,8 +9,8 @@ instance guarded by its mod_revision and the status by its own: the step
 happens whole or not at all, and once. A successful step goes into the cache
 at once (`World.wrote`), so the next step (a revert after a failure) follows
 without waiting for the watch; after a lost compare-and-swap, nothing until
-the watch brings the newer values. Each pass first brings the etcd roles of
-servers whose document or status keys changed in step (`roles`).
+the watch brings the newer values. Beside the passes, a task of its own keeps
+the etcd roles of servers in step with their documents (`roles`).
 """
 
 from __future__ import annotations
@@ -166,17 +166,21 @@ class Controller:
         self.roles.load(snapshot.entries.values())
         self.etcd_error, self.watch_current = None, True
         follower = asyncio.create_task(self._follow(snapshot.revision + 1), name="controller watch")
+        keeper = asyncio.create_task(self.roles.run(), name="server roles")
         try:
             while True:
                 if follower.done():
                     follower.result()  # raises why the watch ended
                 self._wake.clear()
-                timeout = min(await self.roles.step(), await self._pass())
+                timeout = await self._pass()
                 waiter = asyncio.create_task(self._wake.wait())
                 await asyncio.wait([waiter, follower], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
         finally:
             self.watch_current = False
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError, StoreUnavailable, Compacted):
                 await follower

@@ -14,7 +14,8 @@ listed instance. Assignments change, so the role has to follow:
   status keys changed; `step` brings the role of each marked server in step,
   and every `RESYNC` seconds reads from etcd which servers have a user and what
   their roles hold, then checks every one (what someone else changed is put
-  right). Only roles of servers whose user exists are touched.
+  right). Only roles of servers whose user exists are touched. `run` is its
+  own task beside the rollouts, so a resync never delays a rollout step.
 
 A removed instance loses its reads at once; the write on its status key goes
 when the key is gone (its agent deleted it after stopping the instance, or the
@@ -31,6 +32,7 @@ on); `discoverd auth sync` does the same work once, from the command line.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -74,7 +76,9 @@ def diff(wanted: Sequence[auth.Grant], have: Mapping[Range, auth.Access]) -> Cha
     replaces it, so a changed access is one grant, not a revoke and a grant.
     """
     by_range = {g.range(): g for g in wanted}
-    grant = tuple(g for r, g in sorted(by_range.items()) if have.get(r) is not g.access)
+    # In `wanted`'s order (server_grants: reads before writes), so a new instance's documents become
+    # readable before its status key writable.
+    grant = tuple(g for r, g in by_range.items() if have.get(r) is not g.access)
     revoke = tuple(sorted(r for r in have if r not in by_range))
     return Changes(grant, revoke)
 
@@ -102,6 +106,7 @@ class Roles:
         self._unmanaged: set[str] = set()
         """Servers found without a user since the last resync (not asked again until the next)."""
         self._touched: set[str] = set()
+        self._wake = asyncio.Event()
         self._next_resync = 0.0
         self.active = False
         """True while auth is on and this controller may change roles."""
@@ -121,6 +126,7 @@ class Roles:
             self._note(entry.key, entry)
         self._touched = set(self.listed) | set(self.reported) | set(self.roles)
         self._next_resync = 0.0
+        self._wake.set()
 
     def observe(self, batch: Iterable[watch.Event]) -> None:
         """A watch batch: note server documents and status keys that changed."""
@@ -136,6 +142,7 @@ class Roles:
         if server is None or parsed is None:
             return
         self._touched.add(server)
+        self._wake.set()
         if parsed.kind is keys.Kind.SERVER:
             if entry is None:
                 self.listed.pop(server, None)
@@ -158,6 +165,18 @@ class Roles:
 
     # acting
 
+    async def run(self) -> None:
+        """`step` whenever a server changed and when a resync is due; until cancelled (the controller's task)."""
+        while True:
+            self._wake.clear()
+            try:
+                timeout = await self.step()
+            except Exception:  # a bug here must not stop the rollouts beside it: log, and again later
+                log.exception("Failed to update server roles")
+                timeout = _RETRY
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
     async def step(self) -> float:
         """Resync when due, else bring the roles of changed servers in step; seconds until the next resync.
 
@@ -166,7 +185,6 @@ class Roles:
         try:
             if now >= self._next_resync:
                 await self.resync()
-                self._next_resync = now + self.resync_every
             elif self.active and self._touched:
                 await self._apply(sorted(self._touched))
         except PermissionDenied as error:
@@ -190,6 +208,7 @@ class Roles:
 
     async def resync(self) -> None:
         """Read which servers have a user and what their roles hold; bring every one in step."""
+        self._next_resync = self.clock() + self.resync_every
         c = self.store.client
         if not await auth.enabled(c):
             self.active = False
@@ -216,10 +235,16 @@ class Roles:
 
         async def one(server: str) -> None:
             async with semaphore:
-                await self._sync(server)
-            self._touched.discard(server)
+                self._touched.discard(server)  # before: a change while it syncs marks it again
+                try:
+                    await self._sync(server)
+                except BaseException:
+                    self._touched.add(server)
+                    raise
 
-        await asyncio.gather(*(one(s) for s in servers))
+        failed = [e for e in await asyncio.gather(*(one(s) for s in servers), return_exceptions=True) if e]
+        if failed:
+            raise failed[0]
 
     async def _sync(self, server: str) -> None:
         c = self.store.client
