@@ -89,6 +89,14 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class _Refused(Exception):
+    """Instance status keys etcd refused (not granted yet); every other key was written."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        super().__init__(", ".join(keys))
+
+
 class Writer:
     """Writes status to etcd under one lease; retries while etcd is away."""
 
@@ -106,6 +114,8 @@ class Writer:
         self._written_agent_message: str | None = None
         self._dirty = asyncio.Event()
         self._down_since: float | None = None
+        self._refused: list[str] = []
+        """Instance status keys etcd refused on the last try (logged when they change)."""
 
     def update(self, summaries: Mapping[model.Ref, Summary], agent_message: str) -> None:
         """The statuses to have in etcd now; written by `run` when they differ from what was written."""
@@ -148,7 +158,7 @@ class Writer:
             )
             await self.store.put(keys.agent_status(prefix, self.server_id), doc, lease=self.lease)
             self._written_agent_message = self.agent_message
-        refused: PermissionDenied | None = None
+        refused: list[str] = []
         for ref, summary in list(self._wanted.items()):
             if self._written.get(ref) == summary:
                 continue
@@ -159,14 +169,14 @@ class Writer:
             key = keys.instance_status(prefix, self.server_id, ref.service, ref.instance)
             try:
                 await self.store.put(key, status, lease=self.lease)
-            except PermissionDenied as error:
+            except PermissionDenied:
                 # A newly listed instance whose key the controller has not granted yet: write the
                 # others, and this one again after a back-off (raised once the others are written).
-                refused = refused or error
+                refused.append(key)
                 continue
             self._written[ref] = summary
-        if refused is not None:
-            raise refused
+        if refused:
+            raise _Refused(refused)
 
     async def run(self) -> None:
         """Hold the lease and keep etcd's status equal to the wanted one; never returns."""
@@ -194,11 +204,21 @@ class Writer:
                     log.info("Reached etcd again", extra=logs.kv(after=f"{loop.time() - self._down_since:.1f}s"))
                     self._down_since = None
                 retry = 0.5
+                self._refused = []
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._dirty.wait(), max(0.0, next_keepalive - loop.time()))
             except leases.LeaseExpired:
                 log.warning("Lost lease", extra=logs.kv(server=self.server_id, lease=f"{self.lease or 0:x}"))
                 self.lease = None
+            except _Refused as error:
+                if error.keys != self._refused:
+                    log.info(
+                        "Waiting for permission to write status",
+                        extra=logs.kv(server=self.server_id, keys=",".join(error.keys), retry_in=f"{retry:g}s"),
+                    )
+                self._refused = error.keys
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, 5.0)
             except StoreUnavailable as error:
                 if self._down_since is None:
                     self._down_since = loop.time()

@@ -194,7 +194,8 @@ async def test_a_refused_new_service_is_read_again_and_never_stops_the_others(
     wait_until(lambda: _running(node, "web", "a"), 30, what="web/a Running")
     node.server(("web", "a"), ("db", "d1"))
     agent.wait_log("Waiting for permission to read")
-    # Meanwhile the others go on: web/a upgrades.
+    agent.wait_log("Waiting for permission to write status")  # d1's status key is not granted either
+    # Meanwhile the others go on: web/a upgrades, and its status says so.
     node.instance("web", "a", "2.0")
     wait_until(lambda: _running(node, "web", "a", "2.0"), 30, what="web/a Running 2.0")
     assert node.process("db", "d1") is None
