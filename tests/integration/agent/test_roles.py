@@ -23,7 +23,7 @@ import pytest
 from discoverd.embedded_etcd import EtcdServer
 from discoverd.errors import PermissionDenied
 from discoverd.schema import documents, keys
-from discoverd.store import leases
+from discoverd.store import auth, leases
 from support.cli import discoverd
 from support.etcd import RawEtcd
 from support.etcd_auth import ROOT_PASSWORD, add_server, auth_etcd, bootstrap, store_as
@@ -116,7 +116,7 @@ async def test_a_server_reads_and_writes_exactly_its_assignment(root: dict[str, 
             keys.instance_status(prefix, "node-2", "db", "b"),
             keys.server_config(prefix, "node-2"),
         ):
-            assert await refused(lambda k=key: store.get(k)), key  # type: ignore[misc]
+            assert await refused(lambda k=key: store.get(k)), key
         # Exactly its own status keys, under its lease.
         lease = await leases.grant(store, 10)
         agent = documents.AgentStatus.model_validate(
@@ -131,7 +131,7 @@ async def test_a_server_reads_and_writes_exactly_its_assignment(root: dict[str, 
             keys.servers_prefix(prefix) + "node-1/status/other",
             keys.instance_status(prefix, "node-2", "db", "b"),
         ):
-            assert await refused(lambda k=key: store.put(k, STATUS, lease=lease)), key  # type: ignore[misc]
+            assert await refused(lambda k=key: store.put(k, STATUS, lease=lease)), key
         await leases.revoke(store, lease)
 
 
@@ -169,7 +169,7 @@ async def test_the_controller_grants_a_new_service_and_revokes_a_removed_instanc
                 lambda: store.put(keys.instance_status(prefix, "node-1", "web", "a"), STATUS),
             )
             for operation in gone:
-                await async_wait_until(lambda o=operation: refused(o), 15, interval=0.1)  # type: ignore[misc]
+                await async_wait_until(lambda o=operation: refused(o), 15, interval=0.1)
             assert await store.get(keys.version_config(prefix, "db", "1.0")) is not None
         # Its status is still written (its lease never held a key its user could not write, which
         # would make etcd refuse every put on it): a restart of d1 shows up.
@@ -230,3 +230,33 @@ def test_a_controller_that_may_not_change_roles_says_so_once_and_goes_on(
         assert "Became the acting controller" in log_path.read_text()
         assert process.poll() is None
     assert log_path.read_text().count("Not keeping server roles in step") == 1
+
+
+async def test_auth_sync_replaces_the_prefix_wide_grants_of_before(root: dict[str, str], node: Node) -> None:
+    prefix = node.prefix
+    sleeper(node, "web", "1.0")
+    node.instance("web", "a", "1.0")
+    node.server(("web", "a"))
+    add_server(root, "node-1")
+    role = auth.server_role(prefix, "node-1")
+    before = [
+        auth.Grant(f"{prefix}/services/", auth.Access.READ),
+        auth.Grant(f"{prefix}/servers/node-1/status/", auth.Access.READWRITE),
+    ]
+    async with store_as(root) as store:
+        await auth.ensure_role(store.client, role, before)  # as the old `add-server` made it
+    synced = discoverd("auth", "sync", env=root)
+    assert synced.returncode == 0, synced.stderr
+    assert synced.stdout == "Updated 1 server role\n"
+    async with store_as(root) as store:
+        held = await auth.role_permissions(store.client, role)
+    assert held is not None
+    assert {(k.decode(), e.decode(), a.name) for (k, e), a in held.items()} == {
+        (f"{prefix}/servers/node-1/config/", f"{prefix}/servers/node-1/config0", "READ"),
+        (f"{prefix}/servers/node-1/status/agent", "", "WRITE"),
+        (f"{prefix}/services/web/versions/", f"{prefix}/services/web/versions0", "READ"),
+        (f"{prefix}/services/web/instances/a/config/details", "", "READ"),
+        (f"{prefix}/servers/node-1/status/instances/web/a", "", "WRITE"),
+    }
+    again = discoverd("auth", "sync", env=root)
+    assert again.stdout == "Updated 0 server roles\n"
