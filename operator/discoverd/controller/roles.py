@@ -104,7 +104,7 @@ class Roles:
         self.roles: dict[str, auth.Permissions] = {}
         """Server ID (with a user) -> what its role holds, as last read or written."""
         self._unmanaged: set[str] = set()
-        """Servers found without a user since the last resync (not asked again until the next)."""
+        """Servers without a user at the last resync, or found without one since (not asked until the next)."""
         self._touched: set[str] = set()
         self._wake = asyncio.Event()
         self._next_resync = 0.0
@@ -144,6 +144,9 @@ class Roles:
         self._touched.add(server)
         self._wake.set()
         if parsed.kind is keys.Kind.SERVER:
+            # Its user may have been created since (`auth add-server` just before assigning it work):
+            # ask again on a change of its document (rare), not of its status (frequent).
+            self._unmanaged.discard(server)
             if entry is None:
                 self.listed.pop(server, None)
             else:
@@ -223,7 +226,9 @@ class Roles:
 
         found = await asyncio.gather(*(read(s) for s in ids))
         self.roles = {server: perms for server, perms in found if perms is not None}
-        self._unmanaged.clear()
+        # Servers known now without a user (or its role) are left alone until the next resync; one
+        # that appears later (a new server document) is asked about once (`_sync`).
+        self._unmanaged = (set(self.listed) | set(self.reported) | self._touched) - set(self.roles)
         if not self.active:
             self._say(logging.INFO, "Keeping server roles in step with server documents", servers=len(self.roles))
         self.active = True

@@ -260,3 +260,26 @@ async def test_auth_sync_replaces_the_prefix_wide_grants_of_before(root: dict[st
     }
     again = discoverd("auth", "sync", env=root)
     assert again.stdout == "Updated 0 server roles\n"
+
+
+async def test_a_server_added_while_the_controller_runs_follows_its_next_assignment(
+    root: dict[str, str], node: Node, tmp_path: Path
+) -> None:
+    prefix = node.prefix
+    sleeper(node, "web", "1.0")
+    sleeper(node, "db", "1.0")
+    node.instance("web", "a", "1.0")
+    node.instance("db", "b", "1.0")
+    node.server(("web", "a"))
+    log_path = tmp_path / "controller.log"
+    with controller(root, log_path):
+        wait_until(lambda: "Keeping server roles in step" in log_path.read_text(), 20, what="the first resync")
+        credentials = add_server(root, "node-1")  # after the controller looked for users
+        node.server(("web", "a"), ("db", "b"))
+        async with store_as(credentials) as store:
+            version = keys.version_config(prefix, "db", "1.0")
+            await async_wait_until(lambda: _readable(store, version), 10, interval=0.1, what="db granted")
+
+
+async def _readable(store: Any, key: str) -> bool:
+    return not await refused(lambda: store.get(key))
