@@ -62,6 +62,8 @@ DENIED_FIRST = 0.2
 """Seconds before reading a refused span again (the controller usually grants it within milliseconds)."""
 DENIED_MAX = 10.0
 """Longest wait between two reads of a refused span."""
+_DENIED_WARN = 3.0
+"""A span refused this long (about 6 s of tries) is worth a warning: nobody seems to grant it."""
 
 
 @dataclass(frozen=True, order=True)
@@ -211,8 +213,8 @@ class ScopedWatch:
     async def _read(self, todo: Sequence[Span], revision: int = 0) -> tuple[dict[str, Entry], int, list[Span]]:
         """Read `todo` at one revision: (entries, that revision, the spans etcd refused to read).
 
-        One request for all of them; when etcd refuses it, one per span, so that one refused span
-        does not hold up the others. The revision is 0 when nothing could be read."""
+        All of them in one go; when etcd refuses one, each again on its own, so that one refused
+        span does not hold up the others. The revision is 0 when nothing could be read."""
         if not todo:
             return {}, revision, []
         try:
@@ -237,9 +239,15 @@ class ScopedWatch:
         for span in refused:
             _, delay = self.denied.get(span, (0.0, 0.0))
             delay = min(DENIED_MAX, delay * 2) if delay else DENIED_FIRST
-            if span not in self.denied:
-                log.warning(
+            if span not in self.denied:  # usual for a moment: the controller grants it as we ask
+                log.info(
                     "Waiting for permission to read; etcd refused this server's user",
+                    extra=self._kv(key=span.key, retry_in=f"{delay:g}s"),
+                )
+            elif delay >= _DENIED_WARN > delay / 2:
+                log.warning(
+                    "Still refused permission to read: is a controller running as etcd's root user? "
+                    "(or run `discoverd auth sync`)",
                     extra=self._kv(key=span.key, retry_in=f"{delay:g}s"),
                 )
             self.denied[span] = (now + delay, delay)

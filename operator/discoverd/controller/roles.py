@@ -247,7 +247,8 @@ class Roles:
                     self._touched.add(server)
                     raise
 
-        failed = [e for e in await asyncio.gather(*(one(s) for s in servers), return_exceptions=True) if e]
+        results = await asyncio.gather(*(one(s) for s in servers), return_exceptions=True)
+        failed = [e for e in results if e is not None]
         if failed:
             raise failed[0]
 
