@@ -178,6 +178,11 @@ async def test_the_controller_grants_a_new_service_and_revokes_a_removed_instanc
         wait_until(lambda: node.process("db", "d1") not in (None, d1), 30, what="db/d1 restarted")
         wait_until(lambda: _running(node, "db", "d1") and node.status("db", "d1")["pid"] != d1[0], 30, what="status")
         assert agent.process is not None and agent.process.poll() is None
+        # Its lease can be revoked (etcd wants write on every key attached to it): its keys go at once.
+        assert agent.terminate() == 0
+        assert "Left the lease to expire" not in agent.log()
+        assert node.etcd.get(keys.agent_status(prefix, "node-1")) is None
+        assert node.status("db", "d1") is None
 
 
 async def test_a_refused_new_service_is_read_again_and_never_stops_the_others(
