@@ -122,8 +122,9 @@ class Agent:
 
     def _set_entries(self, entries: dict[str, Entry]) -> None:
         self.entries = entries
+        waiting = self.watch.waiting if self.watch is not None else frozenset()
         self.desired = desired_.resolve(
-            entries, self.etcd.prefix, self.options.server_id, self.desired.refs, self.desired.drain
+            entries, self.etcd.prefix, self.options.server_id, self.desired.refs, self.desired.drain, waiting
         )
         self._log_rejected()
         self._wake.set()

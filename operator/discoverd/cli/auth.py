@@ -2,8 +2,11 @@
 
 Run with etcd's root credentials (`--etcd-user root --etcd-password-file ...`).
 A server's agent gets a user that reads its own server document and the
-services' documents and writes only its own status: a compromised server can
-lie about its own instances, but cannot change what any server runs.
+documents of the services and instances it lists, and writes only its own
+status keys (`store/auth.py` `server_grants`): a compromised server can lie
+about its own instances, but cannot change what any server runs nor read what
+it does not run. The controller keeps the role in step as assignments change;
+`sync` does it once, for a fleet without one.
 Credentials are printed once, as `DISCOVERD_ETCD_USER=` and
 `DISCOVERD_ETCD_PASSWORD=` lines an agent's environment file takes as they
 are; etcd keeps only a hash.
@@ -15,9 +18,11 @@ import click
 
 from discoverd.cli import main
 from discoverd.config import EtcdOptions
+from discoverd.controller import roles
 from discoverd.schema import keys
 from discoverd.store import auth as auth_
 from discoverd.store import client
+from discoverd.store.documents import Store
 
 __all__ = ["auth"]
 
@@ -82,10 +87,41 @@ def add_server(ctx: click.Context, server_id: str) -> None:
     """Create server ID's etcd user (reads its configuration, writes only its status); prints it once."""
     options = main.etcd_options(ctx)
     role = auth_.server_role(options.prefix, server_id)
-    grants = auth_.server_grants(options.prefix, server_id)
-    password = main.run_async(_add_user(options, role, role, grants))
+    grants, password = main.run_async(_add_server(options, server_id))
     click.echo(f"user {role}: {_describe(grants)}", err=True)
     _print_credentials(role, password)
+
+
+async def _add_server(options: EtcdOptions, server_id: str) -> tuple[list[auth_.Grant], str]:
+    """Server `server_id`'s role, granted what its server document lists now, and its user; (grants, password)."""
+    c = await client.connect(options)
+    try:
+        role = auth_.server_role(options.prefix, server_id)
+        grants = await auth_.current_server_grants(Store(c), server_id)
+        await auth_.ensure_role(c, role, grants)
+        return grants, await auth_.add_user(c, role, role)
+    finally:
+        await c.close()
+
+
+@auth.command("sync")
+@click.pass_context
+def sync(ctx: click.Context) -> None:
+    """Bring every server's role in step with its server document now (what the controller does on its own)."""
+    options = main.etcd_options(ctx)
+
+    async def run() -> int | None:
+        store = Store(await client.connect(options))
+        try:
+            return await roles.sync_once(store)
+        finally:
+            await store.close()
+
+    changed = main.run_async(run())
+    if changed is None:
+        click.echo("warning: etcd does not check users: nothing to do", err=True)
+    else:
+        click.echo(f"Updated {changed} server role{'' if changed == 1 else 's'}")
 
 
 @auth.command("add-admin")
