@@ -207,6 +207,15 @@ class Client:
             response = await self.auth_stub.Authenticate(request, timeout=self.request_timeout, metadata=self.metadata)
             self.metadata = (_REQUIRE_LEADER, ("token", response.token))
 
+    async def use_credentials(self, user: str, password: str) -> None:
+        """Log in as `user` with `password` from now on, on the same channels: watches, leases and
+        requests in flight carry on (node identity hands the agent a new password before the old one
+        expires). StoreUnavailable if the active member refuses them."""
+        self._username, self._password = user, password
+        self.etcd_options = self.etcd_options.model_copy(update={"user": user, "password": password})
+        async with translated(self):
+            await self.reauthenticate()
+
     async def close(self) -> None:
         members, self._members = list(self._members.values()), {}
         self._connected = False
@@ -267,7 +276,9 @@ def describe_error(error: BaseException, options: EtcdOptions, endpoint: Endpoin
     return f"{where}: {details or error}"
 
 
-_RETRYABLE_AUTH = ("invalid auth token", "auth token is invalid")
+# "revision of auth store is old": any change to etcd's users or roles (a password rotated by node
+# identity, a role kept in step) makes every token issued before it stale; log in again and retry.
+_RETRYABLE_AUTH = ("invalid auth token", "auth token is invalid", "revision of auth store is old")
 _TOO_MANY_OPS = "too many operations in txn request"
 
 

@@ -1,0 +1,298 @@
+"""Node identity: the operator's credential endpoint against a real kube-apiserver (real TokenReview) and a
+real etcd with authentication on.
+
+Pods here are never run (no kubelet): they exist so the API server can bind
+tokens to them (TokenRequest with a bound Pod, as the kubelet asks for a
+projected volume) and so the operator can read them and their node. The
+agent's own client (agent/identity.py) asks, over HTTPS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from kubernetes import client as kclient
+
+from discoverd.agent import identity as agent_identity
+from discoverd.config import EtcdOptions
+from discoverd.embedded_etcd import EtcdServer, find_binary
+from discoverd.errors import StoreUnavailable
+from discoverd.operator import identity
+from discoverd.schema import documents, keys
+from discoverd.schema import identity as wire
+from discoverd.store import client as etcd_client
+from discoverd.store.documents import Store
+from kube.controlplane import ControlPlane
+
+ROOT_PASSWORD = "r00t-pw"
+AUDIENCE = "discoverd"
+LABELS = {"app.kubernetes.io/instance": "rel", "app.kubernetes.io/component": "agent"}
+
+
+@pytest.fixture(scope="module")
+def auth_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
+    etcd = EtcdServer(tmp_path_factory.mktemp("identity-etcd") / "data").start()
+    etcdctl = str(Path(find_binary()).with_name("etcdctl"))
+    try:
+        for args in (["user", "add", f"root:{ROOT_PASSWORD}"], ["auth", "enable"]):
+            subprocess.run([etcdctl, f"--endpoints={etcd.endpoint}", *args], check=True, capture_output=True)
+        yield etcd
+    finally:
+        etcd.stop()
+
+
+@dataclass
+class Cluster:
+    cp: ControlPlane
+    api: kclient.ApiClient
+    namespace: str
+    nodes: dict[str, str]
+    """node name -> uid"""
+
+    def token(self, service_account: str, pod: str | None, audience: str = AUDIENCE) -> str:
+        bound = ["--bound-object-kind", "Pod", "--bound-object-name", pod] if pod else []
+        args = ["create", "token", service_account, "-n", self.namespace, "--audience", audience, *bound]
+        return self.cp.kubectl_run(*args, "--duration=10m").stdout.strip()
+
+    def pod(self, name: str, node: str, service_account: str = "agent", labels: dict[str, str] = LABELS) -> None:
+        body = kclient.V1Pod(
+            metadata=kclient.V1ObjectMeta(name=name, labels=dict(labels)),
+            spec=kclient.V1PodSpec(
+                service_account_name=service_account,
+                node_name=node,
+                containers=[kclient.V1Container(name="agent", image="discoverd:test")],
+            ),
+        )
+        kclient.CoreV1Api(self.api).create_namespaced_pod(self.namespace, body)
+
+
+@pytest.fixture
+def cluster(control_plane: ControlPlane, kube_api: kclient.ApiClient, namespace: str) -> Iterator[Cluster]:
+    core = kclient.CoreV1Api(kube_api)
+    for sa in ("agent", "other"):
+        core.create_namespaced_service_account(
+            namespace, kclient.V1ServiceAccount(metadata=kclient.V1ObjectMeta(name=sa))
+        )
+    suffix = secrets.token_hex(3)
+    nodes: dict[str, str] = {}
+    for n in ("a", "b"):
+        name = f"node-{n}-{suffix}"
+        node = core.create_node(kclient.V1Node(metadata=kclient.V1ObjectMeta(name=name)))
+        nodes[name] = str(node.metadata.uid if node.metadata else "")
+    try:
+        yield Cluster(control_plane, kube_api, namespace, nodes)
+    finally:
+        for name in nodes:
+            core.delete_node(name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Endpoint:
+    url: str
+    ca_file: Path
+    verifier: identity.Verifier
+    root: EtcdOptions
+
+
+@pytest.fixture
+async def endpoint(cluster: Cluster, auth_etcd: EtcdServer, prefix: str, tmp_path: Path) -> AsyncIterator[Endpoint]:
+    """The operator's endpoint, served as `discoverd operator --identity-address` serves it."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert_file, key_file, ca_file = tmp_path / "tls.crt", tmp_path / "tls.key", tmp_path / "ca.crt"
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    ca.cert_pem.write_to_path(str(ca_file))
+    root = EtcdOptions(endpoints=auth_etcd.endpoint, prefix=prefix, user="root", password=ROOT_PASSWORD)
+    admin = await etcd_client.connect(root)
+    settings = identity.Settings(cluster.namespace, "agent", LABELS, AUDIENCE, ttl=120, min_interval=0)
+    verifier = identity.Verifier(cluster.api, admin, settings)
+    port = _free_port()
+    task = asyncio.create_task(identity.serve(f"127.0.0.1:{port}", cert_file, key_file, verifier))
+    url = f"https://127.0.0.1:{port}"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline and not task.done(), "the endpoint did not start"
+            await asyncio.sleep(0.05)
+    try:
+        yield Endpoint(url, ca_file, verifier, root)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await admin.close()
+
+
+async def _ask(endpoint: Endpoint, tmp_path: Path, token: str, server_id: str) -> documents.Document | object:
+    token_file = tmp_path / f"token-{secrets.token_hex(4)}"
+    token_file.write_text(token)
+    source = agent_identity.Source(endpoint.url, server_id, token_file, endpoint.ca_file)
+    try:
+        return await agent_identity.fetch(source)
+    except agent_identity.Refused as refused:
+        return refused
+
+
+def _status(phase: str) -> documents.InstanceStatus:
+    now = "2026-01-01T00:00:00Z"
+    return documents.InstanceStatus.model_validate({"phase": phase, "version": "1.0", "since": now, "updated_at": now})
+
+
+async def _as(endpoint: Endpoint, user: str, password: str) -> Store:
+    options = endpoint.root.model_copy(update={"user": user, "password": password})
+    return Store(await etcd_client.connect(options))
+
+
+async def test_agent_gets_credentials_for_its_own_server_only(
+    cluster: Cluster, endpoint: Endpoint, tmp_path: Path
+) -> None:
+    node = next(iter(cluster.nodes))
+    other = list(cluster.nodes)[1]
+    cluster.pod("agent-a", node)
+    answer = await _ask(endpoint, tmp_path, cluster.token("agent", "agent-a"), node)
+    assert isinstance(answer, wire.Credentials), answer
+    prefix = endpoint.root.prefix
+    store = await _as(endpoint, answer.user, answer.password)
+    try:
+        await store.put(keys.instance_status(prefix, node, "web", "i1"), _status("Running"))
+        for key in (
+            keys.instance_status(prefix, other, "web", "i1"),  # another server's status
+            keys.server_config(prefix, node),  # its own configuration
+            keys.instance_config(prefix, "web", "i1"),  # any configuration
+        ):
+            with pytest.raises(StoreUnavailable, match="permission denied"):
+                await store.put(key, _status("Running"))
+    finally:
+        await store.close()
+    # Asking again rotates the password: the earlier one no longer logs in.
+    again = await _ask(endpoint, tmp_path, cluster.token("agent", "agent-a"), node)
+    assert isinstance(again, wire.Credentials) and again.password != answer.password
+    with pytest.raises(StoreUnavailable, match="authentication failed"):
+        await (await _as(endpoint, answer.user, answer.password)).close()
+
+
+async def test_agent_on_another_node_is_refused_with_the_reason(
+    cluster: Cluster, endpoint: Endpoint, tmp_path: Path
+) -> None:
+    node, other = list(cluster.nodes)
+    cluster.pod("agent-a", node)
+    answer = await _ask(endpoint, tmp_path, cluster.token("agent", "agent-a"), other)
+    assert isinstance(answer, agent_identity.Refused)
+    assert f"runs on node {node!r}, not on server {other!r}" in str(answer)
+    events = kclient.CoreV1Api(cluster.api).list_namespaced_event(cluster.namespace).items
+    assert any(e.reason == "CredentialsRefused" and e.involved_object.name == "agent-a" for e in events)
+
+
+async def test_token_of_another_service_account_is_refused(
+    cluster: Cluster, endpoint: Endpoint, tmp_path: Path
+) -> None:
+    node = next(iter(cluster.nodes))
+    cluster.pod("intruder", node, service_account="other")
+    answer = await _ask(endpoint, tmp_path, cluster.token("other", "intruder"), node)
+    assert isinstance(answer, agent_identity.Refused)
+    assert "not of the agents' ServiceAccount" in str(answer)
+
+
+async def test_pod_without_the_agent_labels_is_refused(cluster: Cluster, endpoint: Endpoint, tmp_path: Path) -> None:
+    node = next(iter(cluster.nodes))
+    cluster.pod("lookalike", node, labels={"app.kubernetes.io/component": "agent"})
+    answer = await _ask(endpoint, tmp_path, cluster.token("agent", "lookalike"), node)
+    assert isinstance(answer, agent_identity.Refused)
+    assert "is not an agent pod of this release" in str(answer)
+
+
+async def test_token_for_another_audience_is_refused(cluster: Cluster, endpoint: Endpoint, tmp_path: Path) -> None:
+    node = next(iter(cluster.nodes))
+    cluster.pod("agent-a", node)
+    answer = await _ask(
+        endpoint, tmp_path, cluster.token("agent", "agent-a", audience="https://kubernetes.default.svc"), node
+    )
+    assert isinstance(answer, agent_identity.Refused)
+    assert f"not valid for audience {AUDIENCE!r}" in str(answer)
+
+
+async def test_token_not_bound_to_a_pod_is_refused(cluster: Cluster, endpoint: Endpoint, tmp_path: Path) -> None:
+    node = next(iter(cluster.nodes))
+    answer = await _ask(endpoint, tmp_path, cluster.token("agent", None), node)
+    assert isinstance(answer, agent_identity.Refused)
+    assert "not bound to a pod" in str(answer)
+
+
+async def test_token_of_a_deleted_pod_is_refused(cluster: Cluster, endpoint: Endpoint, tmp_path: Path) -> None:
+    node = next(iter(cluster.nodes))
+    cluster.pod("agent-a", node)
+    token = cluster.token("agent", "agent-a")
+    kclient.CoreV1Api(cluster.api).delete_namespaced_pod("agent-a", cluster.namespace, grace_period_seconds=0)
+    answer = await _ask(endpoint, tmp_path, token, node)
+    assert isinstance(answer, agent_identity.Refused)
+    assert "not valid for audience" in str(answer) or "no longer exists" in str(answer)
+
+
+async def test_garbage_token_is_refused(cluster: Cluster, endpoint: Endpoint, tmp_path: Path) -> None:
+    answer = await _ask(endpoint, tmp_path, "not-a-token", next(iter(cluster.nodes)))
+    assert isinstance(answer, agent_identity.Refused)
+    assert "(401)" in str(answer) and "not valid" in str(answer)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _resigned(cp: ControlPlane, token: str, shift: int) -> str:
+    """`token` with its times moved `shift` seconds, signed again with the API server's own key."""
+    header, payload, _ = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    for name in ("exp", "iat", "nbf"):
+        claims[name] += shift
+    signed = f"{header}.{_b64(json.dumps(claims).encode())}"
+    key = serialization.load_pem_private_key((cp.dir / "pki" / "sa.key").read_bytes(), password=None)
+    if isinstance(key, rsa.RSAPrivateKey):  # RS256
+        return f"{signed}.{_b64(key.sign(signed.encode(), padding.PKCS1v15(), hashes.SHA256()))}"
+    assert isinstance(key, ec.EllipticCurvePrivateKey)  # ES256: r and s, 32 bytes each, not DER
+    r, s = utils.decode_dss_signature(key.sign(signed.encode(), ec.ECDSA(hashes.SHA256())))
+    return f"{signed}.{_b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+
+async def test_expired_token_is_refused(cluster: Cluster, endpoint: Endpoint, tmp_path: Path) -> None:
+    node = next(iter(cluster.nodes))
+    cluster.pod("agent-a", node)
+    valid = cluster.token("agent", "agent-a")
+    # The re-signing itself is right: the same claims re-signed with unchanged times are accepted.
+    accepted = await _ask(endpoint, tmp_path, _resigned(cluster.cp, valid, 0), node)
+    assert isinstance(accepted, wire.Credentials), accepted
+    answer = await _ask(endpoint, tmp_path, _resigned(cluster.cp, valid, -7200), node)
+    assert isinstance(answer, agent_identity.Refused)
+    assert "(401)" in str(answer) and "expired" in str(answer)
+
+
+async def test_unrenewed_password_expires(cluster: Cluster, endpoint: Endpoint, tmp_path: Path) -> None:
+    node = next(iter(cluster.nodes))
+    cluster.pod("agent-a", node)
+    answer = await _ask(endpoint, tmp_path, cluster.token("agent", "agent-a"), node)
+    assert isinstance(answer, wire.Credentials)
+    endpoint.verifier._deadlines[node] = time.monotonic() - 1  # as if its ttl had run out
+    await endpoint.verifier.sweep()
+    with pytest.raises(StoreUnavailable, match="authentication failed"):
+        await (await _as(endpoint, answer.user, answer.password)).close()
