@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import dataclasses
 import json
+import os
 import secrets
+import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import trustme
@@ -37,6 +43,7 @@ from discoverd.store import client as etcd_client
 from discoverd.store.documents import Store
 from kube.controlplane import ControlPlane
 
+T = TypeVar("T")
 ROOT_PASSWORD = "r00t-pw"
 AUDIENCE = "discoverd"
 LABELS = {"app.kubernetes.io/instance": "rel", "app.kubernetes.io/component": "agent"}
@@ -296,3 +303,98 @@ async def test_unrenewed_password_expires(cluster: Cluster, endpoint: Endpoint, 
     await endpoint.verifier.sweep()
     with pytest.raises(StoreUnavailable, match="authentication failed"):
         await (await _as(endpoint, answer.user, answer.password)).close()
+
+
+# --- the agent's side: a real `discoverd agent` that holds nothing but its pod's token ---------------
+
+DISCOVERD = str(Path(sys.executable).parent / "discoverd")
+SLEEP = {"command": sys.executable, "argv": ["-c", "import time\nwhile True: time.sleep(3600)"]}
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except FileNotFoundError:
+        return None
+
+
+async def _running(admin: Store, server: str, instance: str) -> tuple[int, int] | None:
+    entry = await admin.get(keys.instance_status(admin.prefix, server, "web", instance))
+    doc = entry.document if entry is not None else None
+    if not isinstance(doc, documents.InstanceStatus) or doc.phase != "Running" or not doc.pid:
+        return None
+    start = _start_time(doc.pid)
+    return (doc.pid, start) if start is not None else None
+
+
+async def _until(what: str, check: Callable[[], Awaitable[T | None]], timeout: float = 60) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+async def test_agent_renews_its_credentials_without_restarting_instances(
+    cluster: Cluster, endpoint: Endpoint, tmp_path: Path
+) -> None:
+    node = next(iter(cluster.nodes))
+    cluster.pod("agent-a", node)
+    token_file = tmp_path / "token"
+    token_file.write_text(cluster.token("agent", "agent-a"))
+    admin = Store(await etcd_client.connect(endpoint.root))
+    prefix = endpoint.root.prefix
+    endpoint.verifier.settings = dataclasses.replace(endpoint.verifier.settings, ttl=4)  # renewed every 2 s
+    await admin.put(keys.version_config(prefix, "web", "1.0"), documents.Version.model_validate(
+        {"name": "web", "run_script": SLEEP, "min_healthy_seconds": 0}
+    ))  # fmt: skip
+    for i in ("i1", "i2"):
+        await admin.put(keys.instance_config(prefix, "web", i), documents.Instance.model_validate(
+            {"name": "web", "service_version": "1.0"}
+        ))  # fmt: skip
+    await admin.put(keys.server_config(prefix, node), documents.Server.model_validate(
+        {"service_instances": [{"name": "web", "id": "i1"}]}
+    ))  # fmt: skip
+    log_path = tmp_path / "agent.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISCOVERD_")}
+    argv = [
+        DISCOVERD, "--etcd-endpoints", endpoint.root.describe(), "--prefix", prefix, "agent",
+        "--server-id", node, "--state-dir", str(tmp_path / "state"), "--cgroups", "none", "--metrics-address", "",
+        "--identity-url", endpoint.url, "--identity-token-file", str(token_file),
+        "--identity-ca-file", str(endpoint.ca_file),
+    ]  # fmt: skip
+    agent = _spawn(argv, env, log_path)
+    pids: list[int] = []
+    try:
+        before = await _until("i1 running", lambda: _running(admin, node, "i1"))
+        pids.append(before[0])
+        await _until("two renewals", lambda: _renewals(log_path, 2), timeout=30)
+        # Still reading and writing with the renewed password: a new instance is started and reported.
+        await admin.put(keys.server_config(prefix, node), documents.Server.model_validate(
+            {"service_instances": [{"name": "web", "id": "i1"}, {"name": "web", "id": "i2"}]}
+        ))  # fmt: skip
+        pids.append((await _until("i2 running", lambda: _running(admin, node, "i2")))[0])
+        assert await _running(admin, node, "i1") == before, "i1 was restarted"
+        assert agent.poll() is None, "the agent exited"
+    finally:
+        agent.terminate()
+        agent.wait(timeout=20)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        await admin.close()
+
+
+def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env)
+
+
+def _count(log_path: Path, text: str) -> int:
+    return log_path.read_text(errors="replace").count(text)
+
+
+async def _renewals(log_path: Path, count: int) -> bool:
+    return _count(log_path, "Renewed node credentials") >= count

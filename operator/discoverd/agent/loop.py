@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from discoverd import logs, metrics
-from discoverd.agent import cgroups, model, plan, scope, status, steps, tasks
+from discoverd.agent import cgroups, identity, model, plan, scope, status, steps, tasks
 from discoverd.agent import desired as desired_
 from discoverd.agent import executor as executor_
 from discoverd.agent import layout as layout_
@@ -64,6 +64,9 @@ class Options:
     """`host:port` of /metrics, /healthz and /readyz; "" serves none."""
     more_metrics: tuple[metrics.CollectorRegistry, ...] = ()
     """Registries served on the same endpoint (`discoverd up`: its controller's)."""
+    identity: identity.Source | None = None
+    """Node identity: get this server's etcd credentials from the operator (and renew them) instead of
+    using the ones in the etcd options."""
 
 
 class Agent:
@@ -92,17 +95,27 @@ class Agent:
         self.writer: status.Writer | None = None
         self.watch: scope.ScopedWatch | None = None
         self._rejected: set[tuple[model.Ref | None, str]] = set()
+        self.renewer = identity.Renewer(options.identity) if options.identity is not None else None
 
     def _kv(self, **more: object) -> dict[str, object]:
         return logs.kv(server=self.options.server_id, **more)
+
+    async def _etcd_options(self) -> EtcdOptions:
+        """The etcd options, with this server's own credentials when they come from the operator."""
+        if self.renewer is None:
+            return self.etcd
+        credentials = self.renewer.current or await self.renewer.first()
+        return self.etcd.model_copy(update={"user": credentials.user, "password": credentials.password})
 
     async def _connect(self) -> Store:
         delay = 0.5
         while True:
             try:
-                return Store(await client.connect(self.etcd))
+                return Store(await client.connect(await self._etcd_options()))
             except StoreUnavailable as error:
                 log.warning("Failed to connect to etcd", extra=self._kv(reason=str(error), retry_in=f"{delay:g}s"))
+                if self.renewer is not None and "authentication failed" in str(error):
+                    self.renewer.current = None  # expired while etcd was away: ask the operator again
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -138,10 +151,20 @@ class Agent:
                 self.store, self.options.server_id, self._set_entries, on_lost=self.metrics.etcd_reconnects.inc
             )
         context = {"server": self.options.server_id}
-        await asyncio.gather(
+        jobs = [
             tasks.supervise("status writer", self.writer.run, context=context),
             tasks.supervise("etcd watch", self.watch.run, context=context),
-        )
+        ]
+        if self.renewer is not None:
+            jobs.append(tasks.supervise("node credentials", self._renew, context=context))
+        await asyncio.gather(*jobs)
+
+    async def _renew(self) -> None:
+        """Swap in new credentials before the current ones expire: same client, watch, lease and instances."""
+        assert self.renewer is not None and self.store is not None
+        while True:
+            credentials = await self.renewer.next()
+            await self.store.client.use_credentials(credentials.user, credentials.password)
 
     # reconcile
 

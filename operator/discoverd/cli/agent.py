@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from discoverd.agent import cgroups, loop, model, steps
+from discoverd.agent import cgroups, identity, loop, model, steps
 from discoverd.cli import main
 from discoverd.schema import keys
 
@@ -111,6 +111,27 @@ def _cgroup_root(ctx: click.Context, param: click.Parameter, value: str) -> str:
     callback=main.metrics_address,
     help='HOST:PORT serving /metrics, /healthz and /readyz ("" serves none).',
 )
+@click.option(
+    "--identity-url",
+    default="",
+    envvar="DISCOVERD_IDENTITY_URL",
+    help="Node identity: get this server's etcd credentials from the operator at this https:// URL "
+    "(instead of --etcd-user/--etcd-password), proving who it is with --identity-token-file.",
+)
+@click.option(
+    "--identity-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("/var/run/secrets/discoverd/token"),
+    show_default=True,
+    envvar="DISCOVERD_IDENTITY_TOKEN_FILE",
+    help="The projected, audience-bound ServiceAccount token the kubelet keeps for this pod.",
+)
+@click.option(
+    "--identity-ca-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="DISCOVERD_IDENTITY_CA_FILE",
+    help="The CA certificate the operator's endpoint certificate must be signed by.",
+)
 @click.option("--stop-instances-on-exit", is_flag=True, help="Stop every instance when the agent exits.")
 @click.option("--lease-ttl", type=click.IntRange(min=2), default=15, show_default=True, help="Seconds.")
 @click.option(
@@ -134,6 +155,9 @@ def agent(
     script_log_keep: int,
     script_log_check_interval: float,
     metrics_address: str,
+    identity_url: str,
+    identity_token_file: Path,
+    identity_ca_file: Path | None,
     stop_instances_on_exit: bool,
     lease_ttl: int,
     backoff_base: float,
@@ -143,6 +167,16 @@ def agent(
         placement = cgroups.choose(cgroups_mode, cgroup_root, host_pid if host_namespaces else None)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--cgroups") from None
+    etcd = main.etcd_options(ctx)
+    source = None
+    if identity_url:
+        if etcd.user is not None:
+            raise main.fail("--identity-url gets this server's etcd credentials: give no --etcd-user/--etcd-password")
+        source = identity.Source(identity_url, server_id, identity_token_file, identity_ca_file)
+        try:
+            source.check()
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--identity-url") from None
     options = loop.Options(
         server_id=server_id,
         state_dir=state_dir,
@@ -154,5 +188,6 @@ def agent(
         placement=placement,
         script_logs=steps.LogLimit(script_log_max_bytes, script_log_keep, script_log_check_interval),
         metrics_address=metrics_address,
+        identity=source,
     )
-    main.run_async(run_until_signal(loop.Agent(main.etcd_options(ctx), options)))
+    main.run_async(run_until_signal(loop.Agent(etcd, options)))
