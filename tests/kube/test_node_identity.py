@@ -337,16 +337,37 @@ async def _until(what: str, check: Callable[[], Awaitable[T | None]], timeout: f
         await asyncio.sleep(0.2)
 
 
-async def test_agent_renews_its_credentials_without_restarting_instances(
-    cluster: Cluster, endpoint: Endpoint, tmp_path: Path
-) -> None:
+@dataclass
+class RunningAgent:
+    node: str
+    admin: Store
+    token_file: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    pids: list[int]
+
+    async def assign(self, *instances: str) -> None:
+        doc = documents.Server.model_validate({"service_instances": [{"name": "web", "id": i} for i in instances]})
+        await self.admin.put(keys.server_config(self.admin.prefix, self.node), doc)
+
+    async def running(self, instance: str, timeout: float = 60) -> tuple[int, int]:
+        found = await _until(f"{instance} running", lambda: _running(self.admin, self.node, instance), timeout)
+        self.pids.append(found[0])
+        return found
+
+    def renewals(self) -> int:
+        return _count(self.log_path, "Renewed node credentials")
+
+
+@contextlib.asynccontextmanager
+async def _agent(cluster: Cluster, endpoint: Endpoint, tmp_path: Path) -> AsyncIterator[RunningAgent]:
+    """A real agent for server = the first node, in pod agent-a, assigned web/i1 (i2 configured, not assigned)."""
     node = next(iter(cluster.nodes))
     cluster.pod("agent-a", node)
     token_file = tmp_path / "token"
     token_file.write_text(cluster.token("agent", "agent-a"))
     admin = Store(await etcd_client.connect(endpoint.root))
     prefix = endpoint.root.prefix
-    endpoint.verifier.settings = dataclasses.replace(endpoint.verifier.settings, ttl=4)  # renewed every 2 s
     await admin.put(keys.version_config(prefix, "web", "1.0"), documents.Version.model_validate(
         {"name": "web", "run_script": SLEEP, "min_healthy_seconds": 0}
     ))  # fmt: skip
@@ -354,37 +375,57 @@ async def test_agent_renews_its_credentials_without_restarting_instances(
         await admin.put(keys.instance_config(prefix, "web", i), documents.Instance.model_validate(
             {"name": "web", "service_version": "1.0"}
         ))  # fmt: skip
-    await admin.put(keys.server_config(prefix, node), documents.Server.model_validate(
-        {"service_instances": [{"name": "web", "id": "i1"}]}
-    ))  # fmt: skip
     log_path = tmp_path / "agent.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DISCOVERD_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DISCOVERD_")}  # no etcd user of its own
     argv = [
         DISCOVERD, "--etcd-endpoints", endpoint.root.describe(), "--prefix", prefix, "agent",
         "--server-id", node, "--state-dir", str(tmp_path / "state"), "--cgroups", "none", "--metrics-address", "",
         "--identity-url", endpoint.url, "--identity-token-file", str(token_file),
         "--identity-ca-file", str(endpoint.ca_file),
     ]  # fmt: skip
-    agent = _spawn(argv, env, log_path)
-    pids: list[int] = []
+    agent = RunningAgent(node, admin, token_file, log_path, _spawn(argv, env, log_path), [])
     try:
-        before = await _until("i1 running", lambda: _running(admin, node, "i1"))
-        pids.append(before[0])
-        await _until("two renewals", lambda: _renewals(log_path, 2), timeout=30)
-        # Still reading and writing with the renewed password: a new instance is started and reported.
-        await admin.put(keys.server_config(prefix, node), documents.Server.model_validate(
-            {"service_instances": [{"name": "web", "id": "i1"}, {"name": "web", "id": "i2"}]}
-        ))  # fmt: skip
-        pids.append((await _until("i2 running", lambda: _running(admin, node, "i2")))[0])
-        assert await _running(admin, node, "i1") == before, "i1 was restarted"
-        assert agent.poll() is None, "the agent exited"
+        await agent.assign("i1")
+        yield agent
+        assert agent.process.poll() is None, "the agent exited"
     finally:
-        agent.terminate()
-        agent.wait(timeout=20)
-        for pid in pids:
+        agent.process.terminate()
+        agent.process.wait(timeout=20)
+        for pid in agent.pids:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
         await admin.close()
+
+
+async def test_agent_renews_its_credentials_without_restarting_instances(
+    cluster: Cluster, endpoint: Endpoint, tmp_path: Path
+) -> None:
+    endpoint.verifier.settings = dataclasses.replace(endpoint.verifier.settings, ttl=4)  # renewed every 2 s
+    async with _agent(cluster, endpoint, tmp_path) as agent:
+        before = await agent.running("i1")
+        await _until("two renewals", lambda: _at_least(agent.renewals, 2), timeout=30)
+        # Still reading and writing with the renewed password: a new instance is started and reported.
+        await agent.assign("i1", "i2")
+        await agent.running("i2")
+        assert await _running(agent.admin, agent.node, "i1") == before, "i1 was restarted"
+
+
+async def test_agent_asks_again_at_once_when_its_password_was_replaced(
+    cluster: Cluster, endpoint: Endpoint, tmp_path: Path
+) -> None:
+    async with _agent(cluster, endpoint, tmp_path) as agent:  # ttl 120 s: not due for a minute
+        before = await agent.running("i1")
+        # Someone with the pod's token (root on its node) asks too: the agent's password is replaced.
+        stolen = await _ask(endpoint, tmp_path, agent.token_file.read_text(), agent.node)
+        assert isinstance(stolen, wire.Credentials)
+        await agent.assign("i1", "i2")
+        await agent.running("i2", timeout=30)
+        assert agent.renewals() >= 1
+        assert await _running(agent.admin, agent.node, "i1") == before, "i1 was restarted"
+
+
+async def _at_least(count: Callable[[], int], wanted: int) -> bool:
+    return count() >= wanted
 
 
 def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -394,7 +435,3 @@ def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.P
 
 def _count(log_path: Path, text: str) -> int:
     return log_path.read_text(errors="replace").count(text)
-
-
-async def _renewals(log_path: Path, count: int) -> bool:
-    return _count(log_path, "Renewed node credentials") >= count

@@ -17,6 +17,7 @@ thread, keeps aiohttp out of the agent's memory.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import logging
 import random
@@ -126,6 +127,11 @@ class Renewer:
         self.current: wire.Credentials | None = None
         self.renew_at = 0.0
         self.renewals = 0
+        self._refused = asyncio.Event()
+
+    def refused(self) -> None:
+        """etcd refused the current password (replaced meanwhile, or expired): renew now, not when due."""
+        self._refused.set()
 
     async def first(self) -> wire.Credentials:
         return self._take(await fetch_with_retry(self.source))
@@ -136,9 +142,15 @@ class Renewer:
         return credentials
 
     async def next(self) -> wire.Credentials:
-        """Wait until the current credentials are due, then new ones (asked until given)."""
-        await asyncio.sleep(max(0.0, self.renew_at - time.monotonic()))
+        """Wait until the current credentials are due or refused, then new ones (asked until given)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._refused.wait(), max(0.0, self.renew_at - time.monotonic()))
+        why = "refused" if self._refused.is_set() else "due"
+        self._refused.clear()
         credentials = self._take(await fetch_with_retry(self.source))
         self.renewals += 1
-        log.info("Renewed node credentials", extra=logs.kv(server=self.source.server_id, user=credentials.user))
+        log.info(
+            "Renewed node credentials",
+            extra=logs.kv(server=self.source.server_id, user=credentials.user, because=why),
+        )
         return credentials

@@ -144,6 +144,8 @@ class Agent:
         """Connect once; then the status writer and the watch, each restarted if it crashes."""
         if self.store is None:
             self.store = await self._connect()
+            if self.renewer is not None:
+                self.store.client.on_refused = self.renewer.refused
         if self.writer is None:
             self.writer = status.Writer(self.store, self.options.server_id, self.options.lease_ttl)
         if self.watch is None:

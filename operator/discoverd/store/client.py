@@ -102,6 +102,8 @@ class Client:
         self._lock = asyncio.Lock()
         self._connected = False
         self.metadata: tuple[tuple[str, str], ...] = (_REQUIRE_LEADER,)
+        self.on_refused: Callable[[], None] | None = None
+        """Called when etcd refuses the password while logging in again (node identity asks for a new one)."""
         self._stubs(None)
 
     def _stubs(self, channel: grpc.aio.Channel | None) -> None:
@@ -204,7 +206,14 @@ class Client:
         """etcd's auth tokens expire (5 min by default); get a new one from the active member."""
         if self._username is not None and self._password is not None and self.channel is not None:
             request = rpc.AuthenticateRequest(name=self._username, password=self._password)
-            response = await self.auth_stub.Authenticate(request, timeout=self.request_timeout, metadata=self.metadata)
+            try:
+                response = await self.auth_stub.Authenticate(
+                    request, timeout=self.request_timeout, metadata=self.metadata
+                )
+            except grpc.aio.AioRpcError as error:
+                if self.on_refused is not None and "authentication failed" in (error.details() or "").lower():
+                    self.on_refused()
+                raise
             self.metadata = (_REQUIRE_LEADER, ("token", response.token))
 
     async def use_credentials(self, user: str, password: str) -> None:
