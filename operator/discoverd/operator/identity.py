@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import urllib3.exceptions
 from aiohttp import web
 from kubernetes import client as kclient
 from kubernetes.client.exceptions import ApiException
@@ -111,7 +112,7 @@ class Verifier:
             if error.status == 404:
                 return None
             raise Refused(f"the Kubernetes API answered {error.status} {error.reason}", 503) from None
-        except OSError as error:  # urllib3 errors are OSErrors: the API server is unreachable
+        except (OSError, urllib3.exceptions.HTTPError) as error:  # the API server is unreachable
             raise Refused(f"the Kubernetes API is unreachable: {error}", 503) from None
 
     async def identify(self, token: str, server_id: str) -> str:
