@@ -60,6 +60,9 @@ _NODE_NAME = "authentication.kubernetes.io/node-name"
 _NODE_UID = "authentication.kubernetes.io/node-uid"
 _MAX_BODY = 4096
 _SWEEP_EVERY = 15.0
+_MAX_IN_FLIGHT = 8
+"""Requests checked at once; more are answered 503 at once (anyone who reaches the port can send a
+token, and each costs a TokenReview and two reads of the API server)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class Verifier:
     api: kclient.ApiClient
     etcd: etcd_client.Client
     settings: Settings
+    _reviews: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(_MAX_IN_FLIGHT))
     _deadlines: dict[str, float] = field(default_factory=dict)
     _last: dict[str, float] = field(default_factory=dict)
     _locks: dict[str, asyncio.Lock] = field(default_factory=dict)
@@ -169,7 +173,10 @@ class Verifier:
 
     async def issue(self, token: str, server_id: str) -> tuple[str, wire.Credentials]:
         """Identify the caller, then rotate and return its server's credentials."""
-        pod = await self.identify(token, server_id)
+        if self._reviews.locked():
+            raise Refused(f"{_MAX_IN_FLIGHT} requests are being checked already: retry later", 503)
+        async with self._reviews:
+            pod = await self.identify(token, server_id)
         lock = self._locks.setdefault(server_id, asyncio.Lock())
         async with lock:
             wait = self._last.get(server_id, -1e9) + self.settings.min_interval - time.monotonic()
