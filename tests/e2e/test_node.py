@@ -23,6 +23,7 @@ machines refuses nsenter (docs/control-plane.md).
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shlex
@@ -435,6 +436,23 @@ def test_3_patching_the_instance_version_upgrades_it(node: Node, release: Releas
     assert after != before
     assert (node.work / "out" / "hostname-2.0").read_text().strip() == socket.gethostname()
     assert _start_time(before[0]) != before[1], "the 1.0 process still runs after the upgrade"
+    # The rollout controller (in the operator, as etcd's root from the generated Secret) still leads.
+    assert _controller_leader(node, release) is not None
+
+
+def _controller_leader(node: Node, release: Release) -> object:
+    secret = node.kubectl_json("-n", NAMESPACE, "get", "secret", f"{RELEASE}-discoverd-etcd-root")
+    password = base64.b64decode(secret["data"]["password"]).decode()
+    options = EtcdOptions(endpoints=f"http://127.0.0.1:{release.etcd_ports[0]}", user="root", password=password)
+
+    async def read() -> object:
+        store = Store(await client.connect(options))
+        try:
+            return await store.get(keys.controller_leader(store.prefix))
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
 
 
 def test_4_instance_outlives_agent_pod_deletion_and_daemonset_update(node: Node, release: Release) -> None:
