@@ -156,6 +156,10 @@ def test_bundled_etcd_has_a_generated_root_password_and_a_network_policy() -> No
         for o in chart.render("etcd.server.enabled=true", "etcd.server.networkPolicy.enabled=false")
         if o["kind"] == "NetworkPolicy"
     ]
+    # Host-network agents come from their node's address: extraFrom admits it.
+    nodes = "etcd.server.networkPolicy.extraFrom[0].ipBlock.cidr=10.1.0.0/24"
+    policy = chart.find(chart.render("etcd.server.enabled=true", nodes), "NetworkPolicy")
+    assert policy["spec"]["ingress"][0]["from"][1] == {"ipBlock": {"cidr": "10.1.0.0/24"}}
 
 
 def _secret(cp: ControlPlane, namespace: str, name: str) -> dict[str, str]:
