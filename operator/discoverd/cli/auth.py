@@ -14,11 +14,16 @@ are; etcd keeps only a hash.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from pathlib import Path
+
 import click
 
 from discoverd.cli import main
 from discoverd.config import EtcdOptions
 from discoverd.controller import roles
+from discoverd.errors import StoreUnavailable
 from discoverd.schema import keys
 from discoverd.store import auth as auth_
 from discoverd.store import client
@@ -41,6 +46,61 @@ def _describe(grants: list[auth_.Grant]) -> str:
 @click.group()
 def auth() -> None:
     """Create etcd roles and users for discoverd (needs etcd's root credentials)."""
+
+
+@auth.command()
+@click.option(
+    "--root-password-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    envvar="DISCOVERD_ETCD_ROOT_PASSWORD_FILE",
+    help="File holding the password to give etcd's root user.",
+)
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=120,
+    show_default=True,
+    help="Seconds to wait for etcd to answer.",
+)
+@click.pass_context
+def enable(ctx: click.Context, root_password_file: Path, wait: float) -> None:
+    """Turn etcd's authentication on, with a root user of the given password (nothing if already on).
+
+    Connects without credentials (etcd accepts none while authentication is off). The Helm chart runs
+    it before its operator starts, for the etcd it bundles (etcd.server.enabled).
+    """
+    options = main.etcd_options(ctx).model_copy(update={"user": None, "password": None})
+    try:
+        password = root_password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as error:
+        raise main.fail(f"--root-password-file: cannot read {root_password_file}: {error.strerror}") from None
+    if not password:
+        raise main.fail(f"--root-password-file: {root_password_file} is empty")
+
+    async def run() -> bool:
+        deadline = time.monotonic() + wait
+        while True:  # the chart starts etcd and the operator (this, its init container) together
+            try:
+                c = await client.connect(options)
+                break
+            except StoreUnavailable as error:
+                if "unreachable" not in str(error) or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(1)
+        try:
+            return await auth_.enable(c, password)
+        except StoreUnavailable as error:
+            if "authentication is enabled" in str(error):  # etcd answers a client with no user so once it is on
+                return False
+            raise
+        finally:
+            await c.close()
+
+    if main.run_async(run()):
+        click.echo("etcd authentication enabled: user root")
+    else:
+        click.echo("etcd authentication was already enabled: nothing changed")
 
 
 @auth.command()

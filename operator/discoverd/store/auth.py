@@ -50,14 +50,17 @@ __all__ = [
     "admin_role",
     "assigned",
     "current_server_grants",
+    "enable",
     "enabled",
     "ensure_role",
     "grant",
     "has_user",
+    "issue_server_credentials",
     "logs_grants",
     "logs_role",
     "revoke",
     "role_permissions",
+    "rotate_password",
     "server_grants",
     "server_ids",
     "server_role",
@@ -286,3 +289,51 @@ async def add_user(c: client_.Client, name: str, role: str) -> str:
     grant = rpc.AuthUserGrantRoleRequest(user=name, role=role)
     await client_.call(c, lambda: c.auth_stub.UserGrantRole(grant, timeout=c.request_timeout, metadata=c.metadata))
     return password
+
+
+async def rotate_password(c: client_.Client, name: str) -> str:
+    """Give user `name` a new random password; the password. The old one stops working at once."""
+    password = secrets.token_urlsafe(24)
+    request = rpc.AuthUserChangePasswordRequest(name=name, password=password)
+    await client_.call(
+        c, lambda: c.auth_stub.UserChangePassword(request, timeout=c.request_timeout, metadata=c.metadata)
+    )
+    return password
+
+
+async def issue_server_credentials(c: client_.Client, prefix: str, server_id: str) -> tuple[str, str]:
+    """Server `server_id`'s etcd user and a fresh password: what `discoverd auth add-server` creates
+    (its role, grants and user), or, when the user exists, the same user with a new password.
+
+    Node identity (operator/identity.py) calls it each time an agent proves who it is, so every
+    issue rotates the password and whatever copy an earlier holder kept stops working.
+    """
+    role = server_role(prefix, server_id)
+    # The grants of its server document as it is now (the controller keeps them in step from here on).
+    await ensure_role(c, role, await current_server_grants(Store(c), server_id))
+    try:
+        return role, await add_user(c, role, role)
+    except UserExists:
+        return role, await rotate_password(c, role)
+
+
+async def enable(c: client_.Client, root_password: str) -> bool:
+    """Add etcd's root user with `root_password` and turn authentication on, unless it is on already
+    (then nothing changes); whether it did. `c` needs no credentials while authentication is off."""
+    if await enabled(c):
+        return False
+    add = rpc.AuthUserAddRequest(name="root", password=root_password)
+    try:
+        await client_.call(c, lambda: c.auth_stub.UserAdd(add, timeout=c.request_timeout, metadata=c.metadata))
+    except StoreUnavailable as error:
+        if not _exists(error):
+            raise
+        change = rpc.AuthUserChangePasswordRequest(name="root", password=root_password)
+        await client_.call(
+            c, lambda: c.auth_stub.UserChangePassword(change, timeout=c.request_timeout, metadata=c.metadata)
+        )
+    grant = rpc.AuthUserGrantRoleRequest(user="root", role="root")
+    await client_.call(c, lambda: c.auth_stub.UserGrantRole(grant, timeout=c.request_timeout, metadata=c.metadata))
+    on = rpc.AuthEnableRequest()
+    await client_.call(c, lambda: c.auth_stub.AuthEnable(on, timeout=c.request_timeout, metadata=c.metadata))
+    return True

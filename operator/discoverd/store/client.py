@@ -102,6 +102,8 @@ class Client:
         self._lock = asyncio.Lock()
         self._connected = False
         self.metadata: tuple[tuple[str, str], ...] = (_REQUIRE_LEADER,)
+        self.on_refused: Callable[[], None] | None = None
+        """Called when etcd refuses the password while logging in again (node identity asks for a new one)."""
         self._stubs(None)
 
     def _stubs(self, channel: grpc.aio.Channel | None) -> None:
@@ -204,8 +206,24 @@ class Client:
         """etcd's auth tokens expire (5 min by default); get a new one from the active member."""
         if self._username is not None and self._password is not None and self.channel is not None:
             request = rpc.AuthenticateRequest(name=self._username, password=self._password)
-            response = await self.auth_stub.Authenticate(request, timeout=self.request_timeout, metadata=self.metadata)
+            try:
+                response = await self.auth_stub.Authenticate(
+                    request, timeout=self.request_timeout, metadata=self.metadata
+                )
+            except grpc.aio.AioRpcError as error:
+                if self.on_refused is not None and "authentication failed" in (error.details() or "").lower():
+                    self.on_refused()
+                raise
             self.metadata = (_REQUIRE_LEADER, ("token", response.token))
+
+    async def use_credentials(self, user: str, password: str) -> None:
+        """Log in as `user` with `password` from now on, on the same channels: watches, leases and
+        requests in flight carry on (node identity hands the agent a new password before the old one
+        expires). StoreUnavailable if the active member refuses them."""
+        self._username, self._password = user, password
+        self.etcd_options = self.etcd_options.model_copy(update={"user": user, "password": password})
+        async with translated(self):
+            await self.reauthenticate()
 
     async def close(self) -> None:
         members, self._members = list(self._members.values()), {}
@@ -267,7 +285,9 @@ def describe_error(error: BaseException, options: EtcdOptions, endpoint: Endpoin
     return f"{where}: {details or error}"
 
 
-_RETRYABLE_AUTH = ("invalid auth token", "auth token is invalid")
+# "revision of auth store is old": any change to etcd's users or roles (a password rotated by node
+# identity, a role kept in step) makes every token issued before it stale; log in again and retry.
+_RETRYABLE_AUTH = ("invalid auth token", "auth token is invalid", "revision of auth store is old")
 _OLD_AUTH_REVISION = "auth: revision in header is old"
 """A write checked against roles that changed before it was applied (the controller keeps server roles
 in step, so this happens in normal operation): etcd's own client retries it at once, and so do we."""
