@@ -380,7 +380,8 @@ def _fetch_unless_too_soon(source: agent_identity.Source) -> wire.Credentials | 
 
 def test_2b_agent_credentials_reach_only_its_own_status(node: Node, release: Release) -> None:
     """The agent's credentials, as root on the node gets them (its pod's token, asked of the operator):
-    etcd takes its own status keys and refuses another server's status and any configuration key."""
+    etcd refuses another server's status, a new key under its own status prefix, any configuration
+    key, and a read of a service the server does not run; it reads the service it runs."""
     wait_until(lambda: _running(node, "1.0"), timeout=60, interval=1, what="1.0 running")
     with pytest.raises(agent_identity.Refused, match=f"runs on node '{node.name}', not on server 'another-node'"):
         asyncio.run(agent_identity.fetch(_identity_source(node, "another-node")))
@@ -401,7 +402,7 @@ def test_2b_agent_credentials_reach_only_its_own_status(node: Node, release: Rel
         outcome = {}
         try:
             for what, key in (
-                ("own status", keys.agent_status(store.prefix, node.name) + "-e2e"),
+                ("a new key under its own status", keys.agent_status(store.prefix, node.name) + "-e2e"),
                 ("another server's status", keys.agent_status(store.prefix, "another-node")),
                 ("own server document", keys.server_config(store.prefix, node.name)),
                 ("an instance document", keys.instance_config(store.prefix, SERVICE, INSTANCE)),
@@ -413,16 +414,27 @@ def test_2b_agent_credentials_reach_only_its_own_status(node: Node, release: Rel
                     await store.delete(key)
                 except StoreUnavailable as error:
                     outcome[what] = "permission denied" if "permission denied" in str(error) else str(error)
+            for what, key in (
+                ("read: the version it runs", keys.version_config(store.prefix, SERVICE, "1.0")),
+                ("read: a service it does not run", keys.version_config(store.prefix, "not-on-this-node", "1.0")),
+            ):
+                try:
+                    outcome[what] = "read" if await store.get(key) is not None else "missing"
+                except StoreUnavailable as error:
+                    outcome[what] = "permission denied" if "permission denied" in str(error) else str(error)
         finally:
             await store.close()
         return outcome
 
     assert asyncio.run(tries()) == {
-        "own status": "written",
+        # its status is one key per instance it runs plus its agent key (the role's exact grants)
+        "a new key under its own status": "permission denied",
         "another server's status": "permission denied",
         "own server document": "permission denied",
         "an instance document": "permission denied",
         "a version document": "permission denied",
+        "read: the version it runs": "read",
+        "read: a service it does not run": "permission denied",
     }
 
 
