@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["Compacted", "Conflict", "DiscoverdError", "InvalidDocument", "StoreUnavailable", "printable"]
+__all__ = [
+    "Compacted",
+    "Conflict",
+    "DiscoverdError",
+    "InvalidDocument",
+    "PermissionDenied",
+    "StoreUnavailable",
+    "printable",
+]
 
 
 def printable(text: str) -> str:
@@ -91,6 +99,11 @@ class StoreUnavailable(DiscoverdError):
         self.reason = reason
         self.retry_after = retry_after
         super().__init__(reason)
+
+
+class PermissionDenied(StoreUnavailable):
+    """etcd refused the request: the user's roles do not allow it. Temporary where a controller is about to grant it
+    (a server's newly assigned service); everywhere else the operator must fix the roles."""
 
 
 class Conflict(DiscoverdError):

@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from discoverd import logs, metrics, runtime
-from discoverd.agent import artifacts, cgroups, logindex, logserver, model, plan, scope, status, steps
+from discoverd.agent import artifacts, cgroups, identity, logindex, logserver, model, plan, scope, status, steps
 from discoverd.agent import desired as desired_
 from discoverd.agent import executor as executor_
 from discoverd.agent import layout as layout_
 from discoverd.config import EtcdOptions
+from discoverd.errors import StoreUnavailable
 from discoverd.schema.documents import Phase
 from discoverd.store import connect
 from discoverd.store.documents import Entry, Store
@@ -78,6 +79,9 @@ class Options:
     api_limits: logserver.Limits = field(default_factory=logserver.Limits)
     log_index_interval: float = 1.0
     """Seconds between two looks at every log's size (the timestamps' resolution)."""
+    identity: identity.Source | None = None
+    """Node identity: get this server's etcd credentials from the operator (and renew them) instead of
+    using the ones in the etcd options."""
 
 
 class Agent:
@@ -114,16 +118,29 @@ class Agent:
         self.watch: scope.ScopedWatch | None = None
         self._rejected: set[tuple[model.Ref | None, str]] = set()
         self.log_server: logserver.LogServer | None = None
+        self.renewer = identity.Renewer(options.identity) if options.identity is not None else None
 
     def _kv(self, **more: object) -> dict[str, object]:
         return logs.kv(server=self.options.server_id, **more)
+
+    async def _etcd_options(self) -> EtcdOptions:
+        """The etcd options, with this server's own credentials when they come from the operator."""
+        if self.renewer is None:
+            return self.etcd
+        credentials = self.renewer.current or await self.renewer.first()
+        return self.etcd.model_copy(update={"user": credentials.user, "password": credentials.password})
+
+    def _connect_failed(self, error: StoreUnavailable) -> None:
+        if self.renewer is not None and "authentication failed" in str(error):
+            self.renewer.current = None  # expired while etcd was away: ask the operator again
 
     # the watch
 
     def _set_entries(self, entries: dict[str, Entry]) -> None:
         self.entries = entries
+        waiting = self.watch.waiting if self.watch is not None else frozenset()
         self.desired = desired_.resolve(
-            entries, self.etcd.prefix, self.options.server_id, self.desired.refs, self.desired.drain
+            entries, self.etcd.prefix, self.options.server_id, self.desired.refs, self.desired.drain, waiting
         )
         self._log_rejected()
         self._wake.set()
@@ -144,7 +161,11 @@ class Agent:
     async def _etcd(self) -> None:
         """Connect once; then the status writer and the watch, each restarted if it crashes."""
         if self.store is None:
-            self.store = await connect.retrying(self.etcd, context={"server": self.options.server_id})
+            self.store = await connect.retrying(
+                self._etcd_options, context={"server": self.options.server_id}, on_failure=self._connect_failed
+            )
+            if self.renewer is not None:
+                self.store.client.on_refused = self.renewer.refused
         if self.writer is None:
             self.writer = status.Writer(self.store, self.options.server_id, self.options.lease_ttl)
             if self.log_server is not None:
@@ -155,10 +176,20 @@ class Agent:
                 self.store, self.options.server_id, self._set_entries, on_lost=self.metrics.etcd_reconnects.inc
             )
         context = {"server": self.options.server_id}
-        await asyncio.gather(
+        jobs = [
             runtime.supervise("status writer", self.writer.run, context=context),
             runtime.supervise("etcd watch", self.watch.run, context=context),
-        )
+        ]
+        if self.renewer is not None:
+            jobs.append(runtime.supervise("node credentials", self._renew, context=context))
+        await asyncio.gather(*jobs)
+
+    async def _renew(self) -> None:
+        """Swap in new credentials before the current ones expire: same client, watch, lease and instances."""
+        assert self.renewer is not None and self.store is not None
+        while True:
+            credentials = await self.renewer.next()
+            await self.store.client.use_credentials(credentials.user, credentials.password)
 
     # reconcile
 

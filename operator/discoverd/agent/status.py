@@ -7,7 +7,9 @@ of its TTL), writes `status/agent` when it gets a lease, and writes an
 instance's status only when its summary changed, so an idle agent sends
 nothing but keep-alives. When the lease is lost (etcd was away longer than the
 TTL) it takes a new one and writes everything again. A status key whose
-instance is gone is deleted.
+instance is gone is deleted (before any put: see `_flush`); a put etcd refuses
+(an instance whose key the controller has not granted yet) does not hold up
+the others and is tried again with back-off.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Mapping
 
 from discoverd import __version__, logs, runtime
 from discoverd.agent import model, states
-from discoverd.errors import StoreUnavailable
+from discoverd.errors import PermissionDenied, StoreUnavailable
 from discoverd.schema import documents, keys
 from discoverd.schema.documents import Phase
 from discoverd.store import leases
@@ -105,6 +107,14 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class _Refused(Exception):
+    """Instance status keys etcd refused (not granted yet); every other key was written."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        super().__init__(", ".join(keys))
+
+
 class Writer:
     """Writes status to etcd under one lease; retries while etcd is away."""
 
@@ -127,6 +137,8 @@ class Writer:
         self._written_agent_message: str | None = None
         self._dirty = asyncio.Event()
         self._down_since: float | None = None
+        self._refused: list[str] = []
+        """Instance status keys etcd refused on the last try (logged when they change)."""
 
     def update(
         self,
@@ -173,6 +185,11 @@ class Writer:
     async def _flush(self) -> None:
         assert self.lease is not None
         prefix = self.store.prefix
+        # Deletes first: etcd refuses every put on a lease while a key attached to it is not writable
+        # by this server's user, and the controller revokes a status key's write once the key is gone.
+        for ref in list(set(self._written) - set(self._wanted)):
+            await self.store.delete(keys.instance_status(prefix, self.server_id, ref.service, ref.instance))
+            del self._written[ref]
         if self._agent_changed():
             now = _now()
             doc = documents.AgentStatus(
@@ -189,6 +206,7 @@ class Writer:
             await self.store.put(keys.agent_status(prefix, self.server_id), doc, lease=self.lease)
             self._written_agent_message = self.agent_message
             self._written_drain = self.drain
+        refused: list[str] = []
         for ref, summary in list(self._wanted.items()):
             if self._written.get(ref) == summary:
                 continue
@@ -197,11 +215,16 @@ class Writer:
                 **summary.model_dump(), since=history[-1].at, updated_at=_now(), history=list(history)
             )
             key = keys.instance_status(prefix, self.server_id, ref.service, ref.instance)
-            await self.store.put(key, status, lease=self.lease)
+            try:
+                await self.store.put(key, status, lease=self.lease)
+            except PermissionDenied:
+                # A newly listed instance whose key the controller has not granted yet: write the
+                # others, and this one again after a back-off (raised once the others are written).
+                refused.append(key)
+                continue
             self._written[ref] = summary
-        for ref in list(set(self._written) - set(self._wanted)):
-            await self.store.delete(keys.instance_status(prefix, self.server_id, ref.service, ref.instance))
-            del self._written[ref]
+        if refused:
+            raise _Refused(refused)
 
     async def run(self) -> None:
         """Hold the lease and keep etcd's status equal to the wanted one; never returns."""
@@ -229,11 +252,21 @@ class Writer:
                     log.info("Reached etcd again", extra=logs.kv(after=f"{loop.time() - self._down_since:.1f}s"))
                     self._down_since = None
                 backoff.reset()
+                self._refused = []
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._dirty.wait(), max(0.0, next_keepalive - loop.time()))
             except leases.LeaseExpired:
                 log.warning("Lost lease", extra=logs.kv(server=self.server_id, lease=f"{self.lease or 0:x}"))
                 self.lease = None
+            except _Refused as error:
+                wait = backoff.next()
+                if error.keys != self._refused:
+                    log.info(
+                        "Waiting for permission to write status",
+                        extra=logs.kv(server=self.server_id, keys=",".join(error.keys), retry_in=f"{wait:.3f}s"),
+                    )
+                self._refused = error.keys
+                await asyncio.sleep(wait)
             except StoreUnavailable as error:
                 if self._down_since is None:
                     self._down_since = loop.time()

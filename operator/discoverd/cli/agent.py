@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from discoverd.agent import artifacts, cgroups, extract, logserver, loop, model, steps
+from discoverd.agent import artifacts, cgroups, extract, identity, logserver, loop, model, steps
 from discoverd.cli import main
 from discoverd.schema import keys
 
@@ -222,6 +222,27 @@ def _cgroup_root(ctx: click.Context, param: click.Parameter, value: str) -> str:
     hidden=True,
     help="Seconds between two checks of a follower's grant (tests shorten it).",
 )
+@click.option(
+    "--identity-url",
+    default="",
+    envvar="DISCOVERD_IDENTITY_URL",
+    help="Node identity: get this server's etcd credentials from the operator at this https:// URL "
+    "(instead of --etcd-user/--etcd-password), proving who it is with --identity-token-file.",
+)
+@click.option(
+    "--identity-token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("/var/run/secrets/discoverd/token"),
+    show_default=True,
+    envvar="DISCOVERD_IDENTITY_TOKEN_FILE",
+    help="The projected, audience-bound ServiceAccount token the kubelet keeps for this pod.",
+)
+@click.option(
+    "--identity-ca-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="DISCOVERD_IDENTITY_CA_FILE",
+    help="The CA certificate the operator's endpoint certificate must be signed by.",
+)
 @click.option("--stop-instances-on-exit", is_flag=True, help="Stop every instance when the agent exits.")
 @click.option("--lease-ttl", type=click.IntRange(min=2), default=15, show_default=True, help="Seconds.")
 @click.option(
@@ -259,6 +280,9 @@ def agent(
     api_bytes_per_second: int,
     api_request_timeout: float,
     api_grant_recheck: float,
+    identity_url: str,
+    identity_token_file: Path,
+    identity_ca_file: Path | None,
     stop_instances_on_exit: bool,
     lease_ttl: int,
     backoff_base: float,
@@ -268,6 +292,16 @@ def agent(
         placement = cgroups.choose(cgroups_mode, cgroup_root, host_pid if host_namespaces else None)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--cgroups") from None
+    etcd = main.etcd_options(ctx)
+    source = None
+    if identity_url:
+        if etcd.user is not None:
+            raise main.fail("--identity-url gets this server's etcd credentials: give no --etcd-user/--etcd-password")
+        source = identity.Source(identity_url, server_id, identity_token_file, identity_ca_file)
+        try:
+            source.check()
+        except ValueError as error:
+            raise click.BadParameter(str(error), param_hint="--identity-url") from None
     options = loop.Options(
         server_id=server_id,
         state_dir=state_dir,
@@ -298,5 +332,6 @@ def agent(
             request_timeout=api_request_timeout,
             grant_recheck=api_grant_recheck,
         ),
+        identity=source,
     )
-    main.run_async(run_until_signal(loop.Agent(main.etcd_options(ctx), options)))
+    main.run_async(run_until_signal(loop.Agent(etcd, options)))

@@ -9,7 +9,8 @@ instance guarded by its mod_revision and the status by its own: the step
 happens whole or not at all, and once. A successful step goes into the cache
 at once (`World.wrote`), so the next step (a revert after a failure) follows
 without waiting for the watch; after a lost compare-and-swap, nothing until
-the watch brings the newer values.
+the watch brings the newer values. Beside the passes, a task of its own keeps
+the etcd roles of servers in step with their documents (`roles`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Callable
 
 from discoverd import logs, metrics, runtime
 from discoverd.config import EtcdOptions
-from discoverd.controller import leader, plan, world
+from discoverd.controller import leader, plan, roles, world
 from discoverd.errors import Compacted, Conflict, StoreUnavailable
 from discoverd.schema import documents, keys, rollouts
 from discoverd.store import connect, leases, watch
@@ -64,6 +65,8 @@ class Controller:
         self.ttl = ttl
         self.clock = clock
         self.world = world.World()
+        self.roles = roles.Roles(store)
+        """Server roles kept in step with server documents while leading (`controller/roles.py`)."""
         self.steps = 0
         self._wake = asyncio.Event()
         self._invalid: dict[str, int] = {}
@@ -156,14 +159,17 @@ class Controller:
     async def _follow(self, start: int) -> None:
         async for batch in watch.watch(self.store, start):
             self.world.apply(batch)
+            self.roles.observe(batch)
             self._wake.set()
 
     async def _act(self) -> None:
         snapshot = await self.store.snapshot()
         self.world.load(snapshot)
+        self.roles.load(snapshot.entries.values())
         self.etcd_error = None
         self.resync.synced()
         follower = asyncio.create_task(self._follow(snapshot.revision + 1), name="controller watch")
+        keeper = asyncio.create_task(self.roles.run(), name="server roles")
         try:
             while True:
                 if follower.done():
@@ -174,6 +180,9 @@ class Controller:
                 await asyncio.wait([waiter, follower], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
         finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError, StoreUnavailable, Compacted):
                 await follower

@@ -148,13 +148,13 @@ def _join(prefix: str, *segments: str) -> str:
     return "/".join((normalize_prefix(prefix), *segments))
 
 
+def servers_prefix(prefix: str) -> str:
+    """Every server's keys: documents and status (a prefix to read or watch)."""
+    return normalize_prefix(prefix) + "/servers/"
+
+
 def server_config(prefix: str, server: str) -> str:
     return f"{_join(prefix, 'servers', server)}/{_CONFIG}"
-
-
-def servers_prefix(prefix: str) -> str:
-    """Where every server's documents live (ends with `/`)."""
-    return _join(prefix, "servers") + "/"
 
 
 def version_config(prefix: str, service: str, version: str) -> str:
