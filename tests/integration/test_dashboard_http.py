@@ -125,7 +125,7 @@ async def test_another_host_name_is_refused_so_dns_rebinding_reaches_nothing(
         assert answer.status == 200
 
 
-async def test_pause_writes_the_rollout_config_as_the_cli_does(
+async def test_start_pause_resume_undo_write_the_rollout_config_as_the_cli_does(
     dashboard: Dashboard, http: aiohttp.ClientSession, raw_etcd: RawEtcd, prefix: str
 ) -> None:
     status, body = await post(http, dashboard, "/api/rollouts/web", {"to_version": "2.0", "canary": 1})
@@ -139,6 +139,11 @@ async def test_pause_writes_the_rollout_config_as_the_cli_does(
     status, body = await post(http, dashboard, "/api/rollouts/web/resume")
     assert status == 200, body
     assert (rollout_config(raw_etcd, prefix) or {})["paused"] is False
+    status, body = await post(http, dashboard, "/api/rollouts/web/undo")
+    assert status == 200 and body["message"] == "Asked the controller to undo the rollout of 'web' to 2.0.", body
+    assert (rollout_config(raw_etcd, prefix) or {})["undo"] is True
+    status, body = await post(http, dashboard, "/api/rollouts/web/nope")
+    assert status == 404 and "pause, resume or undo" in body["error"]
     # A second start while this one is under way is refused with the CLI's own words (no controller
     # runs here: the config alone is "under way", its status not written yet).
     status, body = await post(http, dashboard, "/api/rollouts/web", {"to_version": "3.0"})
