@@ -7,8 +7,8 @@ reload. A read-only dashboard shows the same with its buttons off. Screenshots
 of each page are kept under $DISCOVERD_TEST_ARTIFACTS (default: a new
 temporary directory, printed).
 
-Chromium is part of `make deps` (hack/deps.sh); without it the test skips,
-except in CI (`CI` set), where it must run.
+Chromium is part of `make deps` (hack/deps.sh); without it the tests skip
+before starting anything, except in CI (`CI` set), where they fail instead.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def text(selector: str) -> str:
 
 
 async def test_rollout_started_paused_and_resumed_from_the_page_follows_etcd_live(
-    fleet: Node, browser: chromium.Browser, artifacts: Path, capsys: pytest.CaptureFixture[str]
+    browser: chromium.Browser, fleet: Node, artifacts: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with capsys.disabled():
         print(f"\ndashboard screenshots: {artifacts}")
@@ -175,7 +175,7 @@ async def test_rollout_started_paused_and_resumed_from_the_page_follows_etcd_liv
 
 
 async def test_a_read_only_dashboard_shows_the_fleet_with_every_button_off(
-    fleet: Node, browser: chromium.Browser, artifacts: Path
+    browser: chromium.Browser, fleet: Node, artifacts: Path
 ) -> None:
     board = dashboard(fleet, "--read-only")
     try:
@@ -206,7 +206,7 @@ COUNTER = (
 
 
 async def test_the_instance_page_tails_its_log_live_through_the_agent(
-    node: Node, browser: chromium.Browser, artifacts: Path
+    browser: chromium.Browser, node: Node, artifacts: Path
 ) -> None:
     node.version("web", "1.0", run_script=node.py(COUNTER), min_healthy_seconds=0.3)
     node.instance("web", "a", "1.0")
