@@ -7,7 +7,8 @@ of its TTL), writes `status/agent` when it gets a lease, and writes an
 instance's status only when its summary changed, so an idle agent sends
 nothing but keep-alives. When the lease is lost (etcd was away longer than the
 TTL) it takes a new one and writes everything again. A status key whose
-instance is gone is deleted.
+instance is gone is deleted. Messages are cut to `documents.MAX_MESSAGE_BYTES`
+before they are written: the agent never writes a status its readers refuse.
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ def _with(base: Summary, **changes: object) -> Summary:
 def summarize(
     want: model.Target | model.Broken | None, s: model.InstanceState, backoff_base: float = model.BACKOFF_BASE
 ) -> Summary:
+    """The status of one instance, its message cut to the cap every reader checks."""
+    summary = _summarize(want, s, backoff_base)
+    message = documents.clip(summary.message)
+    return summary if message == summary.message else _with(summary, message=message)
+
+
+def _summarize(want: model.Target | model.Broken | None, s: model.InstanceState, backoff_base: float) -> Summary:
     """The status of one instance, from what is wanted and its state (the rules are `model`'s)."""
     p = s.process
     base = Summary(
@@ -52,7 +60,7 @@ def summarize(
         pid=p.pid if p else None,
         restarts=s.restarts,
         last_exit_code=s.last_exit.code if s.last_exit else None,
-        message=s.message,
+        message=documents.clip(s.message),
     )
     unhealthy = isinstance(want, model.Target) and s.unhealthy(want)
     if s.step is model.Step.STOPPING and unhealthy and p is not None:
@@ -132,12 +140,12 @@ class Writer:
         if self.agent_message != self._written_agent_message:
             now = _now()
             doc = documents.AgentStatus(
-                hostname=socket.gethostname(),
+                hostname=documents.clip(socket.gethostname(), documents.MAX_HOSTNAME_BYTES),
                 agent_version=__version__,
                 started_at=self.started_at,
                 heartbeat=now,
                 lease_ttl=self.ttl,
-                message=self.agent_message,
+                message=documents.clip(self.agent_message),
             )
             await self.store.put(keys.agent_status(prefix, self.server_id), doc, lease=self.lease)
             self._written_agent_message = self.agent_message
