@@ -19,6 +19,8 @@ from discoverd.schema import documents, keys, rollouts, untrusted
 
 NOW = "2026-01-01T00:00:00Z"
 INSTANCE_KEY = keys.instance_status("/d", "n1", "web", "i1")
+MESSAGE_CAP = 4096  # DESIGN section 2 (as literals, so that this file runs against code without the caps too)
+STATUS_CAP = 64 * 1024
 AGENT_KEY = keys.agent_status("/d", "n1")
 
 
@@ -31,16 +33,20 @@ def agent_status(**fields: object) -> bytes:
     return json.dumps(doc).encode()
 
 
+def test_the_caps_are_the_documented_ones() -> None:
+    assert (documents.MAX_MESSAGE_BYTES, documents.MAX_STATUS_BYTES) == (MESSAGE_CAP, STATUS_CAP)
+
+
 def test_a_message_at_its_cap_is_read() -> None:
-    raw = instance_status(message="é" * (documents.MAX_MESSAGE_BYTES // 2))
+    raw = instance_status(message="é" * (MESSAGE_CAP // 2))
     doc = documents.parse(documents.InstanceStatus, INSTANCE_KEY, raw)
-    assert len(doc.message.encode()) == documents.MAX_MESSAGE_BYTES
+    assert len(doc.message.encode()) == MESSAGE_CAP
 
 
 @pytest.mark.parametrize(
     ("raw", "key", "field"),
     [
-        (instance_status(message="x" * (documents.MAX_MESSAGE_BYTES + 1)), INSTANCE_KEY, "message"),
+        (instance_status(message="x" * (MESSAGE_CAP + 1)), INSTANCE_KEY, "message"),
         (instance_status(message="x" * (1024 * 1024 - 200)), INSTANCE_KEY, ""),
         (instance_status(version="a/b"), INSTANCE_KEY, "version"),
         (instance_status(previous_version="v" * 254), INSTANCE_KEY, "previous_version"),
@@ -49,8 +55,8 @@ def test_a_message_at_its_cap_is_read() -> None:
             INSTANCE_KEY,
             "history.0.version",
         ),
-        (instance_status(newer_field="x" * documents.MAX_STATUS_BYTES), INSTANCE_KEY, ""),
-        (agent_status(message="x" * (documents.MAX_MESSAGE_BYTES + 1)), AGENT_KEY, "message"),
+        (instance_status(newer_field="x" * STATUS_CAP), INSTANCE_KEY, ""),
+        (agent_status(message="x" * (MESSAGE_CAP + 1)), AGENT_KEY, "message"),
         (agent_status(hostname="h" * 254), AGENT_KEY, "hostname"),
         (agent_status(agent_version="1" * 129), AGENT_KEY, "agent_version"),
     ],
@@ -63,7 +69,7 @@ def test_a_status_over_its_caps_is_an_invalid_document_naming_the_field(raw: byt
     assert caught.value.key == key and caught.value.field == field
 
 
-@given(st.text(), st.integers(min_value=0, max_value=documents.MAX_MESSAGE_BYTES))
+@given(st.text(), st.integers(min_value=0, max_value=MESSAGE_CAP))
 def test_clip_fits_any_text_in_its_limit(text: str, limit: int) -> None:
     cut = documents.clip(text, limit)
     assert len(cut.encode()) <= limit
