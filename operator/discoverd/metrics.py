@@ -112,6 +112,30 @@ class AgentMetrics:
             buckets=_FAST_BUCKETS,
             registry=r,
         )
+        # Artifacts (docs/agent.md, "Artifacts").
+        self.artifact_requests = Counter(
+            "discoverd_agent_artifact_requests",
+            "Artifacts asked of the cache, by result: hit, fetched, failed, mismatch (digest).",
+            ["result"],
+            registry=r,
+        )
+        self.artifact_fetched_bytes = Counter(
+            "discoverd_agent_artifact_fetched_bytes", "Bytes of artifacts received over the network.", registry=r
+        )
+        self.artifact_downloading = Gauge(
+            "discoverd_agent_artifact_downloading_bytes",
+            "Downloads under way (with a known size): bytes expected and received so far (their ratio is the progress).",
+            ["part"],
+            registry=r,
+        )
+        self.artifact_cache_bytes = Gauge(
+            "discoverd_agent_artifact_cache_bytes", "Bytes of the artifact cache after the last eviction.", registry=r
+        )
+        self.artifact_evictions = Counter(
+            "discoverd_agent_artifact_evictions",
+            "Blobs evicted from the artifact cache (least recently used).",
+            registry=r,
+        )
 
     def set_phases(self, phases: Iterable[str]) -> None:
         """The instance count per phase, from every instance's phase this pass (absent phases are 0)."""

@@ -38,6 +38,7 @@ def test_minimal_config_gets_the_documented_defaults() -> None:
     doc = documents.parse(rollouts.RolloutConfig, CONFIG_KEY, b'{"name": "web", "to_version": "2.0"}')
     assert (doc.canary, doc.pause_after_canary, doc.max_unavailable) == (0, False, 1)
     assert (doc.progress_deadline_seconds, doc.auto_revert, doc.paused, doc.undo) == (600, True, False, False)
+    assert doc.max_restarts == 2
     assert documents.dump(doc) == {"name": "web", "to_version": "2.0"}  # only what the writer set
 
 
@@ -68,6 +69,8 @@ def test_percentages_round_down_but_never_to_zero(value: int | str, total: int, 
         ({"to_version": ""}, "to_version", "empty"),
         ({"min_healthy_seconds": -1}, "min_healthy_seconds", ""),
         ({"progress_deadline_seconds": 0}, "progress_deadline_seconds", ""),
+        ({"max_restarts": 0}, "max_restarts", ""),
+        ({"max_restarts": 1.5}, "max_restarts", ""),
         ({"auto_revert": "maybe"}, "auto_revert", ""),
     ],
 )

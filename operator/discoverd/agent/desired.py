@@ -8,7 +8,9 @@ version; the instance's run script overrides the version's ("overwrite or
 improve", DESIGN section 1). An invalid or missing document makes that one
 instance `Broken` (its message names the key and the field); an invalid
 server document keeps the instance list that was valid before and is
-reported on the agent status.
+reported on the agent status. The server document's `drained` (and
+`drain_deadline`) becomes `Desired.drain`, kept from the last valid document
+like the instance list.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from discoverd.agent import model
 from discoverd.schema import documents, keys
 from discoverd.store.documents import Entry
 
-__all__ = ["Desired", "listed", "merge_run", "resolve"]
+__all__ = ["Desired", "drain_of", "listed", "merge_run", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class Desired:
     refs: tuple[model.Ref, ...] = ()
     """The instances the server document lists (the last valid list when it is invalid now)."""
     server_error: str | None = None
+    drain: model.Drain | None = None
+    """Set when the server document says `drained` (the last valid document's when it is invalid now)."""
 
 
 def merge_run(version: documents.Script, instance: documents.Script) -> documents.Script:
@@ -54,7 +58,8 @@ def _resolve_one(entries: Mapping[str, Entry], prefix: str, ref: model.Ref) -> m
     if ventry.error is not None or not isinstance(ventry.document, documents.Version):
         return model.Broken(ref, str(ventry.error or f"{version_key}: not a version document"))
     version = ventry.document
-    return model.Target(ref, instance.service_version, version, merge_run(version.run_script, instance.run_script))
+    run = merge_run(version.run_script, instance.run_script)
+    return model.Target(ref, instance.service_version, version, run, instance.restart_token or "")
 
 
 def listed(
@@ -70,10 +75,29 @@ def listed(
     return tuple(model.Ref(r.name, r.id) for r in entry.document.service_instances), None
 
 
+def drain_of(
+    entries: Mapping[str, Entry], prefix: str, server_id: str, last: model.Drain | None = None
+) -> model.Drain | None:
+    """Whether server `server_id` is drained, and until when it waits (`last` when its document is invalid)."""
+    entry = entries.get(keys.server_config(prefix, server_id))
+    if entry is None:
+        return None
+    if entry.error is not None or not isinstance(entry.document, documents.Server):
+        return last
+    doc = entry.document
+    if not doc.drained:
+        return None
+    return model.Drain(doc.drain_deadline.timestamp() if doc.drain_deadline is not None else None)
+
+
 def resolve(
-    entries: Mapping[str, Entry], prefix: str, server_id: str, last_refs: tuple[model.Ref, ...] = ()
+    entries: Mapping[str, Entry],
+    prefix: str,
+    server_id: str,
+    last_refs: tuple[model.Ref, ...] = (),
+    last_drain: model.Drain | None = None,
 ) -> Desired:
     """The desired state of server `server_id` from its entries (extra entries are ignored)."""
     refs, server_error = listed(entries, prefix, server_id, last_refs)
     instances = {ref: _resolve_one(entries, prefix, ref) for ref in refs}
-    return Desired(instances, refs, server_error)
+    return Desired(instances, refs, server_error, drain_of(entries, prefix, server_id, last_drain))

@@ -4,13 +4,16 @@
     <state>/versions/<service>/<version>/             cwd of download and install
     <state>/versions/<service>/<version>/.discoverd-installed   marker: hash of the version document
     <state>/instances/<service>/<id>/                 cwd of the run script
-    <state>/instances/<service>/<id>/.discoverd/logs/<step>.log  output of every step (0600)
+    <state>/logs/<service>/<id>/<step>.log            output of every step (0600; directories 0700)
     <state>/records/<service>/<id>.json               the instance's saved `model.InstanceState` (0600)
 
-Records live outside every directory a script runs in, so a run script
-cannot forge the pid the next agent adopts (agents before format 2 kept them
-in `instances/<service>/<id>/.discoverd/record.json`; such a record is read
-once, migrated here, and deleted).
+Records and logs live outside every directory a script runs in, so a run
+script cannot forge the pid the next agent adopts (agents before format 2 kept
+records in `instances/<service>/<id>/.discoverd/record.json`; such a record is
+read once, migrated here, and deleted), nor plant a link that makes the agent
+write a log elsewhere (`logfiles` opens them; agents before this one wrote
+logs to `instances/<service>/<id>/.discoverd/logs/`: those are left where they
+are, as untrusted as the rest of that directory, and go with it).
 
 The supervisor writes and reads these; `observe` turns a record into a live
 process or a known exit. Names become path segments only after they are
@@ -31,7 +34,7 @@ from pathlib import Path
 import pydantic
 
 from discoverd import logs
-from discoverd.agent import model
+from discoverd.agent import logfiles, model
 from discoverd.schema import keys
 
 __all__ = ["Layout", "UnsafePath"]
@@ -55,9 +58,9 @@ class Layout:
         """Create the state directory, readable by its owner only (also when an older agent made it)."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.root, 0o700)
-        records = self.root / "records"
-        records.mkdir(exist_ok=True, mode=0o700)
-        os.chmod(records, 0o700)
+        for private in ("records", "logs"):
+            (self.root / private).mkdir(exist_ok=True, mode=0o700)
+            os.chmod(self.root / private, 0o700)
 
     def _join(self, *segments: str) -> Path:
         for segment in segments:
@@ -81,24 +84,45 @@ class Layout:
         return self._join("instances", ref.service, ref.instance)
 
     def log_path(self, ref: model.Ref, step: str) -> Path:
-        """The log of `step`, created readable by the owner only (it may show env values)."""
-        path = self.instance_dir(ref) / ".discoverd" / "logs" / f"{step}.log"
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        """The log of `step` (`<step>.log` in the instance's log directory, beside its rotated copies).
+
+        Created readable by the owner only (it may show env values), in directories only the
+        agent's user can write, reached without following a link (`logfiles`). The path is not
+        resolved: a link on the way is refused when the log is opened, never followed.
+        """
+        path = self._log_dir(ref) / f"{step}.log"
+        logfiles.open_append(path).close()
         return path
+
+    def _log_dir(self, ref: model.Ref) -> Path:
+        for segment in (ref.service, ref.instance):
+            reason = keys.segment_error(segment)
+            if reason is not None:
+                raise UnsafePath(f"{segment!r} cannot be a path segment: {reason}")
+        return self.root / "logs" / ref.service / ref.instance
 
     def record_path(self, ref: model.Ref) -> Path:
         return self._join("records", ref.service, ref.instance + ".json")
 
     def instance_dirs(self) -> list[model.Ref]:
-        """Every instance with a directory on disk."""
-        refs = (model.Ref(p.parent.name, p.name) for p in self.root.glob("instances/*/*") if p.is_dir())
+        """Every instance with files on disk: its working directory or its logs."""
+        found = {
+            model.Ref(p.parent.name, p.name)
+            for pattern in ("instances/*/*", "logs/*/*")
+            for p in self.root.glob(pattern)
+            if p.is_dir()
+        }
         return sorted(
-            r for r in refs if keys.segment_error(r.service) is None and keys.segment_error(r.instance) is None
+            r for r in found if keys.segment_error(r.service) is None and keys.segment_error(r.instance) is None
         )
 
+    def has_files(self, ref: model.Ref) -> bool:
+        return self.instance_dir(ref).is_dir() or self._log_dir(ref).is_dir()
+
     def remove_instance_dir(self, ref: model.Ref) -> None:
+        """Delete the instance's working directory and its logs (rmtree never follows a link it meets)."""
         shutil.rmtree(self.instance_dir(ref), ignore_errors=True)
+        shutil.rmtree(self._log_dir(ref), ignore_errors=True)
 
     # install markers
 
@@ -114,6 +138,13 @@ class Layout:
     def mark_installed(self, target: model.Target) -> None:
         path = self.version_dir(target.ref.service, target.version) / _MARKER
         _write(path, json.dumps({"hash": target.install_hash, "installed_at": time.time()}).encode())
+
+    def installed_at(self, service: str, version: str) -> float:
+        """When `version` was last installed (its marker's time); 0 when it is not installed."""
+        try:
+            return (self.version_dir(service, version) / _MARKER).stat().st_mtime
+        except (OSError, ValueError):  # ValueError: UnsafePath, a directory no agent made
+            return 0.0
 
     def unmark_installed(self, service: str, version: str) -> None:
         with contextlib.suppress(FileNotFoundError):

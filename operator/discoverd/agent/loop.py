@@ -1,6 +1,6 @@
 """The agent's main: watch etcd -> desired; instance states -> plan -> execute; status -> etcd.
 
-Three tasks share one event loop, each kept alive by `tasks.supervise` (a
+Three tasks share one event loop, each kept alive by `runtime.supervise` (a
 crash is logged with its traceback and the task restarted with back-off):
 
 - the watch (`scope.ScopedWatch`) keeps this server's configuration current
@@ -28,15 +28,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from discoverd import logs, metrics
-from discoverd.agent import cgroups, model, plan, scope, status, steps, tasks
+from discoverd import logs, metrics, runtime
+from discoverd.agent import artifacts, cgroups, model, plan, scope, status, steps
 from discoverd.agent import desired as desired_
 from discoverd.agent import executor as executor_
 from discoverd.agent import layout as layout_
 from discoverd.config import EtcdOptions
-from discoverd.errors import StoreUnavailable
 from discoverd.schema.documents import Phase
-from discoverd.store import client
+from discoverd.store import connect
 from discoverd.store.documents import Entry, Store
 
 __all__ = ["Agent", "Options"]
@@ -64,6 +63,10 @@ class Options:
     """`host:port` of /metrics, /healthz and /readyz; "" serves none."""
     more_metrics: tuple[metrics.CollectorRegistry, ...] = ()
     """Registries served on the same endpoint (`discoverd up`: its controller's)."""
+    artifacts: artifacts.Settings = field(default_factory=artifacts.Settings)
+    """The artifact cache's size, the fetch's limits and timeouts (docs/agent.md, "Artifacts")."""
+    keep_versions: int = 0
+    """Installs kept per service beyond those in use and each instance's previous one (`prune`)."""
 
 
 class Agent:
@@ -84,7 +87,14 @@ class Agent:
         self.metrics = metrics.AgentMetrics(p.value for p in Phase)
         self.metrics_server: metrics.Server | None = None
         """The /metrics, /healthz and /readyz endpoint while it serves (None: not asked for, or the bind failed)."""
-        self.executor = executor_.Executor(self.layout, ctx, self._wake.set, self.metrics)
+        self.executor = executor_.Executor(
+            self.layout,
+            ctx,
+            self._wake.set,
+            self.metrics,
+            artifacts.Artifacts(options.state_dir, options.artifacts, self.metrics),
+            options.keep_versions,
+        )
         self.entries: dict[str, Entry] | None = None
         self.desired = desired_.Desired()
         self._summaries: dict[model.Ref, status.Summary] = {}
@@ -96,21 +106,13 @@ class Agent:
     def _kv(self, **more: object) -> dict[str, object]:
         return logs.kv(server=self.options.server_id, **more)
 
-    async def _connect(self) -> Store:
-        delay = 0.5
-        while True:
-            try:
-                return Store(await client.connect(self.etcd))
-            except StoreUnavailable as error:
-                log.warning("Failed to connect to etcd", extra=self._kv(reason=str(error), retry_in=f"{delay:g}s"))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
     # the watch
 
     def _set_entries(self, entries: dict[str, Entry]) -> None:
         self.entries = entries
-        self.desired = desired_.resolve(entries, self.etcd.prefix, self.options.server_id, self.desired.refs)
+        self.desired = desired_.resolve(
+            entries, self.etcd.prefix, self.options.server_id, self.desired.refs, self.desired.drain
+        )
         self._log_rejected()
         self._wake.set()
 
@@ -130,7 +132,7 @@ class Agent:
     async def _etcd(self) -> None:
         """Connect once; then the status writer and the watch, each restarted if it crashes."""
         if self.store is None:
-            self.store = await self._connect()
+            self.store = await connect.retrying(self.etcd, context={"server": self.options.server_id})
         if self.writer is None:
             self.writer = status.Writer(self.store, self.options.server_id, self.options.lease_ttl)
         if self.watch is None:
@@ -139,8 +141,8 @@ class Agent:
             )
         context = {"server": self.options.server_id}
         await asyncio.gather(
-            tasks.supervise("status writer", self.writer.run, context=context),
-            tasks.supervise("etcd watch", self.watch.run, context=context),
+            runtime.supervise("status writer", self.writer.run, context=context),
+            runtime.supervise("etcd watch", self.watch.run, context=context),
         )
 
     # reconcile
@@ -154,7 +156,12 @@ class Agent:
                 began = time.monotonic()
                 states = self.executor.states()
                 actions = plan.plan(
-                    self.desired.instances, states, now, self.options.backoff_base, self.options.removed_grace
+                    self.desired.instances,
+                    states,
+                    now,
+                    self.options.backoff_base,
+                    self.options.removed_grace,
+                    self.desired.drain,
                 )
                 self.executor.execute(actions)
                 for action in actions:
@@ -168,13 +175,15 @@ class Agent:
     def _report(self) -> None:
         """Rebuild every instance's status from its state; hand what changed to the writer."""
         wanted = self.desired.instances
+        drained = self.desired.drain is not None
         summaries: dict[model.Ref, status.Summary] = {}
         for ref, sup in self.executor.supervisors.items():
             state = sup.state
             if ref in wanted or state.removed_at is None:  # a removed one has no status key
-                summaries[ref] = status.summarize(wanted.get(ref), state, self.options.backoff_base)
+                summaries[ref] = status.summarize(wanted.get(ref), state, self.options.backoff_base, drained)
         for ref in wanted.keys() - summaries.keys():
-            summaries[ref] = status.summarize(wanted[ref], model.InstanceState(ref=ref), self.options.backoff_base)
+            blank = model.InstanceState(ref=ref)
+            summaries[ref] = status.summarize(wanted[ref], blank, self.options.backoff_base, drained)
         for ref, summary in summaries.items():
             old = self._summaries.get(ref)
             if old != summary:
@@ -186,7 +195,7 @@ class Agent:
         self._summaries = summaries
         self.metrics.set_phases(s.phase for s in summaries.values())
         if self.writer is not None:
-            self.writer.update(summaries, self.desired.server_error or "")
+            self.writer.update(summaries, self.desired.server_error or "", status.drain_phase(drained, summaries))
 
     # health
 
@@ -219,8 +228,8 @@ class Agent:
         if server is not None:
             server.before_scrape = self._refresh
         running = [
-            asyncio.create_task(tasks.supervise("etcd", self._etcd, context=context), name="etcd"),
-            asyncio.create_task(tasks.supervise("reconcile", self._reconcile, context=context), name="reconcile"),
+            asyncio.create_task(runtime.supervise("etcd", self._etcd, context=context), name="etcd"),
+            asyncio.create_task(runtime.supervise("reconcile", self._reconcile, context=context), name="reconcile"),
         ]
         try:
             await stop.wait()

@@ -15,6 +15,11 @@ the supervisor and passed in). Imports only `schema` and the standard library
 On disk a state is `Saved` (`{"format": 2, "state": {...}}`); `from_v1` reads
 the records of agents before format 2 (`{"service", "instance", "process",
 "current", "good", "restarts"}`), so an agent upgrade adopts what runs.
+`Process.restart_token` was added within format 2 on purpose: agents before
+it read such a record and ignore the field (a downgrade still adopts what
+runs), and a record without it reads as `None`, "started by an agent that did
+not know restart tokens", which `plan` counts as started without one (""), so
+an agent upgrade restarts nothing unless a restart was asked for meanwhile.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ __all__ = [
     "MAX_JITTER",
     "REMOVED_GRACE",
     "Broken",
+    "Drain",
     "Exit",
     "Failure",
     "InstanceState",
@@ -98,6 +104,9 @@ class Target:
     document: _VersionDoc
     run: _ScriptDoc
     """The run script after the instance's override ("overwrite or improve")."""
+    restart_token: str = ""
+    """The instance document's `restart_token` ("" when absent). Not part of `config_hash`: a new token
+    restarts the process, it is no new configuration (no install, no probation, never rejected)."""
 
     @functools.cached_property
     def install_hash(self) -> str:
@@ -140,6 +149,16 @@ class Process:
     """Wall-clock seconds when it was started (saved, so it survives agent restarts)."""
     run_id: str = ""
     """`DISCOVERD_RUN_ID` in its environment (and its descendants'): finds what it leaves behind."""
+    restart_token: str | None = None
+    """The target's restart token when it was started; None: by an agent that did not record it (counts as "")."""
+
+
+@dataclass(frozen=True)
+class Drain:
+    """The server document says `drained`: stop every instance, one at a time, start none."""
+
+    deadline: float | None = None
+    """Wall-clock seconds after which the instances still running are killed at once (no grace)."""
 
 
 @dataclass(frozen=True)
@@ -307,6 +326,10 @@ class InstanceState(BaseModel):
 
     def install_failed(self, target: Target, reason: str, now: float) -> InstanceState:
         return self._with(now, install_failure=Failure(target.config_hash, target.version, reason, now), message=reason)
+
+    def progressed(self, message: str, now: float) -> InstanceState:
+        """How far a step under way has come (`Downloading 42% ...`), for the status."""
+        return self._with(now, message=message)
 
     def installed_version(self, target: Target, now: float) -> InstanceState:
         return self._with(now, message=f"installed version {target.version}")

@@ -25,13 +25,24 @@ Per instance the rules are, in order:
   counted as started (`good`), which is a rollback;
 - running something other than the target: `Install` the target while the old
   process keeps running, then `Stop` the old and `Start` the new;
+- running the target, started with another restart token: `Stop` it and
+  `Start` it again (same version, no install; a process started by an agent
+  that did not record tokens counts as started with none, "");
 - running the target: `Promote` it once it has been up `min_healthy_seconds`;
   `Stop` it (a failure, so back-off follows) when it is unhealthy;
 - nothing running: `Install` if needed, wait out the back-off, `Start`.
+
+A drained server (`drain` given) starts nothing: its running instances are
+stopped one at a time, in the order of this function (by service, then
+instance ID), each with its own stop signal and `stop_timeout` (cut short
+at the drain's deadline), the next one once the last stop is over; past the
+deadline every instance still running gets a `Stop` at once, with no grace
+(SIGKILL). Removals and rejections go on as usual.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -74,6 +85,8 @@ class Stop:
     ref: model.Ref
     reason: str
     failure: bool = False
+    grace: float | None = None
+    """At most this many seconds between the stop signal and SIGKILL (a drain's deadline); 0: SIGKILL at once."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +144,8 @@ def effective_target(want: model.Target | model.Broken, s: model.InstanceState) 
     target = (s.current or s.good) if isinstance(want, model.Broken) else want
     if target is not None and target.config_hash in s.rejected:
         target = s.good if s.good is not None and s.good.config_hash not in s.rejected else None
+        if target is not None and isinstance(want, model.Target):  # the rollback point, restarted as asked
+            target = dataclasses.replace(target, restart_token=want.restart_token)
     return target
 
 
@@ -165,6 +180,8 @@ def plan_instance(
             if not installed:
                 return [Install(ref, target)]
             return [Stop(ref, f"replacing it with version {target.version}"), Start(ref, target)]
+        if (p.restart_token or "") != target.restart_token:
+            return [Stop(ref, f"restart requested (restart token {target.restart_token!r})"), Start(ref, target)]
         probation = s.in_probation(p.config_hash)
         if s.unhealthy(target):
             reason = f"health check failed {s.health_failures} times in a row"
@@ -188,18 +205,46 @@ def plan_instance(
     return [Start(ref, target)]
 
 
+def _plan_drained(
+    want: model.Target | model.Broken, s: model.InstanceState, now: float, drain: model.Drain, turn: bool
+) -> list[Action]:
+    """A desired instance of a drained server: no start, no install; a stop when it is its turn."""
+    ref = s.ref
+    f = s.install_failure
+    if f is not None and f.config_hash not in s.rejected:
+        return [Reject(ref, f.config_hash, f.version, f.reason)]
+    if s.process is None:
+        return []
+    if drain.deadline is None:
+        return [Stop(ref, "the server is drained")] if turn else []
+    if now >= drain.deadline:
+        return [Stop(ref, "the server is drained and its drain deadline has passed", grace=0.0)]
+    if not turn:
+        return [Wait(ref, drain.deadline, "waiting for its turn to drain")]
+    return [Stop(ref, "the server is drained", grace=drain.deadline - now)]
+
+
 def plan(
     desired: Mapping[model.Ref, model.Target | model.Broken],
     states: Mapping[model.Ref, model.InstanceState],
     now: float,
     backoff_base: float = model.BACKOFF_BASE,
     removed_grace: float = model.REMOVED_GRACE,
+    drain: model.Drain | None = None,
 ) -> list[Action]:
-    """Actions for every instance desired or known, in a stable order."""
+    """Actions for every instance desired or known, in a stable order; `drain`: the server is drained."""
     actions: list[Action] = []
+    # A drained server stops one instance at a time: none while any stop is under way.
+    turn = not any(s.step is model.Step.STOPPING for s in states.values())
     for ref in sorted(set(desired) | set(states)):
         s = states.get(ref)
         if s is None:
             s = model.InstanceState(ref=ref)
-        actions += plan_instance(desired.get(ref), s, now, backoff_base, removed_grace)
+        want = desired.get(ref)
+        if drain is not None and want is not None and s.removed_at is None and s.step is None:
+            todo = _plan_drained(want, s, now, drain, turn)
+            turn = turn and not any(isinstance(a, Stop) for a in todo)
+            actions += todo
+            continue
+        actions += plan_instance(want, s, now, backoff_base, removed_grace)
     return actions

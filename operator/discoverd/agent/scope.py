@@ -25,20 +25,19 @@ to etcd's values in those spans:
 3. a compacted, broken or stalled stream (no answer to a progress request
    within `stall_after`) is dropped and everything starts again at 1: the
    stream may have missed events without an error, so resuming from the last
-   revision seen is not enough.
+   revision seen is not enough. The loop, its back-off and its readiness
+   signal are the runtime kit's (`runtime.Resync`), shared with the operator
+   and the controller.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from discoverd import logs
+from discoverd import logs, runtime
 from discoverd.agent import desired, model
-from discoverd.errors import Compacted, StoreUnavailable
 from discoverd.schema import keys
 from discoverd.store import watch
 from discoverd.store.documents import Entry, Store
@@ -94,7 +93,6 @@ class ScopedWatch:
         stall_after: float = 10.0,
         on_lost: Callable[[], None] | None = None,
     ) -> None:
-        self.on_lost = on_lost
         self.store = store
         self.prefix = store.prefix
         self.server_id = server_id
@@ -107,51 +105,39 @@ class ScopedWatch:
         self.watches: dict[Span, int] = {}
         self.events = 0
         """Watch events received since the start (a debugging counter, logged with every change)."""
-        self.current = False
-        """True from a full read until the stream is lost: `entries` follow etcd (the agent's readiness)."""
-        self.last_heard: float | None = None
-        """`time.monotonic()` of the last answer on the stream (events or a progress notification)."""
-        self.lost = 0
-        """Times the watch was lost and everything read again (etcd reconnects)."""
+        self.resync = runtime.Resync("agent", on_lost=on_lost, context={"server": server_id})
+        """Readiness (`current`: entries follow etcd), losses and the last answer heard."""
 
     def _kv(self, **more: object) -> dict[str, object]:
         return logs.kv(server=self.server_id, **more)
 
+    @property
+    def current(self) -> bool:
+        """True from a full read until the stream is lost: `entries` follow etcd (the agent's readiness)."""
+        return self.resync.current
+
+    @property
+    def last_heard(self) -> float | None:
+        """`time.monotonic()` of the last answer on the stream (events or a progress notification)."""
+        return self.resync.last_heard
+
+    @property
+    def lost(self) -> int:
+        """Times the watch was lost and everything read again (etcd reconnects)."""
+        return self.resync.lost
+
     async def run(self) -> None:
         """Read, watch, read again after a lost watch; returns only by cancellation."""
-        delay = 0.5
-        while True:
-            try:
-                async with watch.Stream(
-                    self.store, progress_every=self.progress_every, stall_after=self.stall_after
-                ) as stream:
-                    await self._read_all(stream)
-                    self.current, self.last_heard = True, time.monotonic()
-                    delay = 0.5
-                    async for watch_id, events in stream.responses():
-                        self.last_heard = time.monotonic()
-                        if watch_id != watch.PROGRESS:
-                            await self._apply(stream, events)
-            except Compacted as error:
-                self._lose()
-                log.warning(
-                    "Lost the watch to compaction; reading this server's keys again", extra=self._kv(reason=str(error))
-                )
-            except StoreUnavailable as error:
-                self._lose()
-                log.warning(
-                    "Lost the etcd watch; reading this server's keys again once etcd answers",
-                    extra=self._kv(reason=str(error), retry_in=f"{delay:g}s"),
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        await self.resync.run(self._cycle)
 
-    def _lose(self) -> None:
-        if self.current:
-            self.lost += 1
-            if self.on_lost is not None:
-                self.on_lost()
-        self.current = False
+    async def _cycle(self) -> None:
+        async with watch.Stream(self.store, progress_every=self.progress_every, stall_after=self.stall_after) as stream:
+            await self._read_all(stream)
+            self.resync.synced()
+            async for watch_id, events in stream.responses():
+                self.resync.heard()
+                if watch_id != watch.PROGRESS:
+                    await self._apply(stream, events)
 
     async def _read_all(self, stream: watch.Stream) -> None:
         server = Span(self.server_key)

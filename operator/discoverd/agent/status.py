@@ -20,15 +20,15 @@ import logging
 import socket
 from collections.abc import Mapping
 
-from discoverd import __version__, logs
-from discoverd.agent import model
+from discoverd import __version__, logs, runtime
+from discoverd.agent import model, states
 from discoverd.errors import StoreUnavailable
 from discoverd.schema import documents, keys
 from discoverd.schema.documents import Phase
 from discoverd.store import leases
 from discoverd.store.documents import Store
 
-__all__ = ["Summary", "Writer", "summarize"]
+__all__ = ["Summary", "Writer", "drain_phase", "summarize"]
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,23 @@ def _with(base: Summary, **changes: object) -> Summary:
 
 
 def summarize(
-    want: model.Target | model.Broken | None, s: model.InstanceState, backoff_base: float = model.BACKOFF_BASE
+    want: model.Target | model.Broken | None,
+    s: model.InstanceState,
+    backoff_base: float = model.BACKOFF_BASE,
+    drained: bool = False,
 ) -> Summary:
-    """The status of one instance, its message cut to the cap every reader checks."""
-    summary = _summarize(want, s, backoff_base)
+    """The status of one instance, its message cut to the cap every reader checks.
+
+    `drained`: the server is drained; an instance with nothing running is `Drained`.
+    """
+    summary = _summarize(want, s, backoff_base, drained)
     message = documents.clip(summary.message)
     return summary if message == summary.message else _with(summary, message=message)
 
 
-def _summarize(want: model.Target | model.Broken | None, s: model.InstanceState, backoff_base: float) -> Summary:
+def _summarize(
+    want: model.Target | model.Broken | None, s: model.InstanceState, backoff_base: float, drained: bool
+) -> Summary:
     """The status of one instance, from what is wanted and its state (the rules are `model`'s)."""
     p = s.process
     base = Summary(
@@ -61,6 +69,7 @@ def _summarize(want: model.Target | model.Broken | None, s: model.InstanceState,
         restarts=s.restarts,
         last_exit_code=s.last_exit.code if s.last_exit else None,
         message=documents.clip(s.message),
+        restart_token=p.restart_token if p else None,
     )
     unhealthy = isinstance(want, model.Target) and s.unhealthy(want)
     if s.step is model.Step.STOPPING and unhealthy and p is not None:
@@ -69,6 +78,8 @@ def _summarize(want: model.Target | model.Broken | None, s: model.InstanceState,
         return _with(base, phase=Phase(s.step.value))
     if want is None:
         return _with(base, phase=Phase.STOPPING, message="removed from the server")
+    if drained and p is None:
+        return _with(base, phase=Phase.DRAINED, message="the server is drained: `discoverd undrain` starts it again")
     if isinstance(want, model.Broken):
         running = f"; still running version {p.version}, its last valid configuration" if p else ""
         return _with(base, phase=Phase.FAILED, message=want.message + running)
@@ -91,6 +102,15 @@ def _summarize(want: model.Target | model.Broken | None, s: model.InstanceState,
     return base
 
 
+def drain_phase(drained: bool, summaries: Mapping[model.Ref, Summary]) -> documents.DrainPhase | None:
+    """The agent's drain phase: None when not drained, `Drained` once no instance is anything else."""
+    if not drained:
+        return None
+    if all(s.phase is Phase.DRAINED for s in summaries.values()):
+        return documents.DrainPhase.DRAINED
+    return documents.DrainPhase.DRAINING
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -105,6 +125,8 @@ class Writer:
         self.started_at = _now()
         self.lease: int | None = None
         self.agent_message = ""
+        self.drain: documents.DrainPhase | None = None
+        self._written_drain: documents.DrainPhase | None = None
         self._wanted: dict[model.Ref, Summary] = {}
         self._history: dict[model.Ref, list[documents.PhaseChange]] = {}
         """Per instance, its last phase changes (the last one is the current phase and its `since`)."""
@@ -113,20 +135,41 @@ class Writer:
         self._dirty = asyncio.Event()
         self._down_since: float | None = None
 
-    def update(self, summaries: Mapping[model.Ref, Summary], agent_message: str) -> None:
+    def update(
+        self,
+        summaries: Mapping[model.Ref, Summary],
+        agent_message: str,
+        drain: documents.DrainPhase | None = None,
+    ) -> None:
         """The statuses to have in etcd now; written by `run` when they differ from what was written."""
         now = _now()
         for ref, summary in summaries.items():
             history = self._history.setdefault(ref, [])
             if not history or history[-1].phase != summary.phase:
+                if history and not states.expected(history[-1].phase, summary.phase):
+                    log.warning(
+                        "Changed phase unexpectedly",
+                        extra=logs.kv(
+                            server=self.server_id,
+                            service=ref.service,
+                            instance=ref.instance,
+                            old=history[-1].phase.value,
+                            new=summary.phase.value,
+                            reason=summary.message,
+                        ),
+                    )
                 history.append(documents.PhaseChange(phase=summary.phase, at=now, version=summary.version))
                 del history[: -documents.MAX_PHASE_HISTORY]
         for ref in set(self._history) - set(summaries):
             del self._history[ref]
         self._wanted = dict(summaries)
         self.agent_message = agent_message
-        if self._wanted != self._written or agent_message != self._written_agent_message:
+        self.drain = drain
+        if self._wanted != self._written or self._agent_changed():
             self._dirty.set()
+
+    def _agent_changed(self) -> bool:
+        return self.agent_message != self._written_agent_message or self.drain != self._written_drain
 
     async def _grant(self) -> None:
         self.lease = await leases.grant(self.store, self.ttl)
@@ -137,7 +180,7 @@ class Writer:
     async def _flush(self) -> None:
         assert self.lease is not None
         prefix = self.store.prefix
-        if self.agent_message != self._written_agent_message:
+        if self._agent_changed():
             now = _now()
             doc = documents.AgentStatus(
                 hostname=documents.clip(socket.gethostname(), documents.MAX_HOSTNAME_BYTES),
@@ -146,9 +189,11 @@ class Writer:
                 heartbeat=now,
                 lease_ttl=self.ttl,
                 message=documents.clip(self.agent_message),
+                drain=self.drain,
             )
             await self.store.put(keys.agent_status(prefix, self.server_id), doc, lease=self.lease)
             self._written_agent_message = self.agent_message
+            self._written_drain = self.drain
         for ref, summary in list(self._wanted.items()):
             if self._written.get(ref) == summary:
                 continue
@@ -168,7 +213,7 @@ class Writer:
         loop = asyncio.get_running_loop()
         keepalive_every = max(1.0, self.ttl / 3)
         next_keepalive = loop.time() + keepalive_every
-        retry = 0.5
+        backoff = runtime.Backoff()
         while True:
             try:
                 if self.lease is None:
@@ -188,7 +233,7 @@ class Writer:
                 if self._down_since is not None:
                     log.info("Reached etcd again", extra=logs.kv(after=f"{loop.time() - self._down_since:.1f}s"))
                     self._down_since = None
-                retry = 0.5
+                backoff.reset()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._dirty.wait(), max(0.0, next_keepalive - loop.time()))
             except leases.LeaseExpired:
@@ -198,8 +243,7 @@ class Writer:
                 if self._down_since is None:
                     self._down_since = loop.time()
                     log.warning("Failed to write status", extra=logs.kv(reason=str(error)))
-                await asyncio.sleep(retry)
-                retry = min(retry * 2, 5.0)
+                await asyncio.sleep(backoff.next())
 
     async def close(self) -> None:
         """Revoke the lease: the status keys go at once and the server shows offline."""

@@ -28,8 +28,9 @@ cgroup) is empty, not only until its leader has exited.
 
 A run script runs in its instance's cgroup (`cgroups.Placement`, in
 `Context.placement`), joined before it execs; stopping it ends everything in
-that cgroup. Run, step and health logs are created 0600 and capped:
-`LogLimit`, copy-and-truncate rotation (see `rotate`).
+that cgroup. Run, step and health logs are created 0600 in the agent's own
+log directory, never through a link, and capped: `LogLimit`, copy-and-truncate
+rotation (see `logfiles`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from discoverd import logs
-from discoverd.agent import cgroups, model, observe
+from discoverd.agent import cgroups, logfiles, model, observe
 from discoverd.schema import documents
 
 __all__ = [
@@ -165,48 +166,8 @@ def environment(
 
 
 def rotate(path: Path, limit: LogLimit) -> bool:
-    """If `path` is over the cap: copy it to `<path>.1` (older copies shifted up to `.<keep>`), then empty it.
-
-    Copy and truncate, not rename: a live run script keeps its log open (O_APPEND), a renamed file
-    would go on growing under the new name. With O_APPEND its next write lands at the new end of the
-    file. What it writes between the copy and the truncation (a few milliseconds) is lost.
-
-    No copy is ever missing, not even for an instant (someone tailing or listing the logs never sees
-    `.1` vanish): each older copy is hard-linked to a hidden temporary name that then atomically
-    replaces the next one up, and the new `.1` is written under a hidden name and renamed over it.
-    """
-    try:
-        if path.stat().st_size <= limit.max_bytes:
-            return False
-    except OSError:
-        return False
-    if limit.keep <= 0:
-        os.truncate(path, 0)
-        return True
-    for n in range(limit.keep - 1, 0, -1):
-        _replace_with_link(Path(f"{path}.{n}"), Path(f"{path}.{n + 1}"))
-    copy = Path(f"{path}.1")
-    staged = copy.with_name(f".{copy.name}.tmp")
-    with open(path, "rb") as src, _open_private(staged, os.O_TRUNC) as dst:
-        shutil.copyfileobj(src, dst)
-    os.replace(staged, copy)
-    os.truncate(path, 0)
-    return True
-
-
-def _replace_with_link(source: Path, target: Path) -> None:
-    """Make `target` the file `source` is, atomically, leaving `source` in place (a missing source: nothing)."""
-    staged = target.with_name(f".{target.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        staged.unlink()
-    try:
-        os.link(source, staged)
-    except FileNotFoundError:
-        return
-    except OSError:  # a filesystem without hard links: a plain rename, `source` missing for a moment
-        os.replace(source, target)
-        return
-    os.replace(staged, target)
+    """Rotate the log `path` if it is over the cap (see `logfiles.rotate`: copy and truncate, no link followed)."""
+    return logfiles.rotate(path, limit.max_bytes, limit.keep)
 
 
 @contextlib.asynccontextmanager
@@ -230,22 +191,11 @@ async def rotating(path: Path, limit: LogLimit) -> AsyncIterator[None]:
             await task
 
 
-def _open_private(path: Path, flags: int = os.O_APPEND) -> BinaryIO:
-    """Open for writing a file only its owner may read (logs may show env values): created 0600, made 0600."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-    except OSError:
-        os.close(fd)
-        raise
-    return open(fd, "wb")
-
-
 def _open_log(log_path: Path, argv: list[str], cwd: Path, limit: LogLimit) -> BinaryIO:
     """Create `cwd`, open the step's log for appending (rotated first if over the cap) and write a header."""
     cwd.mkdir(parents=True, exist_ok=True)
     rotate(log_path, limit)
-    log = _open_private(log_path)
+    log = logfiles.open_append(log_path)
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     log.write(f"--- {now} discoverd: running {argv!r} in {cwd}\n".encode())
     log.flush()

@@ -22,8 +22,10 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from discoverd import logs
+from discoverd.agent import artifacts as artifacts_
 from discoverd.agent import layout as layout_
 from discoverd.agent import model, observe, plan, steps
 from discoverd.metrics import AgentMetrics
@@ -53,8 +55,10 @@ class Supervisor:
         rng: random.Random | None = None,
         sweeper: steps.Sweeper | None = None,
         metrics: AgentMetrics | None = None,
+        artifacts: artifacts_.Artifacts | None = None,
     ) -> None:
         self.metrics = metrics
+        self.artifacts = artifacts
         self.ref = ref
         self.layout = layout
         self.ctx = ctx
@@ -102,7 +106,7 @@ class Supervisor:
         """Take over the saved state and what it says runs; False when there is neither a record nor files."""
         state = self.layout.load(self.ref)
         if state is None:
-            if not self.layout.instance_dir(self.ref).is_dir():
+            if not self.layout.has_files(self.ref):
                 return False
             # Files without a record: left by an agent before format 2, which deleted the record on
             # removal and kept the directory forever. Kept for the grace period from now, like a removal.
@@ -156,8 +160,8 @@ class Supervisor:
                         self._start(target)
                         if self.metrics is not None:
                             self.metrics.step_seconds.labels("start").observe(time.monotonic() - began)
-                    case plan.Stop(reason=reason, failure=failure):
-                        await self._stop(reason, failure)
+                    case plan.Stop(reason=reason, failure=failure, grace=grace):
+                        await self._stop(reason, failure, grace)
                     case plan.Promote(target=target):
                         self._promote(target)
                     case plan.Reject(config_hash=config_hash, version=version, reason=reason):
@@ -187,12 +191,15 @@ class Supervisor:
         doc = target.document
         vdir = self.layout.version_dir(service, version)
         idir = self.layout.instance_dir(self.ref)
+        idir.mkdir(parents=True, exist_ok=True)  # DISCOVERD_INSTANCE_DIR exists for every script
         self._step(model.Step.DOWNLOADING)
         self.notify()
         async with self.install_lock(service, version):
             if (version, target.install_hash) in self.layout.installed(service):
                 return  # another instance of the service installed it meanwhile
             self.layout.unmark_installed(service, version)
+            if doc.artifacts and not await self._fetch_artifacts(target, vdir):
+                return
             for name, script, step in (
                 ("download", doc.download_script, model.Step.DOWNLOADING),
                 ("install", doc.install_script, model.Step.INSTALLING),
@@ -222,6 +229,39 @@ class Supervisor:
             self.layout.mark_installed(target)
             self._apply(self.state.installed_version(target, time.time()))
             log.info("Installed version", extra=self._kv(version, hash=target.install_hash))
+
+    async def _fetch_artifacts(self, target: model.Target, vdir: Path) -> bool:
+        """Fetch (or find cached) and place the version's artifacts; False (install failed) if any fails."""
+        artifacts = target.document.artifacts or []
+        if self.artifacts is None:
+            self.artifacts = artifacts_.Artifacts(self.layout.root, metrics=self.metrics)
+        seen: dict[str, tuple[int, int | None]] = {}
+
+        def progress(url: str, received: int, expected: int | None) -> None:
+            seen[url] = (received, expected)
+            got = sum(r for r, _ in seen.values())
+            sizes = [e for _, e in seen.values()]
+            if all(e is not None for e in sizes) and (total := sum(e or 0 for e in sizes)):
+                message = f"Downloading {100 * got // total}% ({got / 2**20:.1f} of {total / 2**20:.1f} MiB)"
+            else:
+                message = f"Downloading {got / 2**20:.1f} MiB"
+            self.state = self.state.progressed(message, time.time())
+            self.notify()
+
+        log.info("Fetching artifacts", extra=self._kv(target.version, count=len(artifacts)))
+        began = time.monotonic()
+        try:
+            await self.artifacts.install(artifacts, self.ref.service, target.version, vdir, progress)
+        except artifacts_.FetchError as error:
+            self._apply(self.state.install_failed(target, f"{error} (version {target.version})", time.time()))
+            log.warning("Failed artifacts", extra=self._kv(target.version, reason=str(error)))
+            return False
+        if self.metrics is not None:
+            self.metrics.step_seconds.labels("artifacts").observe(time.monotonic() - began)
+        self.state = self.state.progressed(
+            f"placed {len(artifacts)} artifacts of version {target.version}", time.time()
+        )
+        return True
 
     async def _sweep(self) -> None:
         """Kill whatever carries this instance's tag: runs an earlier agent started, recorded or not."""
@@ -257,7 +297,7 @@ class Supervisor:
         run_id = uuid.uuid4().hex
         # Recorded before it exists: an agent killed between the spawn and the record below leaves
         # this, through which the next agent finds the run and adopts it instead of starting another.
-        pending = model.Process(0, 0, target.config_hash, target.version, started_at, run_id)
+        pending = model.Process(0, 0, target.config_hash, target.version, started_at, run_id, target.restart_token)
         restarts = self.state.restarts
         self._apply(self.state.spawning(target, pending, started_at))
         if self.metrics is not None and self.state.restarts > restarts:
@@ -277,7 +317,7 @@ class Supervisor:
             self._exited(None, reason)
             return
         start_time = observe.start_time(popen.pid) or 0
-        p = model.Process(popen.pid, start_time, target.config_hash, target.version, started_at, run_id)
+        p = dataclasses.replace(pending, pid=popen.pid, start_time=start_time)
         self.popen = popen
         self._apply(self.state.started(p, time.time()))
         log.info("Started instance", extra=self._kv(target.version, pid=p.pid, restarts=self.state.restarts))
@@ -314,7 +354,7 @@ class Supervisor:
         why = self.state.last_exit.reason if self.state.last_exit else ""
         log.warning("Exited instance", extra=self._kv(p.version, pid=p.pid, code=code, reason=why))
 
-    async def _stop(self, reason: str, failure: bool) -> None:
+    async def _stop(self, reason: str, failure: bool, grace: float | None = None) -> None:
         p = self.state.process
         if p is None:
             return
@@ -322,6 +362,9 @@ class Supervisor:
         self.notify()
         target = self.state.current
         doc = target.document if target is not None and target.config_hash == p.config_hash else None
+        timeout = doc.stop_timeout if doc else 10.0
+        if grace is not None:
+            timeout = max(0.0, min(timeout, grace))
         log.info("Stopping instance", extra=self._kv(p.version, pid=p.pid, reason=reason))
         self._stopping = True
         self._cancel_health()
@@ -329,8 +372,8 @@ class Supervisor:
             await steps.stop_group(
                 p.pid,
                 p.start_time,
-                doc.stop_signal if doc else "SIGTERM",
-                doc.stop_timeout if doc else 10.0,
+                "SIGKILL" if grace is not None and grace <= 0 else doc.stop_signal if doc else "SIGTERM",
+                timeout,
                 self.ctx.placement.cgroup(self.ref),
             )
             code = self.popen.wait() if self.popen is not None else None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from discoverd.agent import cgroups, loop, model, steps
+from discoverd.agent import artifacts, cgroups, extract, loop, model, steps
 from discoverd.cli import main
 from discoverd.schema import keys
 
@@ -111,6 +111,64 @@ def _cgroup_root(ctx: click.Context, param: click.Parameter, value: str) -> str:
     callback=main.metrics_address,
     help='HOST:PORT serving /metrics, /healthz and /readyz ("" serves none).',
 )
+@click.option(
+    "--artifact-cache-mb",
+    type=click.IntRange(min=1),
+    default=artifacts.Settings.cache_bytes // 2**20,
+    show_default=True,
+    envvar="DISCOVERD_ARTIFACT_CACHE_MB",
+    help="Size of the artifact cache (<state>/cache); the least recently used blob no install uses is evicted first.",
+)
+@click.option(
+    "--artifact-max-mb",
+    type=click.IntRange(min=1),
+    default=artifacts.Settings.max_bytes // 2**20,
+    show_default=True,
+    help="Largest artifact fetched.",
+)
+@click.option(
+    "--artifact-max-unpacked-mb",
+    type=click.IntRange(min=1),
+    default=extract.Limits.max_bytes // 2**20,
+    show_default=True,
+    help="Most bytes one archive may unpack to (checked while unpacking).",
+)
+@click.option(
+    "--artifact-max-files",
+    type=click.IntRange(min=1),
+    default=extract.Limits.max_files,
+    show_default=True,
+    help="Most entries one archive may hold.",
+)
+@click.option(
+    "--artifact-parallel",
+    type=click.IntRange(min=1),
+    default=artifacts.Settings.parallel,
+    show_default=True,
+    help="Artifact downloads at once, over the whole agent.",
+)
+@click.option(
+    "--artifact-timeouts",
+    type=(click.FloatRange(min=0.01), click.FloatRange(min=0.01), click.FloatRange(min=0.01)),
+    default=(artifacts.Settings.connect_timeout, artifacts.Settings.read_timeout, artifacts.Settings.total_timeout),
+    show_default=True,
+    metavar="CONNECT READ TOTAL",
+    help="Seconds to connect, without a byte received, and for one artifact with all its attempts.",
+)
+@click.option(
+    "--artifact-attempts",
+    type=click.IntRange(min=1, max=100),
+    default=artifacts.Settings.attempts,
+    show_default=True,
+    help="Attempts per artifact (retried with back-off on connection errors, timeouts, 408, 429, 5xx).",
+)
+@click.option(
+    "--keep-versions",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Installs kept per service besides those in use and each instance's previous one (for rollback).",
+)
 @click.option("--stop-instances-on-exit", is_flag=True, help="Stop every instance when the agent exits.")
 @click.option("--lease-ttl", type=click.IntRange(min=2), default=15, show_default=True, help="Seconds.")
 @click.option(
@@ -134,6 +192,14 @@ def agent(
     script_log_keep: int,
     script_log_check_interval: float,
     metrics_address: str,
+    artifact_cache_mb: int,
+    artifact_max_mb: int,
+    artifact_max_unpacked_mb: int,
+    artifact_max_files: int,
+    artifact_parallel: int,
+    artifact_timeouts: tuple[float, float, float],
+    artifact_attempts: int,
+    keep_versions: int,
     stop_instances_on_exit: bool,
     lease_ttl: int,
     backoff_base: float,
@@ -154,5 +220,16 @@ def agent(
         placement=placement,
         script_logs=steps.LogLimit(script_log_max_bytes, script_log_keep, script_log_check_interval),
         metrics_address=metrics_address,
+        artifacts=artifacts.Settings(
+            cache_bytes=artifact_cache_mb * 2**20,
+            max_bytes=artifact_max_mb * 2**20,
+            parallel=artifact_parallel,
+            connect_timeout=artifact_timeouts[0],
+            read_timeout=artifact_timeouts[1],
+            total_timeout=artifact_timeouts[2],
+            attempts=artifact_attempts,
+            unpack=extract.Limits(artifact_max_unpacked_mb * 2**20, artifact_max_files),
+        ),
+        keep_versions=keep_versions,
     )
     main.run_async(run_until_signal(loop.Agent(main.etcd_options(ctx), options)))

@@ -60,13 +60,16 @@ def read_manifests(paths: tuple[str, ...]) -> tuple[list[manifests.Manifest], li
 
 
 def _merged(new: documents.Document, old: documents.Document | None) -> documents.Document:
-    """`new`, keeping the fields another writer stored in `old` that discoverd does not know."""
-    if old is None or type(old) is not type(new) or not old.model_extra:
+    """`new`, keeping the fields another writer stored in `old` that discoverd does not know, and the
+    ones commands set (`kept_by_apply`: a restart token, a drain) when `new` leaves them out."""
+    if old is None or type(old) is not type(new):
         return new
-    unknown = {k: v for k, v in old.model_extra.items() if k not in (new.model_extra or {})}
-    if not unknown:
+    stored = documents.dump(old)
+    kept = {k: stored[k] for k in type(new).kept_by_apply if k in stored and k not in new.model_fields_set}
+    unknown = {k: v for k, v in (old.model_extra or {}).items() if k not in (new.model_extra or {})}
+    if not unknown and not kept:
         return new
-    return type(new).model_validate({**documents.dump(new), **unknown})
+    return type(new).model_validate({**documents.dump(new), **kept, **unknown})
 
 
 async def plan_changes(store: store_documents.Store, found: list[manifests.Manifest]) -> list[Change]:

@@ -17,6 +17,7 @@ import json
 
 import click
 
+from discoverd.agent import artifacts
 from discoverd.cli import get, main
 from discoverd.errors import printable
 from discoverd.schema import documents, keys
@@ -94,6 +95,9 @@ def describe_instance(view: get.View, prefix: str, service: str, instance_id: st
                 f"  Healthy after {version.min_healthy_seconds:g} s; stop with {version.stop_signal}, "
                 f"then SIGKILL after {version.stop_timeout:g} s",
             ]
+            for a in version.artifacts or []:
+                into = f"unpacked into {a.dest}" if a.archive else f"placed as {a.dest.rstrip('/')}/{a.file_name}"
+                lines.append(f"  Artifact:   {artifacts.shown(a.url)} {a.algorithm}:{a.digest[:16]}... {into}")
     ignored = sorted({s for (s, sv, i) in view.statuses if (sv, i) == (service, instance_id)} - set(servers))
     for server in servers:
         status = view.statuses.get((server, service, instance_id))

@@ -169,6 +169,16 @@ def rollout_rows(view: View) -> list[list[str]]:
     return rows
 
 
+def _server_state(server: documents.Server | None, agent: documents.AgentStatus | None) -> str:
+    """`Online`/`Offline`, then `,Drained` when the server document says so (`,Draining` while its
+    agent still stops instances), as kubectl shows `Ready,SchedulingDisabled`."""
+    state = "Online" if agent else "Offline"
+    if server is None or not server.drained:
+        return state
+    draining = agent is not None and agent.drain is documents.DrainPhase.DRAINING
+    return state + (",Draining" if draining else ",Drained")
+
+
 def server_rows(view: View, now: dt.datetime) -> list[list[str]]:
     rows = []
     for server_id in sorted(set(view.servers) | set(view.agents)):
@@ -183,7 +193,7 @@ def server_rows(view: View, now: dt.datetime) -> list[list[str]]:
         rows.append(
             [
                 server_id,
-                "Online" if agent else "Offline",
+                _server_state(server, agent),
                 str(listed),
                 str(running),
                 _text(agent.agent_version if agent else None),

@@ -275,6 +275,8 @@ def _register() -> None:
         ("operator", ("operator",)),
         ("controller", ("controller",)),
         ("rollout", ("rollout",)),
+        ("restart", ("restart",)),
+        ("drain", ("drain", "undrain")),
     ):
         try:
             imported = __import__(f"discoverd.cli.{module}", fromlist=["_"])

@@ -140,6 +140,12 @@ def rollout() -> None:
     default=None,
     help="An updated instance not healthy this long fails the rollout.  [default: 600]",
 )
+@click.option(
+    "--max-restarts",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Restarts on the new version, before it was ever healthy, that fail the rollout at once.  [default: 2]",
+)
 @click.option("--no-auto-revert", is_flag=True, help="On failure stop, instead of setting every instance back.")
 @click.pass_context
 def start(
@@ -151,6 +157,7 @@ def start(
     max_unavailable: int | str | None,
     min_healthy_seconds: float | None,
     progress_deadline_seconds: float | None,
+    max_restarts: int | None,
     no_auto_revert: bool,
 ) -> None:
     """Start rolling SERVICE out to a new version."""
@@ -165,6 +172,8 @@ def start(
         fields["min_healthy_seconds"] = min_healthy_seconds
     if progress_deadline_seconds is not None:
         fields["progress_deadline_seconds"] = progress_deadline_seconds
+    if max_restarts is not None:
+        fields["max_restarts"] = max_restarts
     if no_auto_revert:
         fields["auto_revert"] = False
     options = main.etcd_options(ctx)
@@ -209,9 +218,14 @@ def _done(status: rollouts.RolloutStatus | None, config: rollouts.RolloutConfig 
     return status.phase is rollouts.RolloutPhase.FAILED and config is not None and not config.auto_revert
 
 
+def _title(service: str, s: rollouts.RolloutStatus) -> str:
+    """`web -> 2.0`, or for a restart `web restart`."""
+    return f"{service} restart" if s.restart_token is not None else f"{service} -> {s.to_version}"
+
+
 def _line(service: str, s: rollouts.RolloutStatus) -> str:
     parts = [
-        f"{service} -> {s.to_version}: {s.phase.value}",
+        f"{_title(service, s)}: {s.phase.value}",
         f"updated {len(s.updated)}/{s.total}",
         f"healthy {len(s.healthy)}/{s.total}",
     ]
@@ -227,7 +241,7 @@ def _bar(service: str, s: rollouts.RolloutStatus, width: int = 30) -> str:
     healthy = min(width, width * len(s.healthy) // total)
     updated = min(width - healthy, width * len(s.updated) // total - healthy)
     bar = "#" * healthy + "+" * max(0, updated) + "." * (width - healthy - max(0, updated))
-    return f"{service} -> {s.to_version} [{bar}] {len(s.healthy)}/{s.total} healthy, {len(s.updated)} updated  {s.phase.value}"
+    return f"{_title(service, s)} [{bar}] {len(s.healthy)}/{s.total} healthy, {len(s.updated)} updated  {s.phase.value}"
 
 
 class _Printer:

@@ -22,12 +22,12 @@ import os
 import socket
 from collections.abc import Callable
 
-from discoverd import logs, metrics
+from discoverd import logs, metrics, runtime
 from discoverd.config import EtcdOptions
 from discoverd.controller import leader, plan, world
 from discoverd.errors import Compacted, Conflict, StoreUnavailable
 from discoverd.schema import documents, keys, rollouts, untrusted
-from discoverd.store import client, leases, watch
+from discoverd.store import connect, leases, watch
 from discoverd.store.documents import Store, Write
 
 __all__ = ["Controller", "run"]
@@ -68,7 +68,8 @@ class Controller:
         self._wake = asyncio.Event()
         self._invalid: dict[str, int] = {}
         self.leading = False
-        self.watch_current = False
+        self.resync = runtime.Resync("controller")
+        """Readiness while leading: the cache follows etcd from a full read (the runtime kit's loop)."""
         self.etcd_error: str | None = None
         """Why etcd failed last (cleared by the next success): for /readyz."""
 
@@ -155,9 +156,10 @@ class Controller:
 
     def ready(self) -> str | None:
         """None when etcd answers and, while leading, the watch is current; else why not (for /readyz)."""
-        if self.etcd_error is not None:
-            return f"etcd unavailable: {self.etcd_error}"
-        if self.leading and not self.watch_current:
+        failure = self.etcd_error or (self.resync.failure if self.leading else None)
+        if failure is not None:
+            return f"etcd unavailable: {failure}"
+        if self.leading and not self.resync.current:
             return "leading without a current etcd watch (reading the prefix again)"
         return None
 
@@ -171,7 +173,8 @@ class Controller:
     async def _act(self) -> None:
         snapshot = await self.store.snapshot()
         self.world.load(snapshot)
-        self.etcd_error, self.watch_current = None, True
+        self.etcd_error = None
+        self.resync.synced()
         follower = asyncio.create_task(self._follow(snapshot.revision + 1), name="controller watch")
         try:
             while True:
@@ -183,44 +186,39 @@ class Controller:
                 await asyncio.wait([waiter, follower], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
         finally:
-            self.watch_current = False
             follower.cancel()
             with contextlib.suppress(asyncio.CancelledError, StoreUnavailable, Compacted):
                 await follower
 
     async def lead(self, lease: int) -> None:
-        """Act while the lease holds; return when it is lost."""
+        """Act while the lease holds; return when it is lost.
+
+        Acting is a resync-then-watch loop (`runtime.Resync`): a lost or compacted watch reads
+        everything again, after a back-off while etcd is unreachable.
+        """
         holder = asyncio.create_task(leader.hold(self.store, lease, self.ttl), name="leader lease")
-        delay = 0.5
+        actor = asyncio.create_task(self.resync.run(self._act), name="controller")
         self.leading = True
         self.metrics.leader.set(1)
         try:
-            while not holder.done():
-                actor = asyncio.create_task(self._act(), name="controller")
-                await asyncio.wait([actor, holder], return_when=asyncio.FIRST_COMPLETED)
-                if not actor.done():
-                    actor.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await actor
-                    return
-                try:
-                    actor.result()
-                except (StoreUnavailable, Compacted) as error:
-                    self.etcd_error = str(error) if isinstance(error, StoreUnavailable) else None
-                    log.warning("Lost the etcd watch; reading everything again", extra=logs.kv(reason=str(error)))
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+            await asyncio.wait([actor, holder], return_when=asyncio.FIRST_COMPLETED)
+            if actor.done():
+                actor.result()  # only a bug ends the loop: raise it
         finally:
             self.leading = False
+            self.resync.lose()
             self.metrics.leader.set(0)
             self.metrics.set_phases(())  # only the leader's cache is current
-            holder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await holder
+            for task in (actor, holder):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def run(self, stop: asyncio.Event) -> None:
         """Campaign, lead, campaign again...; until `stop` is set (then give the lease back at once)."""
         stopper = asyncio.create_task(stop.wait())
+        backoff = runtime.Backoff()
         try:
             while not stop.is_set():
                 lease: int | None = None
@@ -234,6 +232,7 @@ class Controller:
                         return
                     lease = campaigner.result()
                     self.etcd_error = None
+                    backoff.reset()
                     leading = asyncio.create_task(self.lead(lease))
                     await asyncio.wait([leading, stopper], return_when=asyncio.FIRST_COMPLETED)
                     leading.cancel()
@@ -241,8 +240,12 @@ class Controller:
                         await leading
                 except StoreUnavailable as error:
                     self.etcd_error = str(error)
-                    log.warning("etcd is unavailable; campaigning again", extra=logs.kv(reason=str(error)))
-                    await asyncio.sleep(1.0)
+                    wait = backoff.next()
+                    log.warning(
+                        "etcd is unavailable; campaigning again",
+                        extra=logs.kv(reason=str(error), retry_in=f"{wait:.3f}s"),
+                    )
+                    await asyncio.sleep(wait)
                 finally:
                     if lease is not None:
                         with contextlib.suppress(StoreUnavailable):
@@ -275,16 +278,8 @@ async def run(
         return copy[0].ready() if copy else "not connected to etcd yet"
 
     server = await metrics.serve(metrics_address, [m.registry], ready)
-    delay = 0.5
     try:
-        while True:
-            try:
-                store = Store(await client.connect(options))
-                break
-            except StoreUnavailable as error:
-                log.warning("Failed to connect to etcd", extra=logs.kv(reason=str(error), retry_in=f"{delay:g}s"))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        store = await connect.retrying(options)
         try:
             log.info("Started controller", extra=logs.kv(identity=identity(), prefix=options.prefix, ttl=ttl))
             copy.append(Controller(store, identity(), ttl, metrics_=m))

@@ -2,8 +2,8 @@
 
 `loop` keeps `World.entries` current from a snapshot and the watch; `rollout`
 and `members` read one service's rollout and instances out of it, joining each
-instance with the servers that list it, whether their agents are online, and
-what those agents report.
+instance with the servers that list it, whether their agents are online (and
+their servers drained), and what those agents report.
 
 Agent reports are untrusted: a status document that does not validate (one
 over its caps, say) is skipped as if absent, and logged once per key and
@@ -108,8 +108,11 @@ class World:
             (k.server, k.instance): e for k, e in self._of(keys.Kind.INSTANCE_STATUS) if k.service == service
         }
         listed: dict[str, list[str]] = {}
+        drained: set[str] = set()
         for key, entry in self._of(keys.Kind.SERVER):
             if isinstance(entry.document, documents.Server):
+                if entry.document.drained:
+                    drained.add(key.server)
                 for ref in entry.document.service_instances:
                     if ref.name == service:
                         listed.setdefault(ref.id, []).append(key.server)
@@ -122,6 +125,7 @@ class World:
                 status = (
                     s.document if s is not None and valid and isinstance(s.document, documents.InstanceStatus) else None
                 )
-                reports.append(plan.Report(server, server in online, status, s.mod_revision if s is not None else 0))
+                at = s.mod_revision if s is not None else 0
+                reports.append(plan.Report(server, server in online, status, at, server in drained))
             members[instance] = plan.Member(instance, doc, revision, tuple(reports))
         return members

@@ -12,13 +12,12 @@ never fatal.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from kubernetes.client.exceptions import ApiException
 
 from discoverd import logs
-from discoverd.errors import Compacted, InvalidDocument, StoreUnavailable
+from discoverd.errors import InvalidDocument, StoreUnavailable
 from discoverd.operator import reconciler, status
 from discoverd.schema import keys, resources
 from discoverd.store import documents, watch
@@ -26,8 +25,6 @@ from discoverd.store import documents, watch
 __all__ = ["resync", "run"]
 
 logger = logging.getLogger(__name__)
-
-_MAX_BACKOFF = 10.0
 
 
 def _utf8(key: str) -> bool:
@@ -105,34 +102,14 @@ def _apply(r: reconciler.Reconciler, batch: list[watch.Event]) -> None:
         r.enqueue(key, config=False)
 
 
-def _lost(r: reconciler.Reconciler) -> None:
-    if r.watch_current:
-        r.metrics.etcd_reconnects.inc()
-    r.watch_current = False
-
-
 async def run(r: reconciler.Reconciler) -> None:
-    """Resync, then follow the watch; start over after compaction, a lost watch or an outage."""
-    delay = 0.5
-    while True:
-        try:
-            revision = await resync(r)
-            r.watch_current = True
-            delay = 0.5
-            async for batch in watch.watch(r.store, revision + 1):
-                _apply(r, batch)
-        except Compacted as error:
-            _lost(r)
-            logger.warning("Resyncing: the watch was compacted", extra=logs.kv(reason=str(error)))
-        except StoreUnavailable as error:
-            _lost(r)
-            logger.warning("etcd is unavailable, retrying", extra=logs.kv(reason=str(error), retry_in=delay))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _MAX_BACKOFF)
-        except ApiException as error:
-            _lost(r)
-            logger.warning(
-                "The Kubernetes API failed, retrying", extra=logs.kv(reason=str(error.reason), retry_in=delay)
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _MAX_BACKOFF)
+    """Resync, then follow the watch; start over after compaction, a lost watch or an outage (`runtime.Resync`)."""
+
+    async def cycle() -> None:
+        revision = await resync(r)
+        r.resync.synced()
+        async for batch in watch.watch(r.store, revision + 1):
+            r.resync.heard()
+            _apply(r, batch)
+
+    await r.resync.run(cycle, retry_on=(StoreUnavailable, ApiException))

@@ -2,7 +2,7 @@
 
 Kopf handles SIGTERM/SIGINT and returns; the etcd side is then cancelled.
 etcd being down at start-up or later is waited out, never fatal. The etcd
-watch and each worker run under `tasks.supervise`: an unexpected exception
+watch and each worker run under `runtime.supervise`: an unexpected exception
 is logged with its traceback and the task restarted with back-off.
 """
 
@@ -14,28 +14,15 @@ import logging
 import kopf
 from prometheus_client import CollectorRegistry
 
-from discoverd import logs, metrics
+from discoverd import logs, metrics, runtime
 from discoverd.config import EtcdOptions
-from discoverd.errors import StoreUnavailable
-from discoverd.operator import etcd_to_k8s, handlers, kube, reconciler, startup, tasks
-from discoverd.store import client, documents
+from discoverd.operator import etcd_to_k8s, handlers, kube, reconciler, startup
+from discoverd.store import connect
 
-__all__ = ["connect", "run"]
+__all__ = ["run"]
 
 logger = logging.getLogger(__name__)
 _ = handlers  # importing it registers the handlers on startup.registry
-
-
-async def connect(options: EtcdOptions) -> documents.Store:
-    """A store, once etcd answers (retrying with back-off while it does not)."""
-    delay = 0.5
-    while True:
-        try:
-            return documents.Store(await client.connect(options))
-        except StoreUnavailable as error:
-            logger.warning("etcd is unavailable, retrying", extra=logs.kv(reason=str(error), retry_in=delay))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
 
 
 async def run(
@@ -55,7 +42,7 @@ async def run(
     def ready() -> str | None:
         if not running:
             return "not connected to etcd yet"
-        if not running[0].watch_current:
+        if not running[0].resync.current:
             return "no current etcd watch (etcd unreachable, or resyncing the prefix)"
         return None
 
@@ -70,16 +57,16 @@ async def run(
 async def _run(
     namespace: str, options: EtcdOptions, m: metrics.OperatorMetrics, running: list[reconciler.Reconciler]
 ) -> None:
-    store = await connect(options)
+    store = await connect.retrying(options)
     api = kube.Api(kube.load_config(), namespace, m)
     r = reconciler.Reconciler(store, api, m)
     running.append(r)
     logger.info("Started operator", extra=logs.kv(namespace=namespace, prefix=options.prefix))
     try:
         async with asyncio.TaskGroup() as group:
-            ours = [group.create_task(tasks.supervise("etcd-watch", lambda: etcd_to_k8s.run(r)), name="etcd-watch")]
+            ours = [group.create_task(runtime.supervise("etcd-watch", lambda: etcd_to_k8s.run(r)), name="etcd-watch")]
             ours += [
-                group.create_task(tasks.supervise(f"worker-{i}", r.work), name=f"worker-{i}")
+                group.create_task(runtime.supervise(f"worker-{i}", r.work), name=f"worker-{i}")
                 for i in range(kube.CONCURRENCY)
             ]
             await kopf.operator(

@@ -27,7 +27,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from discoverd import logs, metrics
+from discoverd import logs, metrics, runtime
 from discoverd.errors import Conflict, DiscoverdError, InvalidDocument
 from discoverd.operator import decision, kube, objects, startup, status, workqueue
 from discoverd.schema import keys, names, resources
@@ -111,8 +111,8 @@ class Reconciler:
         self.queue: workqueue.WorkQueue[keys.Key] = workqueue.WorkQueue()
         self.metrics = metrics_ or metrics.OperatorMetrics()
         self.metrics.queue_depth.set_function(lambda: len(self.queue))
-        self.watch_current = False
-        """True from a full resync until the etcd watch is lost (the operator's readiness)."""
+        self.resync = runtime.Resync("operator", on_lost=self.metrics.etcd_reconnects.inc)
+        """Readiness (`current`: true from a full resync until the etcd watch is lost) and losses."""
         self._config: dict[keys.Key, documents.Entry | Unread | None] = {}
         """Queued keys whose configuration needs syncing, with the newest value the watch delivered."""
         self._locks: workqueue.KeyLocks[keys.Key] = workqueue.KeyLocks()

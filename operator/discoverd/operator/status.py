@@ -163,7 +163,7 @@ class View:
             running=sum(1 for d in reports if d.phase is documents.Phase.RUNNING),
         )
         if isinstance(agent, documents.AgentStatus):
-            out.online, out.phase = True, "Online"
+            out.online, out.phase = True, "Online" if agent.drain is None else f"Online,{agent.drain.value}"
             out.hostname, out.agent_version, out.started_at = (
                 _shown(agent.hostname),
                 _shown(agent.agent_version),

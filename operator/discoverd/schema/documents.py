@@ -19,6 +19,7 @@ import datetime as dt
 import enum
 import json
 import signal
+import urllib.parse
 from typing import Annotated, Any, ClassVar, Self, TypeVar
 
 import pydantic
@@ -32,6 +33,9 @@ __all__ = [
     "DEFAULT_STEP_TIMEOUT",
     "MAX_AGENT_VERSION_BYTES",
     "MAX_ARG_BYTES",
+    "MAX_ARTIFACTS",
+    "MAX_ARTIFACT_DEST_BYTES",
+    "MAX_ARTIFACT_MODE",
     "MAX_EXIT_CODE",
     "MAX_FAILURE_THRESHOLD",
     "MAX_HEALTH_INTERVAL",
@@ -42,15 +46,20 @@ __all__ = [
     "MAX_PHASE_HISTORY",
     "MAX_PID",
     "MAX_RESTARTS",
+    "MAX_RESTART_TOKEN",
     "MAX_STATUS_BYTES",
     "MAX_STEP_TIMEOUT",
     "MAX_STOP_TIMEOUT",
+    "MAX_URL_BYTES",
     "MIN_HEALTH_INTERVAL",
     "RESERVED_ENV_PREFIX",
     "AgentStatus",
     "Arg",
+    "Artifact",
     "Document",
+    "DrainPhase",
     "EnvName",
+    "Extract",
     "HealthCheck",
     "Instance",
     "InstanceBody",
@@ -62,6 +71,7 @@ __all__ = [
     "Phase",
     "PhaseChange",
     "Resources",
+    "RestartToken",
     "Script",
     "Segment",
     "Server",
@@ -106,6 +116,8 @@ MAX_AGENT_VERSION_BYTES = 128
 MAX_STATUS_BYTES = 64 * 1024
 """Largest status document (agent or instance) as stored: its capped fields take a fraction of it, the
 rest leaves room for fields of newer agents, but one server cannot fill a reader's memory."""
+MAX_RESTART_TOKEN = 256
+"""Longest `restart_token`, in characters (`discoverd restart` writes a timestamp of 27)."""
 RESERVED_ENV_PREFIX = "DISCOVERD_"
 """Env names the agent sets itself (and uses to recognise its processes): a document cannot set them."""
 
@@ -186,6 +198,8 @@ Arg = Annotated[str, AfterValidator(_arg)]
 """A command, argument or env value: text without NUL, within the kernel's length for one argument."""
 EnvName = Annotated[str, AfterValidator(_env_name)]
 """An environment variable name: non-empty, no '=' or NUL, not one of the agent's own DISCOVERD_*."""
+RestartToken = Annotated[str, Field(max_length=MAX_RESTART_TOKEN), AfterValidator(_text)]
+"""Extension: any text; a change restarts the instance with no version change (`discoverd restart`)."""
 
 
 def _both_spellings(field: str) -> AliasChoices:
@@ -199,6 +213,9 @@ class Document(BaseModel):
     """Status documents are written whole; configuration only with the fields its writer set."""
     max_bytes: ClassVar[int] = untrusted.MAX_VALUE_BYTES
     """Largest stored value `parse` reads for this document."""
+    kept_by_apply: ClassVar[frozenset[str]] = frozenset()
+    """Fields commands set rather than configuration (`discoverd restart`, `drain`): `apply -f` keeps
+    what etcd has when its YAML leaves them out, as `kubectl apply` keeps fields it never set."""
 
     model_config = ConfigDict(
         extra="allow",
@@ -263,6 +280,133 @@ class Resources(Document):
     """Processes and threads (`pids.max`)."""
 
 
+MAX_ARTIFACTS = 64
+"""Most `artifacts` of one version document."""
+MAX_URL_BYTES = 8192
+"""Longest artifact `url`, in UTF-8 bytes (what common HTTP servers accept in a request line)."""
+MAX_ARTIFACT_DEST_BYTES = 4096
+"""Longest artifact `dest` (Linux's PATH_MAX)."""
+MAX_ARTIFACT_MODE = 0o777
+"""Largest artifact `mode`: permission bits only (no setuid, setgid or sticky bit)."""
+
+
+def _artifact_url(value: str) -> str:
+    _text(value)
+    if len(value.encode()) > MAX_URL_BYTES:
+        raise ValueError(f"must be at most {MAX_URL_BYTES} bytes")
+    if any(c.isspace() or ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
+        raise ValueError(f"{_quoted(value)} must not contain spaces or control characters (percent-encode them)")
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"{_quoted(value)} must be an http:// or https:// URL")
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError:
+        raise ValueError(f"{_quoted(value)} has an invalid port") from None
+    if not parts.hostname:
+        raise ValueError(f"{_quoted(value)} has no host")
+    return value
+
+
+def _artifact_dest(value: str) -> str:
+    _text(value)
+    if len(value.encode()) > MAX_ARTIFACT_DEST_BYTES:
+        raise ValueError(f"must be at most {MAX_ARTIFACT_DEST_BYTES} bytes")
+    if value.startswith("/"):
+        raise ValueError(f"{_quoted(value)} must be a path relative to the version directory, not absolute")
+    for part in value.split("/"):
+        if part in ("", "."):
+            continue  # "a//b", "./a", "a/": the same directory
+        if part == "..":
+            raise ValueError(f"{_quoted(value)} must stay inside the version directory: no '..'")
+        reason = keys.segment_error(part)
+        if reason is not None:
+            raise ValueError(f"{_quoted(value)} must stay inside the version directory: {part!r} {reason}")
+    return value
+
+
+def _mode(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_ARTIFACT_MODE:
+        raise ValueError(
+            f"{value} is not permission bits 0..{MAX_ARTIFACT_MODE} (0777); JSON has no octal: 0755 is written 493"
+        )
+    return value
+
+
+def _hex_digest(length: int) -> Any:
+    def check(value: str) -> str:
+        if len(value) != length or any(c not in "0123456789abcdefABCDEF" for c in value):
+            raise ValueError(f"must be {length} hexadecimal digits")
+        return value.lower()
+
+    return AfterValidator(check)
+
+
+class Extract(enum.StrEnum):
+    """What to do with an artifact once verified."""
+
+    AUTO = "auto"
+    """Unpack it if its URL names an archive (.tar, .tar.gz, .tgz, .tar.xz, .txz, .tar.bz2, .tbz2, .zip)."""
+    NONE = "none"
+    """Place the file as it is."""
+
+
+class Artifact(Document):
+    """Extension: a file fetched by the agent (no shell), verified by sha256 or sha512, cached, placed in dest."""
+
+    # Exactly one of `sha256` and `sha512`. `dest` is a directory relative to the version
+    # directory (default: the version directory itself). An archive is unpacked there; any other
+    # file is placed there under the last segment of the URL's path. `mode` is the permission bits
+    # of the placed file (default 0644), or of every regular file unpacked from an archive
+    # (default: the archive's, without setuid, setgid and sticky bits). JSON has no octal: 0755
+    # is written 493 (YAML takes 0755), as Kubernetes' `defaultMode`.
+
+    url: Annotated[str, AfterValidator(_artifact_url), Field(max_length=MAX_URL_BYTES)]
+    sha256: Annotated[str, _hex_digest(64), Field(pattern="^[0-9a-fA-F]{64}$")] | None = None
+    sha512: Annotated[str, _hex_digest(128), Field(pattern="^[0-9a-fA-F]{128}$")] | None = None
+    extract: Extract = Extract.AUTO
+    dest: Annotated[str, AfterValidator(_artifact_dest), Field(max_length=MAX_ARTIFACT_DEST_BYTES)] = "."
+    mode: Annotated[int, Field(ge=0, le=MAX_ARTIFACT_MODE), NotBool, BeforeValidator(_mode)] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_digest(self) -> Self:
+        if (self.sha256 is None) == (self.sha512 is None):
+            raise ValueError("needs exactly one of sha256 and sha512 (the digest the download must have)")
+        if self.extract is Extract.NONE or not self.archive:
+            reason = keys.segment_error(self.file_name)
+            if reason is not None:
+                raise ValueError(f"url must end with a file name to place the file under: {self.file_name!r} {reason}")
+        return self
+
+    @property
+    def algorithm(self) -> str:
+        """`sha256` or `sha512`: the cache directory it is kept in."""
+        return "sha256" if self.sha256 is not None else "sha512"
+
+    @property
+    def digest(self) -> str:
+        """The expected digest, lower-case hex."""
+        return self.sha256 if self.sha256 is not None else str(self.sha512)
+
+    @property
+    def file_name(self) -> str:
+        """The last segment of the URL's path, percent-decoded: the placed file's name."""
+        path = urllib.parse.urlsplit(self.url).path
+        return urllib.parse.unquote(path.rsplit("/", 1)[-1], errors="surrogateescape")
+
+    @property
+    def archive(self) -> str | None:
+        """The archive format to unpack (`tar`, `zip`) with `extract: auto`, by the URL's ending; None: a file."""
+        if self.extract is Extract.NONE:
+            return None
+        name = self.file_name.lower()
+        if name.endswith(".zip"):
+            return "zip"
+        if name.endswith((".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".tbz")):
+            return "tar"
+        return None
+
+
 class VersionBody(Document):
     """How to download, install and run one version of a service (everything but its name)."""
 
@@ -280,6 +424,8 @@ class VersionBody(Document):
     stop_signal: Annotated[str, AfterValidator(_signal_name)] = "SIGTERM"
     stop_timeout: Annotated[float, Field(ge=0, le=MAX_STOP_TIMEOUT), NotBool] = 10.0
     resources: Resources | None = None
+    artifacts: Annotated[list[Artifact], Field(max_length=MAX_ARTIFACTS)] | None = None
+    """Extension: fetched, verified and placed by the agent before the download script runs."""
 
 
 class Version(VersionBody):
@@ -293,6 +439,10 @@ class InstanceBody(Document):
 
     service_version: Segment
     run_script: Script = Field(default_factory=Script, validation_alias=AliasChoices("run_script", "runScript", "run"))
+    restart_token: RestartToken | None = None
+    """Extension: a new value restarts the instance, same version, no install (docs/operating.md, "Restart")."""
+
+    kept_by_apply = frozenset({"restart_token"})
 
 
 class Instance(InstanceBody):
@@ -312,6 +462,12 @@ class ServerBody(Document):
     """The instances a server runs."""
 
     service_instances: list[InstanceRef]
+    drained: bool = False
+    """Extension: the agent stops every instance, one at a time, and starts none; rollouts hold its instances."""
+    drain_deadline: pydantic.AwareDatetime | None = None
+    """Extension: once past, the agent kills the instances still running at once, without their grace."""
+
+    kept_by_apply = frozenset({"drained", "drain_deadline"})
 
     @pydantic.model_validator(mode="after")
     def _no_duplicates(self) -> Self:
@@ -340,6 +496,17 @@ class Phase(enum.StrEnum):
     FAILED = "Failed"
     ROLLED_BACK = "RolledBack"
     STOPPING = "Stopping"
+    DRAINED = "Drained"
+    """Extension: stopped because its server is drained (`discoverd drain`)."""
+
+
+class DrainPhase(enum.StrEnum):
+    """Extension: where a drained server's agent is (its status's `drain`)."""
+
+    DRAINING = "Draining"
+    """Instances are still being stopped."""
+    DRAINED = "Drained"
+    """Nothing runs."""
 
 
 class AgentStatus(Document):
@@ -355,6 +522,8 @@ class AgentStatus(Document):
     """When the agent last (re)established its lease and wrote this key."""
     lease_ttl: Annotated[int, Field(ge=1, le=MAX_LEASE_TTL), NotBool] | None = None
     message: Message = ""
+    drain: DrainPhase | None = None
+    """Extension: set while the server document says `drained` (None: not drained)."""
 
 
 class InstanceState(Document):
@@ -370,6 +539,8 @@ class InstanceState(Document):
     restarts: Annotated[int, Field(ge=0, le=MAX_RESTARTS), NotBool] = 0
     last_exit_code: Annotated[int, Field(ge=-MAX_EXIT_CODE, le=MAX_EXIT_CODE), NotBool] | None = None
     message: Message = ""
+    restart_token: Annotated[str, Field(max_length=MAX_RESTART_TOKEN)] | None = None
+    """Extension: the restart token the running process was started with (the controller waits for it)."""
 
 
 MAX_PHASE_HISTORY = 10

@@ -74,7 +74,7 @@ class ServerStatus(BaseModel):
     observed_generation: int | None = None
     online: bool = False
     phase: str = "Offline"
-    """Online or Offline (the printer column)."""
+    """Online or Offline (the printer column); `Online,Draining` / `Online,Drained` on a drained server."""
     hostname: str | None = None
     agent_version: str | None = None
     started_at: str | None = None

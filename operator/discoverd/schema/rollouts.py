@@ -5,10 +5,12 @@
 
 Like every document they are untrusted input: `documents.parse` turns bytes
 into one of these or an `InvalidDocument` naming the key and the field.
-Unknown fields are kept. Two fields beyond the design's list are ours and
+Unknown fields are kept. Fields beyond the design's list are ours and
 documented in docs/rollouts.md: the config's `undo` (the CLI's `rollout undo`
-sets it) and the status's `revisions` and `changed_at` (what the controller
-needs to continue after a change of leader).
+sets it) and `max_restarts`, and the status's `revisions`, `changed_at` and
+`restarts_from` (what the controller needs to continue after a change of
+leader); `restart_token` in both makes the rollout a restart
+(docs/operating.md, "Restart").
 """
 
 from __future__ import annotations
@@ -89,10 +91,15 @@ class RolloutBody(documents.Document):
     max_unavailable: MaxUnavailable = 1
     min_healthy_seconds: _Seconds = 10.0
     progress_deadline_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False), NotBool] = 600.0
+    max_restarts: Annotated[StrictInt, Field(ge=1, le=documents.MAX_RESTARTS)] = 2
+    """Ours: an updated instance restarted this often on `to_version` before it was ever healthy fails the
+    rollout (a crash loop), without waiting for the progress deadline; a `BackOff` counts as its restart."""
     auto_revert: bool = True
     paused: bool = False
     undo: bool = False
     """Ours: set by `discoverd rollout undo`; every changed instance goes back to its previous version now."""
+    restart_token: documents.RestartToken | None = None
+    """Ours: a restart (`discoverd restart`): each instance gets this `restart_token` and keeps its version."""
 
 
 class RolloutConfig(RolloutBody):
@@ -143,6 +150,11 @@ class RolloutStatus(documents.Document):
     """Ours: when each updated instance was written (its progress deadline runs from there)."""
     reverted: list[Segment] = Field(default_factory=list)
     """Ours: instances set back to their `from_versions` entry by a revert or an undo."""
+    restarts_from: dict[Segment, dict[Segment, Annotated[int, Field(ge=0), NotBool]]] = Field(default_factory=dict)
+    """Ours: per updated instance not yet seen healthy, per server, its restart count before it ran
+    `to_version` (restarts on the old version do not count toward `max_restarts`); dropped once healthy."""
+    restart_token: documents.RestartToken | None = None
+    """Ours: the restart this status is about (the config's `restart_token` when it started)."""
 
 
 def fit(status: RolloutStatus, limit: int = untrusted.MAX_VALUE_BYTES) -> bytes | None:

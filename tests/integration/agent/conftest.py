@@ -136,6 +136,10 @@ class Node:
     def instance_dir(self, service: str, instance: str) -> Path:
         return self.state_dir / "instances" / service / instance
 
+    def log_dir(self, service: str, instance: str) -> Path:
+        """Where the agent writes the instance's step logs: its own directory, out of the run script's reach."""
+        return self.state_dir / "logs" / service / instance
+
     def version_dir(self, service: str, version: str) -> Path:
         return self.state_dir / "versions" / service / version
 

@@ -76,7 +76,7 @@ def test_run_script_is_in_its_cgroup_in_every_hierarchy_from_its_first_instructi
     for d in dirs:
         assert pid in _procs(d), f"{pid} not in {d}/cgroup.procs"
     # What the script printed first: every hierarchy of /proc/self/cgroup names the instance's cgroup.
-    log = node.instance_dir("cg", "i1") / ".discoverd" / "logs" / "run.log"
+    log = node.log_dir("cg", "i1") / "run.log"
     lines = wait_until(lambda: [ln for ln in log.read_text().splitlines() if ln[:1].isdigit()], what="cgroup lines")
     by_hierarchy = {ln.split(":", 2)[1]: ln.split(":", 2)[2] for ln in lines}
     names = {h.name if h.version == 1 else "" for h in cgroups.hierarchies() if h.writable}

@@ -69,7 +69,7 @@ def test_stop_grace_in_host_namespaces_sharing_the_pid_namespace(node: Any, cgro
     agent.start()
     _stop_and_check_grace(node)
     # nsenter did not enter the PID namespace it shares already: it exec'd the script, no fork
-    assert "--pid" not in (node.instance_dir("slow", "i1") / ".discoverd" / "logs" / "run.log").read_text()
+    assert "--pid" not in (node.log_dir("slow", "i1") / "run.log").read_text()
 
 
 @pytest.fixture
@@ -92,4 +92,4 @@ def test_stop_grace_when_nsenter_enters_another_pid_namespace(node: Any, pid_nam
     _slow_instance(node)
     node.agent("--host-namespaces", "--host-pid", str(pid_namespace), "--cgroups", cgroups)
     _stop_and_check_grace(node)
-    assert "--pid" in (node.instance_dir("slow", "i1") / ".discoverd" / "logs" / "run.log").read_text()
+    assert "--pid" in (node.log_dir("slow", "i1") / "run.log").read_text()

@@ -59,4 +59,4 @@ def test_scripts_see_the_host_hostname_not_the_agents(node: Any) -> None:
     assert (node.version_dir("ns", "1.0") / "installed-on").read_text() == outer
     status = node.status("ns", "i1")
     assert status is not None
-    assert "nsenter" in (node.instance_dir("ns", "i1") / ".discoverd" / "logs" / "run.log").read_text()
+    assert "nsenter" in (node.log_dir("ns", "i1") / "run.log").read_text()

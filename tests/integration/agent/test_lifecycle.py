@@ -66,7 +66,7 @@ def test_runs_the_seed_configuration_with_cwd_env_and_logs(node: Any, monkeypatc
 
     steps = (vdir / "steps.txt").read_text().splitlines()
     assert steps == [f"download {vdir.resolve()}", f"install {vdir.resolve()}"]
-    logs = idir / ".discoverd" / "logs"
+    logs = node.log_dir("web", "i1")
     assert {p.name for p in logs.iterdir()} >= {"download.log", "install.log", "run.log"}
     wait_until(lambda: "serving" in (logs / "run.log").read_text())
 

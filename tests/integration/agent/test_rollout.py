@@ -38,6 +38,7 @@ from support.wait import wait_until
 
 SERVE = "import signal,sys,time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\nwhile True: time.sleep(3600)"
 EXIT_AFTER_1S = "import sys,time\ntime.sleep(1)\nsys.exit(3)"
+EXIT_AFTER_2S = "import sys,time\ntime.sleep(2)\nsys.exit(2)"
 SERVERS = ("node-1", "node-2", "node-3")
 
 
@@ -80,13 +81,18 @@ class Fleet:
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return discoverd("--etcd-endpoints", self.endpoint, "--prefix", self.prefix, *args)
 
-    def service(self, name: str, *, bad: bool = False) -> list[str]:
-        """Versions 1.0 and 2.0 (2.0 exits after 1 s when `bad`), 3 instances per server on 1.0, all Running."""
+    def service(self, name: str, *, bad: bool = False, crash_loop: bool = False) -> list[str]:
+        """Versions 1.0 and 2.0 (2.0 exits after 1 s when `bad`), 3 instances per server on 1.0, all Running.
+
+        `crash_loop`: 2.0 exits 2 s after each start, past its agent probation of 0.5 s, so the agent
+        counts it as started and restarts it with back-off instead of rolling it back.
+        """
         node = self.nodes[0]
         # The agent's own probation: 0.5 s, but 2 s for the bad version, so its exit after 1 s is a rollback.
+        new = EXIT_AFTER_1S if bad else EXIT_AFTER_2S if crash_loop else SERVE
         for version, code, probation in (
             ("1.0", SERVE, 0.5),
-            ("2.0", EXIT_AFTER_1S if bad else SERVE, 2 if bad else 0.5),
+            ("2.0", new, 2 if bad else 0.5),
         ):
             node.version(name, version, run_script=node.py(code), min_healthy_seconds=probation, stop_timeout=5)
         ids = [f"{name}-{n}" for n in range(1, 10)]
@@ -307,6 +313,32 @@ def test_a_version_that_exits_fails_and_every_instance_goes_back(fleet: Fleet) -
     changed = {i for i, v in writes if v == "2.0"}
     assert 1 <= len(changed) <= 2
     assert sorted(writes) == sorted([(i, "2.0") for i in changed] + [(i, "1.0") for i in changed])
+
+
+def test_a_version_that_crash_loops_after_the_agents_probation_fails_long_before_the_deadline(fleet: Fleet) -> None:
+    """The agent promotes 2.0 after 0.5 s, then it exits every 2 s: the controller counts its restarts.
+
+    The rollout's own health period (5 s) is never reached, so before `max_restarts` it stayed
+    Progressing until its 600 s progress deadline.
+    """
+    ids = fleet.service("loop", crash_loop=True)
+    since = fleet.revision()
+    result = fleet.cli(
+        "rollout", "start", "loop", "--to", "2.0", "--min-healthy-seconds", "5", "--max-unavailable", "2",
+        "--max-restarts", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config = json.loads(fleet.etcd.get(f"{fleet.prefix}/services/loop/rollout/config/details") or b"{}")
+    assert config["max_restarts"] == 2 and "progress_deadline_seconds" not in config  # the default: 600 s
+    final = fleet.wait_rollout("loop", "Reverted", "Succeeded", timeout=90)  # the deadline is 600 s
+    assert final["phase"] == "Reverted", final
+    assert "restarted 2 time(s) on 2.0 before it was healthy" in final["message"], final
+    wait_until(lambda: fleet.all_running_on("loop", ids, "1.0"), 30, what="every instance Running on 1.0")
+    assert fleet.versions("loop", ids) == dict.fromkeys(ids, "1.0")
+    assert _status_phases(fleet, "loop", since)[-2:] == ["Failed", "Reverted"]
+    writes = fleet.history("loop", since)
+    changed = {i for i, v in writes if v == "2.0"}  # the first batch only, each set back once
+    assert 1 <= len(changed) <= 2 and sorted(writes) == sorted([(i, v) for i in changed for v in ("2.0", "1.0")])
 
 
 def _status_phases(fleet: Fleet, service: str, since: int) -> list[str]:

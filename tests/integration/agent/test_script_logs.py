@@ -41,7 +41,7 @@ def test_logs_are_private_capped_and_rotated_while_the_script_writes(node: Any) 
     node.instance("chatty", "i1", "1.0")
     node.server(("chatty", "i1"))
     node.agent("--script-log-max-bytes", str(CAP), "--script-log-keep", "2", "--script-log-check-interval", "0.2")
-    logs = node.instance_dir("chatty", "i1") / ".discoverd" / "logs"
+    logs = node.log_dir("chatty", "i1")
     run, health = logs / "run.log", logs / "health.log"
     written = node.instance_dir("chatty", "i1") / "written"
     # Written well past three times the cap: rotated at least twice.

@@ -163,8 +163,10 @@ def test_state_files_are_private_and_records_out_of_the_run_scripts_reach(node: 
     idir = node.instance_dir("web", "a")
     assert not record.resolve().is_relative_to(idir.resolve())
     assert not list(idir.rglob("*.json"))
-    logs = list((idir / ".discoverd" / "logs").glob("*.log"))
+    logs = list(node.log_dir("web", "a").glob("*.log"))
     assert logs and {mode(p) for p in logs} == {0o600}
+    assert mode(node.log_dir("web", "a")) == mode(node.state_dir / "logs") == 0o700
+    assert not list(idir.rglob("*.log"))  # nothing of the agent's in the run script's directory
 
 
 def test_removed_instance_keeps_its_files_and_no_status_after_agent_restart(node: Any) -> None:
@@ -182,7 +184,7 @@ def test_removed_instance_keeps_its_files_and_no_status_after_agent_restart(node
     wait_until(lambda: node.status("web", "a") is None, 15, what="status key deleted")
     record = wait_until(lambda: (r := node.record("web", "a")) and r["removed_at"] and r, 10, what="tombstone")
     assert record["process"] is None
-    assert (node.instance_dir("web", "a") / ".discoverd" / "logs" / "run.log").exists()  # kept for the grace period
+    assert (node.log_dir("web", "a") / "run.log").exists()  # kept for the grace period
 
     node.agents[-1].kill()
     node.agent().wait_log("Read configuration")

@@ -151,8 +151,8 @@ def test_forgetting_a_removed_instance_deletes_its_record_and_directory(tmp_path
         await sup.execute([plan.Forget(REF, delete_files=True)])
 
     asyncio.run(main())
-    assert not lay.instance_dir(REF).exists()
-    assert lay.load(REF) is None and lay.recorded() == []
+    assert not lay.instance_dir(REF).exists() and not run_log.parent.exists()
+    assert lay.load(REF) is None and lay.recorded() == [] and lay.instance_dirs() == []
 
 
 def test_files_of_an_instance_an_earlier_agent_removed_are_kept_for_the_grace_period(tmp_path: Path) -> None:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import random
+import typing
 from pathlib import Path
+
+import pytest
 
 from discoverd.agent import layout, model, states, status, steps, supervisor
 from discoverd.agent.model import InstanceState
 from discoverd.schema.documents import Phase
+from discoverd.store.documents import Store
 
 REF = model.Ref("web", "i1")
 NOW = 1_000_000.0
@@ -92,6 +97,28 @@ def test_jitter_differs_between_instances_that_fail_together(tmp_path: Path) -> 
         assert sup.state.failures == 1 and sup.state.process is None
     assert len(set(jitters)) == 5
     assert all(0 <= j < model.MAX_JITTER for j in jitters)
+
+
+def test_the_writer_logs_an_unexpected_phase_change_and_records_it_anyway(caplog: pytest.LogCaptureFixture) -> None:
+    from discoverd.schema import documents
+
+    caplog.set_level(logging.WARNING, logger="discoverd.agent.status")
+    writer = status.Writer(typing.cast(Store, None), "node-1")  # `update` only records; `run` writes
+    pending = documents.InstanceState(phase=Phase.PENDING, version="1.0")
+    writer.update({REF: pending}, "")
+    writer.update({REF: pending.model_copy(update={"phase": Phase.DOWNLOADING})}, "")
+    assert not [r for r in caplog.records if r.getMessage() == "Changed phase unexpectedly"]
+    writer.update({REF: pending.model_copy(update={"phase": Phase.BACK_OFF, "message": "exited"})}, "")
+    jumps = [r for r in caplog.records if r.getMessage() == "Changed phase unexpectedly"]
+    assert len(jumps) == 1
+    assert jumps[0].discoverd_fields == {  # type: ignore[attr-defined]
+        "server": "node-1",
+        "service": "web",
+        "instance": "i1",
+        "old": "Downloading",
+        "new": "BackOff",
+        "reason": "exited",
+    }
 
 
 def test_the_agent_cuts_its_messages_to_the_cap_readers_check() -> None:

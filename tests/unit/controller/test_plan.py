@@ -33,9 +33,15 @@ def report(
     revision: int = 1,
     previous: str | None = None,
     server: str = "n1",
+    restarts: int = 0,
 ) -> plan.Report:
     status = documents.InstanceStatus(
-        phase=phase, version=version, previous_version=previous, since=at(since), updated_at=at(since)
+        phase=phase,
+        version=version,
+        previous_version=previous,
+        restarts=restarts,
+        since=at(since),
+        updated_at=at(since),
     )
     return plan.Report(server, online, status, revision)
 
@@ -205,6 +211,75 @@ def test_failure_of_an_updated_instance_fails_the_rollout(r: plan.Report, now: f
     d = step(config(), members, now, _progressing(["i1"]))
     assert (d.status is not None and d.status.phase is RolloutPhase.FAILED) is fails
     assert not d.writes
+
+
+def _crash_watched(before: int = 3) -> RolloutStatus:
+    """i1 updated, restarted `before` times on the old version, not yet seen healthy."""
+    return _progressing(["i1"]).model_copy(update={"restarts_from": {"i1": {"n1": before}}})
+
+
+@pytest.mark.parametrize(
+    ("r", "fields", "fails"),
+    [
+        (report(Phase.RUNNING, "2.0", restarts=3, revision=60), {}, False),
+        (report(Phase.BACK_OFF, "2.0", restarts=3, revision=60), {}, False),  # 1st exit, waits for restart 1
+        (report(Phase.RUNNING, "2.0", restarts=4, revision=60), {}, False),  # restarted once
+        (report(Phase.BACK_OFF, "2.0", restarts=4, revision=60), {}, True),  # waits for restart 2: max 2
+        (report(Phase.STARTING, "2.0", restarts=5, revision=60), {}, True),
+        (report(Phase.BACK_OFF, "2.0", restarts=3, revision=60), {"max_restarts": 1}, True),
+        (report(Phase.BACK_OFF, "2.0", restarts=4, revision=60), {"max_restarts": 3}, False),
+        (report(Phase.BACK_OFF, "2.0", restarts=9, revision=40), {}, False),  # reported before our write
+        (report(Phase.BACK_OFF, "1.0", restarts=9, revision=60), {}, False),  # the old version, while installing
+        (report(Phase.BACK_OFF, "2.0", restarts=9, revision=60, server="n2"), {}, False),  # no count for n2
+    ],
+)
+def test_an_updated_instance_crash_looping_before_it_is_healthy_fails_the_rollout_at_once(
+    r: plan.Report, fields: dict[str, Any], fails: bool
+) -> None:
+    members = fleet(3)
+    members["i1"] = member("i1", "2.0", 50, r)
+    d = step(config(**fields), members, 30, _crash_watched())
+    assert (d.status is not None and d.status.phase is RolloutPhase.FAILED) is fails
+    if fails:
+        assert d.status is not None and "restarted" in d.status.message and "max_restarts" in d.status.message
+
+
+def test_restarts_after_the_instance_was_healthy_wait_for_the_deadline() -> None:
+    """Seen healthy once: its count is forgotten, a later crash loop is the progress deadline's to judge."""
+    members = fleet(3)
+    members["i1"] = member("i1", "2.0", 50, report(Phase.RUNNING, "2.0", since=1, restarts=3, revision=60))
+    d = step(config(), members, 10, _crash_watched())
+    assert d.status is not None and d.status.healthy == ["i1"] and "i1" not in d.status.restarts_from
+    members["i1"] = member("i1", "2.0", 50, report(Phase.BACK_OFF, "2.0", restarts=8, revision=70))
+    later = step(config(), members, 20, d.status)
+    assert later.status is None or later.status.phase is RolloutPhase.PROGRESSING
+    assert later.wake_at == at(600)
+
+
+def test_restarts_on_the_old_version_never_count() -> None:
+    """The count is taken when the rollout writes, and followed while the old version still runs (installing)."""
+    members = {"i1": member("i1", "1.0", 10, report(Phase.RUNNING, "1.0", restarts=7))}
+    d = step(config(), members, 0)
+    assert d.status is not None and d.status.restarts_from == {"i1": {"n1": 7}}
+    members = after(d, members)
+    members["i1"] = plan.Member("i1", members["i1"].doc, 50, (report(Phase.BACK_OFF, "1.0", restarts=7, revision=55),))
+    d = step(config(), members, 1, d.status)  # the old version crashed while 2.0 installs
+    members["i1"] = plan.Member("i1", members["i1"].doc, 50, (report(Phase.RUNNING, "1.0", restarts=8, revision=56),))
+    d = step(config(), members, 2, d.status)
+    assert d.status is not None and d.status.restarts_from == {"i1": {"n1": 8}}
+    status = d.status
+    for n, (phase, restarts, failed) in enumerate(
+        [(Phase.RUNNING, 8, False), (Phase.BACK_OFF, 8, False), (Phase.RUNNING, 9, False), (Phase.BACK_OFF, 9, True)]
+    ):
+        members["i1"] = plan.Member(
+            "i1", members["i1"].doc, 50, (report(phase, "2.0", since=3 + n, restarts=restarts, revision=60 + n),)
+        )
+        d = step(config(), members, 3 + n, status)
+        status = d.status or status
+        assert (status.phase is RolloutPhase.FAILED) is failed, (phase, restarts)
+    reverted = step(config(), members, 8, status)
+    assert written(reverted) == {"i1": "1.0"}
+    assert reverted.status is not None and reverted.status.phase is RolloutPhase.REVERTED
 
 
 def test_failed_with_auto_revert_sets_changed_instances_back_at_once() -> None:
