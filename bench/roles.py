@@ -78,7 +78,9 @@ async def _users(store: Store, servers: int) -> None:
 
 
 async def run(args: argparse.Namespace, endpoint: str) -> None:
-    options = EtcdOptions(endpoints=endpoint, prefix=PREFIX, user="root", password=ROOT_PASSWORD)
+    options = EtcdOptions(
+        endpoints=endpoint, prefix=PREFIX, user="root", password=ROOT_PASSWORD, allow_plaintext_password=True
+    )
     store = Store(await client.connect(options))
     try:
         began = time.monotonic()

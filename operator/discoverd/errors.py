@@ -21,13 +21,19 @@ __all__ = [
 ]
 
 
+_INVISIBLE = frozenset("\u2028\u2029\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""Line and paragraph separators and bidirectional controls: printed escaped."""
+
+
 def printable(text: str) -> str:
     """`text` safe to print, log and store as UTF-8 JSON: escapes instead of raw bytes.
 
     Keys arrive decoded with surrogateescape, so a non-UTF-8 byte 0xff is the
     lone surrogate U+DCFF, which no UTF-8 stream can write; it is shown as
     `\\xff`. Other lone surrogates (JSON's `"\\ud800"`) are shown as `\\ud800`,
-    control characters as `\\x0a` and the like, so a key cannot forge log lines.
+    control characters as `\\x0a` and the like, so a key cannot forge log lines
+    or send escape sequences to a terminal; the Unicode line separators and the
+    bidirectional overrides (which reorder what a terminal shows) as `\\u2028`.
     """
     if text.isprintable():
         return text
@@ -40,6 +46,8 @@ def printable(text: str) -> str:
             out.append(f"\\u{code:04x}")
         elif code < 0x20 or 0x7F <= code < 0xA0:
             out.append(f"\\x{code:02x}")
+        elif ch in _INVISIBLE:
+            out.append(f"\\u{code:04x}")
         else:
             out.append(ch)
     return "".join(out)

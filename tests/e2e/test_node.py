@@ -391,7 +391,10 @@ def test_2b_agent_credentials_reach_only_its_own_status(node: Node, release: Rel
     )  # fmt: skip
     assert credentials.user == f"/discoverd/server/{node.name}"
     options = EtcdOptions(
-        endpoints=f"http://127.0.0.1:{release.etcd_ports[0]}", user=credentials.user, password=credentials.password
+        endpoints=f"http://127.0.0.1:{release.etcd_ports[0]}",
+        user=credentials.user,
+        password=credentials.password,
+        allow_plaintext_password=True,  # the chart's own etcd is http on the pod network (docs/etcd-auth.md)
     )
     status = documents.AgentStatus.model_validate(
         {"hostname": "e2e", "agent_version": "0", "started_at": NOW, "heartbeat": NOW}
@@ -455,7 +458,12 @@ def test_3_patching_the_instance_version_upgrades_it(node: Node, release: Releas
 def _controller_leader(node: Node, release: Release) -> object:
     secret = node.kubectl_json("-n", NAMESPACE, "get", "secret", f"{RELEASE}-discoverd-etcd-root")
     password = base64.b64decode(secret["data"]["password"]).decode()
-    options = EtcdOptions(endpoints=f"http://127.0.0.1:{release.etcd_ports[0]}", user="root", password=password)
+    options = EtcdOptions(
+        endpoints=f"http://127.0.0.1:{release.etcd_ports[0]}",
+        user="root",
+        password=password,
+        allow_plaintext_password=True,
+    )
 
     async def read() -> object:
         store = Store(await client.connect(options))

@@ -45,6 +45,7 @@ def env_of(etcd: EtcdServer, prefix: str, user: str, password: str) -> dict[str,
         "DISCOVERD_PREFIX": prefix,
         "DISCOVERD_ETCD_USER": user,
         "DISCOVERD_ETCD_PASSWORD": password,
+        "DISCOVERD_ETCD_ALLOW_PLAINTEXT_PASSWORD": "true",  # a loopback etcd without TLS
     }
 
 
@@ -95,6 +96,7 @@ async def store_as(env: dict[str, str]) -> AsyncIterator[Store]:
         prefix=env["DISCOVERD_PREFIX"],
         user=env["DISCOVERD_ETCD_USER"],
         password=env["DISCOVERD_ETCD_PASSWORD"],
+        allow_plaintext_password=True,
     )
     store = Store(await client.connect(options))
     try:
@@ -229,6 +231,7 @@ def test_password_file_errors_are_one_line(tmp_path: Path) -> None:
     )
     empty = tmp_path / "empty"
     empty.write_text("\n")
+    empty.chmod(0o600)
     result = discoverd("--etcd-user", "root", "--etcd-password-file", str(empty), "get", "servers")
     assert result.stderr == f"error: --etcd-password-file: {empty} is empty\n"
     both = discoverd("--etcd-password", "x", "--etcd-password-file", str(empty), "get", "servers")
@@ -238,6 +241,7 @@ def test_password_file_errors_are_one_line(tmp_path: Path) -> None:
 def test_root_password_from_a_file_works(root: dict[str, str], tmp_path: Path) -> None:
     secret = tmp_path / "root-password"
     secret.write_text(ROOT_PASSWORD + "\n")
+    secret.chmod(0o600)
     env = {k: v for k, v in root.items() if k != "DISCOVERD_ETCD_PASSWORD"}
     result = discoverd("--etcd-password-file", str(secret), "auth", "bootstrap", env=env)
     assert result.returncode == 0, result.stderr

@@ -24,7 +24,14 @@ def test_enable_turns_authentication_on_once_with_the_given_root_password(
     anonymous = discoverd("get", "servers", env=env)
     assert anonymous.returncode != 0 and "authentication is enabled" in anonymous.stderr
     root = discoverd(
-        "get", "servers", env={**env, "DISCOVERD_ETCD_USER": "root", "DISCOVERD_ETCD_PASSWORD": "r00t-from-a-secret"}
+        "get",
+        "servers",
+        env={
+            **env,
+            "DISCOVERD_ETCD_USER": "root",
+            "DISCOVERD_ETCD_PASSWORD": "r00t-from-a-secret",
+            "DISCOVERD_ETCD_ALLOW_PLAINTEXT_PASSWORD": "true",
+        },
     )
     assert root.returncode == 0, root.stderr
 

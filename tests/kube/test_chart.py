@@ -518,7 +518,12 @@ def test_operator_host_network_and_env_also_apply_to_the_helm_test_pod() -> None
 @pytest.mark.parametrize(("kind", "port"), [("Deployment", 9465), ("DaemonSet", 9464)])
 def test_metrics_port_and_health_probes(kind: str, port: int) -> None:
     container = _container(chart.find(chart.render(), kind))
-    assert f"--metrics-address=0.0.0.0:{port}" in container["args"]
+    # The pod's IP, not 0.0.0.0: with the host network, 0.0.0.0 opens the unauthenticated port on
+    # every address of the node.
+    assert f"--metrics-address=[$(DISCOVERD_POD_IP)]:{port}" in container["args"]
+    pod_ip = {"name": "DISCOVERD_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+    assert pod_ip in container["env"]
+    assert not any("0.0.0.0" in arg for arg in container["args"] if arg.startswith("--metrics-address"))
     assert container["ports"][0] == {"name": "metrics", "containerPort": port, "protocol": "TCP"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}

@@ -129,7 +129,9 @@ async def endpoint(cluster: Cluster, auth_etcd: EtcdServer, prefix: str, tmp_pat
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
     ca.cert_pem.write_to_path(str(ca_file))
-    root = EtcdOptions(endpoints=auth_etcd.endpoint, prefix=prefix, user="root", password=ROOT_PASSWORD)
+    root = EtcdOptions(
+        endpoints=auth_etcd.endpoint, prefix=prefix, user="root", password=ROOT_PASSWORD, allow_plaintext_password=True
+    )
     admin = await etcd_client.connect(root)
     settings = identity.Settings(cluster.namespace, "agent", LABELS, AUDIENCE, ttl=120, min_interval=0)
     verifier = identity.Verifier(cluster.api, admin, settings)

@@ -37,6 +37,7 @@ def env_of(etcd: EtcdServer, prefix: str, user: str, password: str) -> dict[str,
         "DISCOVERD_PREFIX": prefix,
         "DISCOVERD_ETCD_USER": user,
         "DISCOVERD_ETCD_PASSWORD": password,
+        "DISCOVERD_ETCD_ALLOW_PLAINTEXT_PASSWORD": "true",  # a loopback etcd without TLS
     }
 
 
@@ -65,6 +66,7 @@ async def store_as(env: dict[str, str]) -> AsyncIterator[Store]:
         prefix=env["DISCOVERD_PREFIX"],
         user=env["DISCOVERD_ETCD_USER"],
         password=env["DISCOVERD_ETCD_PASSWORD"],
+        allow_plaintext_password=True,
     )
     store = Store(await client.connect(options))
     try:

@@ -181,6 +181,13 @@ environment variables read by every discoverd command (see `discoverd
 - name: DISCOVERD_ETCD_CACERT
   value: {{ printf "%s/%s" (include "discoverd.etcdTLSDir" .) .Values.etcd.tls.caKey | quote }}
 {{- end }}
+{{- if .Values.etcd.server.enabled }}
+# The release's own etcd speaks plain HTTP inside the cluster and checks passwords (the operator's
+# root, each agent's issued one): say so, or every discoverd command refuses a password over http://
+# (docs/etcd-auth.md "What stays open"; the NetworkPolicy admits only the release's pods).
+- name: DISCOVERD_ETCD_ALLOW_PLAINTEXT_PASSWORD
+  value: "true"
+{{- end }}
 - name: DISCOVERD_LOG_FORMAT
   value: {{ .Values.logFormat | quote }}
 {{- end -}}

@@ -9,7 +9,9 @@ nothing but keep-alives. When the lease is lost (etcd was away longer than the
 TTL) it takes a new one and writes everything again. A status key whose
 instance is gone is deleted (before any put: see `_flush`); a put etcd refuses
 (an instance whose key the controller has not granted yet) does not hold up
-the others and is tried again with back-off.
+the others and is tried again with back-off. Messages are cut to
+`documents.MAX_MESSAGE_BYTES` before they are written: the agent never writes a
+status its readers refuse.
 """
 
 from __future__ import annotations
@@ -48,10 +50,19 @@ def summarize(
     backoff_base: float = model.BACKOFF_BASE,
     drained: bool = False,
 ) -> Summary:
-    """The status of one instance, from what is wanted and its state (the rules are `model`'s).
+    """The status of one instance, its message cut to the cap every reader checks.
 
     `drained`: the server is drained; an instance with nothing running is `Drained`.
     """
+    summary = _summarize(want, s, backoff_base, drained)
+    message = documents.clip(summary.message)
+    return summary if message == summary.message else _with(summary, message=message)
+
+
+def _summarize(
+    want: model.Target | model.Broken | None, s: model.InstanceState, backoff_base: float, drained: bool
+) -> Summary:
+    """The status of one instance, from what is wanted and its state (the rules are `model`'s)."""
     p = s.process
     base = Summary(
         phase=Phase.PENDING,
@@ -60,7 +71,7 @@ def summarize(
         pid=p.pid if p else None,
         restarts=s.restarts,
         last_exit_code=s.last_exit.code if s.last_exit else None,
-        message=s.message,
+        message=documents.clip(s.message),
         restart_token=p.restart_token if p else None,
     )
     unhealthy = isinstance(want, model.Target) and s.unhealthy(want)
@@ -193,12 +204,12 @@ class Writer:
         if self._agent_changed():
             now = _now()
             doc = documents.AgentStatus(
-                hostname=socket.gethostname(),
+                hostname=documents.clip(socket.gethostname(), documents.MAX_HOSTNAME_BYTES),
                 agent_version=__version__,
                 started_at=self.started_at,
                 heartbeat=now,
                 lease_ttl=self.ttl,
-                message=self.agent_message,
+                message=documents.clip(self.agent_message),
                 drain=self.drain,
                 api_address=self.api_address,
                 api_cert_sha256=self.api_cert_sha256,

@@ -17,7 +17,7 @@ import click
 
 from discoverd.cli import main
 from discoverd.config import EtcdOptions
-from discoverd.errors import Compacted, StoreUnavailable
+from discoverd.errors import Compacted, StoreUnavailable, printable
 from discoverd.schema import documents, keys, rollouts
 from discoverd.store import client, rollout_requests, watch
 from discoverd.store.documents import Store
@@ -179,7 +179,7 @@ def _line(service: str, s: rollouts.RolloutStatus) -> str:
         parts.append(f"skipped {len(s.skipped)} ({', '.join(s.skipped)})")
     if s.message:
         parts.append(s.message)
-    return ", ".join(parts)
+    return printable(", ".join(parts))
 
 
 def _bar(service: str, s: rollouts.RolloutStatus, width: int = 30) -> str:
@@ -211,7 +211,7 @@ class _Printer:
             if final:
                 click.echo()
                 if status is not None and status.message:
-                    click.echo(status.message)
+                    click.echo(printable(status.message))
         else:
             click.echo(text)
         self.last = text

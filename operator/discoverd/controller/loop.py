@@ -27,7 +27,7 @@ from discoverd import logs, metrics, runtime
 from discoverd.config import EtcdOptions
 from discoverd.controller import leader, plan, roles, world
 from discoverd.errors import Compacted, Conflict, StoreUnavailable
-from discoverd.schema import documents, keys, rollouts
+from discoverd.schema import documents, keys, rollouts, untrusted
 from discoverd.store import connect, leases, watch
 from discoverd.store.documents import Store, Write
 
@@ -100,7 +100,11 @@ class Controller:
             ]
             if decision.status is not None:
                 status_key = keys.rollout_status(prefix, service)
-                writes.append(Write(status_key, documents.dumps(decision.status), r.status_revision))
+                data = rollouts.fit(decision.status)
+                if data is None:  # nothing is written rather than a status no reader accepts (it would erase
+                    self._too_large(service, r)  # from_versions, the revert's target)
+                    return None
+                writes.append(Write(status_key, data, r.status_revision))
             try:
                 revision = await self.store.apply(writes)
             except Conflict as error:
@@ -112,6 +116,14 @@ class Controller:
             self.metrics.steps.inc()
             self._log(service, r, decision, revision)
         return self.clock()  # more to do: come back at once
+
+    def _too_large(self, service: str, r: world.Rollout) -> None:
+        if self._invalid.get(f"{service}/too-large") != r.status_revision:
+            self._invalid[f"{service}/too-large"] = r.status_revision
+            log.error(
+                "Refused to write a rollout status over the size every reader accepts; the rollout waits",
+                extra=logs.kv(service=service, limit=untrusted.MAX_VALUE_BYTES),
+            )
 
     def _log(self, service: str, r: world.Rollout, decision: plan.Decision, revision: int) -> None:
         status = decision.status

@@ -31,6 +31,7 @@ from discoverd.schema import keys, untrusted
 
 __all__ = [
     "DEFAULT_STEP_TIMEOUT",
+    "MAX_AGENT_VERSION_BYTES",
     "MAX_ARG_BYTES",
     "MAX_ARTIFACTS",
     "MAX_ARTIFACT_DEST_BYTES",
@@ -38,12 +39,15 @@ __all__ = [
     "MAX_EXIT_CODE",
     "MAX_FAILURE_THRESHOLD",
     "MAX_HEALTH_INTERVAL",
+    "MAX_HOSTNAME_BYTES",
     "MAX_LEASE_TTL",
+    "MAX_MESSAGE_BYTES",
     "MAX_MIN_HEALTHY_SECONDS",
     "MAX_PHASE_HISTORY",
     "MAX_PID",
     "MAX_RESTARTS",
     "MAX_RESTART_TOKEN",
+    "MAX_STATUS_BYTES",
     "MAX_STEP_TIMEOUT",
     "MAX_STOP_TIMEOUT",
     "MAX_URL_BYTES",
@@ -62,6 +66,7 @@ __all__ = [
     "InstanceRef",
     "InstanceState",
     "InstanceStatus",
+    "Message",
     "NotBool",
     "Phase",
     "PhaseChange",
@@ -73,6 +78,7 @@ __all__ = [
     "ServerBody",
     "Version",
     "VersionBody",
+    "clip",
     "dump",
     "dumps",
     "model_for",
@@ -102,6 +108,14 @@ MAX_EXIT_CODE = 255
 MAX_RESTARTS = (1 << 31) - 1
 MAX_LEASE_TTL = 9_000_000_000
 """etcd's own maximum lease TTL, in seconds."""
+MAX_MESSAGE_BYTES = 4096
+"""Longest `message` of a status document, in UTF-8 bytes (Kubernetes caps a condition message at 32 KiB)."""
+MAX_HOSTNAME_BYTES = 253
+"""Longest `hostname` of an agent status (a DNS name's limit)."""
+MAX_AGENT_VERSION_BYTES = 128
+MAX_STATUS_BYTES = 64 * 1024
+"""Largest status document (agent or instance) as stored: its capped fields take a fraction of it, the
+rest leaves room for fields of newer agents, but one server cannot fill a reader's memory."""
 MAX_RESTART_TOKEN = 256
 """Longest `restart_token`, in characters (`discoverd restart` writes a timestamp of 27)."""
 RESERVED_ENV_PREFIX = "DISCOVERD_"
@@ -129,6 +143,33 @@ def _arg(value: str) -> str:
     if len(value.encode()) > MAX_ARG_BYTES:
         raise ValueError(f"must be at most {MAX_ARG_BYTES} bytes (the kernel's limit for one argument)")
     return value
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes (at a character boundary), saying how much was cut.
+
+    What a writer does to its own text before it writes a capped field (never a reader: a reader
+    refuses a document over its cap)."""
+    data = text.encode("utf-8", "backslashreplace")  # a lone surrogate becomes its escape: writable text
+    if len(data) <= limit:
+        return data.decode()
+    note = f"... ({len(data)} bytes, cut)"
+    head = data[: max(0, limit - len(note.encode()))].decode("utf-8", "ignore")
+    return head + note if limit >= len(note.encode()) else head
+
+
+def _capped(limit: int) -> AfterValidator:
+    def check(value: str) -> str:
+        size = len(value.encode())
+        if size > limit:
+            raise ValueError(f"is {size} bytes, over its cap of {limit} bytes")
+        return value
+
+    return AfterValidator(check)
+
+
+Message = Annotated[str, _capped(MAX_MESSAGE_BYTES)]
+"""A status `message`: text of at most `MAX_MESSAGE_BYTES` (writers `clip` theirs first)."""
 
 
 def _env_name(value: str) -> str:
@@ -170,6 +211,8 @@ class Document(BaseModel):
 
     keep_defaults: ClassVar[bool] = False
     """Status documents are written whole; configuration only with the fields its writer set."""
+    max_bytes: ClassVar[int] = untrusted.MAX_VALUE_BYTES
+    """Largest stored value `parse` reads for this document."""
     kept_by_apply: ClassVar[frozenset[str]] = frozenset()
     """Fields commands set rather than configuration (`discoverd restart`, `drain`): `apply -f` keeps
     what etcd has when its YAML leaves them out, as `kubectl apply` keeps fields it never set."""
@@ -470,14 +513,15 @@ class AgentStatus(Document):
     """`<prefix>/servers/<id>/status/agent`, held by the agent's lease: present means online."""
 
     keep_defaults = True
+    max_bytes = MAX_STATUS_BYTES
 
-    hostname: str
-    agent_version: str
+    hostname: Annotated[str, _capped(MAX_HOSTNAME_BYTES)]
+    agent_version: Annotated[str, _capped(MAX_AGENT_VERSION_BYTES)]
     started_at: dt.datetime
     heartbeat: dt.datetime
     """When the agent last (re)established its lease and wrote this key."""
     lease_ttl: Annotated[int, Field(ge=1, le=MAX_LEASE_TTL), NotBool] | None = None
-    message: str = ""
+    message: Message = ""
     drain: DrainPhase | None = None
     """Extension: set while the server document says `drained` (None: not drained)."""
     api_address: Annotated[str, Field(max_length=300)] | None = None
@@ -493,12 +537,12 @@ class InstanceState(Document):
     keep_defaults = True
 
     phase: Phase
-    version: str | None = None
-    previous_version: str | None = None
+    version: Segment | None = None
+    previous_version: Segment | None = None
     pid: Annotated[int, Field(ge=1, le=MAX_PID), NotBool] | None = None
     restarts: Annotated[int, Field(ge=0, le=MAX_RESTARTS), NotBool] = 0
     last_exit_code: Annotated[int, Field(ge=-MAX_EXIT_CODE, le=MAX_EXIT_CODE), NotBool] | None = None
-    message: str = ""
+    message: Message = ""
     restart_token: Annotated[str, Field(max_length=MAX_RESTART_TOKEN)] | None = None
     """Extension: the restart token the running process was started with (the controller waits for it)."""
 
@@ -512,11 +556,13 @@ class PhaseChange(Document):
 
     phase: Phase
     at: dt.datetime
-    version: str | None = None
+    version: Segment | None = None
 
 
 class InstanceStatus(InstanceState):
     """`<prefix>/servers/<id>/status/instances/<service>/<id>`, held by the agent's lease."""
+
+    max_bytes = MAX_STATUS_BYTES
 
     since: dt.datetime
     """When the instance entered its current phase."""
@@ -571,6 +617,8 @@ def validate(model: type[D], key: str, data: Any) -> D:
 def parse(model: type[D], key: str, raw: bytes) -> D:
     """Bytes from etcd to a model; InvalidDocument (and nothing else) if they are not JSON within
     the caps of `untrusted` or do not validate."""
+    if len(raw) > model.max_bytes:
+        raise InvalidDocument(key, "", f"the value is {len(raw)} bytes, over the limit of {model.max_bytes} bytes")
     data = untrusted.load_json(key, raw)
     if not isinstance(data, dict):
         raise InvalidDocument(key, "", f"must be a JSON object, not {type(data).__name__}")
