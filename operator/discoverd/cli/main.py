@@ -278,6 +278,7 @@ def _register() -> None:
         ("restart", ("restart",)),
         ("drain", ("drain", "undrain")),
         ("logs", ("logs",)),
+        ("dashboard", ("dashboard",)),
     ):
         try:
             imported = __import__(f"discoverd.cli.{module}", fromlist=["_"])
