@@ -183,6 +183,11 @@ def _release_values(node: Node, etcd_ports: list[int], annotation: str) -> list[
         "operator.extraEnv[0].value": "127.0.0.1",
         "operator.extraEnv[1].name": "KUBERNETES_SERVICE_PORT",
         "operator.extraEnv[1].value": node.api_port,
+        # This node's kubelet knows no address of its own (no cloud provider, no --node-ip), so the
+        # downward API's podIP of a host-network pod is empty: bind metrics and publish the log API
+        # on loopback instead.
+        "metrics.bindAddress": "127.0.0.1",
+        "agent.api.advertiseHost": "127.0.0.1",
         "agent.stateDir": str(node.work / "state"),
         "agent.hostPid": str(node.host_pid),
         "agent.extraArgs[0]": f"--cgroup-root={node.cgroup_root}",

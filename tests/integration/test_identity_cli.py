@@ -12,7 +12,10 @@ from support.cli import discoverd
     ("args", "reason"),
     [
         (
-            ["--etcd-user", "u", "--etcd-password", "p", "agent", "--server-id", "n1", "--identity-url", "https://op:9466"],
+            [
+                "--etcd-user", "u", "--etcd-password", "p", "--etcd-allow-plaintext-password",
+                "agent", "--server-id", "n1", "--identity-url", "https://op:9466",
+            ],
             "give no --etcd-user/--etcd-password",
         ),
         (["agent", "--server-id", "n1", "--identity-url", "http://op:9466"], "is not an https://HOST:PORT URL"),

@@ -537,12 +537,17 @@ def test_metrics_ports_come_from_values() -> None:
     assert agent["ports"][0]["containerPort"] == 19464
 
 
-def test_the_agent_serves_logs_on_the_node_and_publishes_the_node_ip() -> None:
+def test_the_agent_serves_logs_on_the_node_and_publishes_the_pod_ip() -> None:
     agent = _container(chart.find(chart.render(), "DaemonSet"))
     assert "--api-address=0.0.0.0:9467" in agent["args"]
-    assert "--api-advertise-address=$(DISCOVERD_HOST_IP):9467" in agent["args"]
-    host_ip = {"name": "DISCOVERD_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}
-    assert host_ip in agent["env"]
+    # The pod's IP: the node's with the host network (the default). status.hostIP is not used: a
+    # kubelet that knows no address of its own refuses to start a container that asks for it.
+    assert "--api-advertise-address=$(DISCOVERD_POD_IP):9467" in agent["args"]
+    pod_ip = {"name": "DISCOVERD_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+    assert pod_ip in agent["env"]
+    assert not any(e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "status.hostIP" for e in agent["env"])
+    pinned = _container(chart.find(chart.render("agent.api.advertiseHost=logs.example"), "DaemonSet"))
+    assert "--api-advertise-address=logs.example:9467" in pinned["args"]
     assert {"name": "api", "containerPort": 9467, "hostPort": 9467, "protocol": "TCP"} in agent["ports"]
     off = _container(chart.find(chart.render("agent.api.port=0"), "DaemonSet"))
     assert "--api-address=" in off["args"]

@@ -180,14 +180,22 @@ async def test_agent_gets_credentials_for_its_own_server_only(
     node = next(iter(cluster.nodes))
     other = list(cluster.nodes)[1]
     cluster.pod("agent-a", node)
+    prefix = endpoint.root.prefix
+    # Its server document lists web/i1: the issued role writes that instance's status key (and no other).
+    root = Store(await etcd_client.connect(endpoint.root))
+    try:
+        listing = documents.Server.model_validate({"service_instances": [{"name": "web", "id": "i1"}]})
+        await root.put(keys.server_config(prefix, node), listing)
+    finally:
+        await root.close()
     answer = await _ask(endpoint, tmp_path, cluster.token("agent", "agent-a"), node)
     assert isinstance(answer, wire.Credentials), answer
-    prefix = endpoint.root.prefix
     store = await _as(endpoint, answer.user, answer.password)
     try:
         await store.put(keys.instance_status(prefix, node, "web", "i1"), _status("Running"))
         for key in (
             keys.instance_status(prefix, other, "web", "i1"),  # another server's status
+            keys.instance_status(prefix, node, "web", "i2"),  # a status key of an instance it does not run
             keys.server_config(prefix, node),  # its own configuration
             keys.instance_config(prefix, "web", "i1"),  # any configuration
         ):

@@ -59,6 +59,7 @@ def login(monkeypatch: pytest.MonkeyPatch, credentials: dict[str, str]) -> None:
     """Agents this test starts log in as `credentials`' user (the `discoverd` CLI calls pass root's own)."""
     monkeypatch.setenv("DISCOVERD_ETCD_USER", credentials["DISCOVERD_ETCD_USER"])
     monkeypatch.setenv("DISCOVERD_ETCD_PASSWORD", credentials["DISCOVERD_ETCD_PASSWORD"])
+    monkeypatch.setenv("DISCOVERD_ETCD_ALLOW_PLAINTEXT_PASSWORD", "true")  # a loopback etcd without TLS
 
 
 @contextlib.contextmanager
@@ -259,6 +260,7 @@ async def test_auth_sync_replaces_the_prefix_wide_grants_of_before(root: dict[st
     assert {(k.decode(), e.decode(), a.name) for (k, e), a in held.items()} == {
         (f"{prefix}/servers/node-1/config/", f"{prefix}/servers/node-1/config0", "READ"),
         (f"{prefix}/servers/node-1/status/agent", "", "WRITE"),
+        (f"{prefix}/grants/node-1/", f"{prefix}/grants/node-10", "READ"),
         (f"{prefix}/services/web/versions/", f"{prefix}/services/web/versions0", "READ"),
         (f"{prefix}/services/web/instances/a/config/details", "", "READ"),
         (f"{prefix}/servers/node-1/status/instances/web/a", "", "WRITE"),
