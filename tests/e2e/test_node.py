@@ -264,7 +264,9 @@ def _manifests(node: Node) -> str:
     out = node.work / "out"
 
     def version(v: str) -> dict[str, Any]:
-        script = f'hostname > "$0/hostname-{v}"; echo $$ > "$0/pid-{v}"; exec sleep 100000'
+        script = (
+            f'hostname > "$0/hostname-{v}"; echo $$ > "$0/pid-{v}"; echo "probe {v} on $(hostname)"; exec sleep 100000'
+        )
         return {
             "apiVersion": "discoverd.io/v1alpha1",
             "kind": "ServiceVersion",
@@ -460,9 +462,36 @@ def test_3_patching_the_instance_version_upgrades_it(node: Node, release: Releas
     assert _controller_leader(node, release) is not None
 
 
-def _controller_leader(node: Node, release: Release) -> object:
+def _root_password(node: Node) -> str:
     secret = node.kubectl_json("-n", NAMESPACE, "get", "secret", f"{RELEASE}-discoverd-etcd-root")
-    password = base64.b64decode(secret["data"]["password"]).decode()
+    return base64.b64decode(secret["data"]["password"]).decode()
+
+
+def test_3b_logs_are_read_through_the_agents_host_network_port(node: Node, release: Release) -> None:
+    """`discoverd logs` from off the node reaches the agent's log API on its host-network port, pinned
+    by the certificate the agent published in its status, with a grant an admin wrote in etcd."""
+    wait_until(lambda: _running(node, "2.0"), timeout=60, interval=1, what="2.0 running")
+    env = {
+        **node.env,
+        "DISCOVERD_ETCD_ENDPOINTS": f"http://127.0.0.1:{release.etcd_ports[0]}",
+        "DISCOVERD_ETCD_USER": "root",
+        "DISCOVERD_ETCD_PASSWORD": _root_password(node),
+        "DISCOVERD_ETCD_ALLOW_PLAINTEXT_PASSWORD": "true",
+    }
+    line = f"probe 2.0 on {socket.gethostname()}"
+
+    def read() -> str | None:
+        result = subprocess.run(
+            ["discoverd", "logs", f"{SERVICE}/{INSTANCE}", "--tail", "20"],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        return result.stdout if result.returncode == 0 and line in result.stdout else None
+
+    assert line in wait_until(read, timeout=60, interval=2, what=f"{line!r} from discoverd logs")
+
+
+def _controller_leader(node: Node, release: Release) -> object:
+    password = _root_password(node)
     options = EtcdOptions(
         endpoints=f"http://127.0.0.1:{release.etcd_ports[0]}",
         user="root",
