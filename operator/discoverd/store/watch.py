@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -68,8 +68,17 @@ Event = Put | Delete | Progress
 class Stream:
     """One gRPC Watch stream with any number of watchers; `async with Stream(store) as s:`."""
 
-    def __init__(self, store: Store, *, progress_every: float = 5.0, stall_after: float = 10.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        progress_every: float = 5.0,
+        stall_after: float = 10.0,
+        where: Callable[[bytes], bool] | None = None,
+    ) -> None:
         self.store = store
+        self.where = where
+        """Puts of keys it refuses are dropped before their value is decoded (deletes always pass)."""
         self.progress_every = progress_every
         self.stall_after = stall_after
         self._requests: list[Any] = []
@@ -183,7 +192,10 @@ class Stream:
                 self._fragments.setdefault(watch_id, []).extend(response.events)
                 continue
             events = [*self._fragments.pop(watch_id, []), *response.events]
-            yield watch_id, [self._event(e) for e in events]
+            yield watch_id, [self._event(e) for e in events if self._wanted(e)]
+
+    def _wanted(self, event: Any) -> bool:
+        return self.where is None or event.type == rpc.Event.EventType.DELETE or self.where(event.kv.key)
 
     def _event(self, event: Any) -> Event:
         if event.type == rpc.Event.EventType.DELETE:
