@@ -40,10 +40,11 @@ and with none left the `servers/` watcher is cancelled.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from discoverd import logs
 from discoverd.controller import world
+from discoverd.errors import InvalidDocument
 from discoverd.schema import documents, keys
 from discoverd.store import watch
 from discoverd.store.documents import Entry, Snapshot, Store
@@ -73,15 +74,22 @@ class Scope:
         """Unsettled services, as key bytes (`wanted` judges keys before they are decoded)."""
         self._listing: frozenset[bytes] = frozenset()
         """Servers whose documents list an instance of an unsettled service, as key bytes."""
-        self._reading = False
+        self._candidate = b""
+        """While `servers/` is read: the last server whose document was wanted (its status keys follow)."""
+        self._fresh: dict[str, int] = {}
+        """Service -> the revision `_widen` read its instances at (older `services/` events are stale)."""
         self.watches: dict[bytes, int] = {}
         self.events = 0
         """Watch events decoded since the start (a debugging counter, logged with every read)."""
 
-    # what is wanted, judged by the key alone
+    # what is wanted, judged before decoding
 
-    def wanted(self, key: bytes) -> bool:
-        """Whether a key may matter to a rollout: it is decoded (read or watched) only then."""
+    def wanted(self, key: bytes, value: bytes) -> bool:
+        """Whether a put may matter to a rollout: it is decoded (read or watched) only then.
+
+        While `servers/` is read (in key order: a server's document comes before its status keys),
+        the status keys of a server are wanted only after its document was (`_candidate`).
+        """
         if key.startswith(self._services):
             parts = key[len(self._services) :].split(b"/")
             if len(parts) < 2:
@@ -92,11 +100,15 @@ class Scope:
         parts = key[len(self._servers) :].split(b"/")
         if len(parts) < 3:
             return False
+        server = parts[0]
         if parts[1] == b"config":
-            return True  # to see what it lists
-        if parts[1] != b"status":
+            # A held server's document always (what it lists may change); another only if it may
+            # list an unsettled service: its JSON then holds the name, quoted, unless escaped.
+            if server in self._listing or b"\\" in value or any(b'"' + s + b'"' in value for s in self._active):
+                self._candidate = server
+                return True
             return False
-        if not self._reading and parts[0] not in self._listing:
+        if parts[1] != b"status" or (server not in self._listing and server != self._candidate):
             return False
         if parts[2] == b"agent":
             return True
@@ -107,6 +119,7 @@ class Scope:
         self.world.covered = active
         self._active = frozenset(s.encode() for s in active)
         self._listing = _listing(self.world.entries, active)
+        self._candidate = b""
 
     # reading
 
@@ -121,18 +134,10 @@ class Scope:
         active = probe.unsettled()
         # `world.covered` changes only once the world holds it all: a pass meanwhile skips new rollouts.
         self._active = frozenset(s.encode() for s in active)
+        self._fresh = {}
         if active:
-            ranges = [keys.service_instances_prefix(self.store.prefix, s).encode() for s in sorted(active)]
-            more = await self.store.read(((r, keys.prefix_range_end(r)) for r in ranges), revision)
-            found.update(more.entries)
-            self._reading = True
-            try:
-                servers = await self.store.read(
-                    [(self._servers, keys.prefix_range_end(self._servers))], revision, where=self.wanted
-                )
-            finally:
-                self._reading = False
-            found.update(_needed(servers.entries, active))
+            found.update(await self._instances(active, revision))
+            found.update(await self._servers_at(active, revision))
         self.world.load(Snapshot(revision, found))
         self._set(active)
         self.watches[self._services] = stream.add(self._services, keys.prefix_range_end(self._services), revision + 1)
@@ -148,6 +153,74 @@ class Scope:
                 keys=len(found),
                 watches=len(self.watches),
             ),
+        )
+
+    async def _instances(self, services: Iterable[str], revision: int) -> Mapping[str, Entry]:
+        heads = [keys.service_instances_prefix(self.store.prefix, s).encode() for s in sorted(services)]
+        return (await self.store.read(((h, keys.prefix_range_end(h)) for h in heads), revision)).entries
+
+    async def _servers_at(self, active: frozenset[str], revision: int) -> dict[str, Entry]:
+        """What `active` needs of `servers/`, read at `revision`."""
+        self._listing, self._candidate = frozenset(), b""
+        snapshot = await self.store.read(
+            [(self._servers, keys.prefix_range_end(self._servers))], revision, where=self.wanted
+        )
+        return _needed(snapshot.entries, active)
+
+    async def _widen(self, stream: watch.Stream, active: frozenset[str]) -> None:
+        """More is needed (a rollout unsettled, a server listing one more instance): read just that.
+
+        The instances of services new to the scope and `servers/` (filtered) are read at the
+        current revision R; `servers/` is watched again from R+1, and the `services/` watch,
+        which goes on, has its events up to R for those instances ignored (`_fresh`).
+        """
+        w = self.world
+        new = active - (w.covered or frozenset())
+        self._active = frozenset(s.encode() for s in active)
+        self._listing, self._candidate = frozenset(), b""
+        if self._servers in self.watches:
+            stream.cancel(self.watches.pop(self._servers))
+        heads = [keys.service_instances_prefix(self.store.prefix, s).encode() for s in sorted(new)]
+        ranges = [
+            *((h, keys.prefix_range_end(h)) for h in heads),
+            (self._servers, keys.prefix_range_end(self._servers)),
+        ]
+        snapshot = await self.store.read(ranges, where=self.wanted)
+        for service in new:
+            self._fresh[service] = snapshot.revision
+        server_kinds = (keys.Kind.SERVER, keys.Kind.AGENT_STATUS, keys.Kind.INSTANCE_STATUS)
+        kept = {
+            k: e
+            for k, e in w.entries.items()
+            if e.parsed is not None
+            and e.parsed.kind not in server_kinds
+            and (e.parsed.kind is not keys.Kind.INSTANCE or e.parsed.service in active)
+        }
+        w.entries = {**kept, **_needed(snapshot.entries, active)}
+        self._set(active)
+        self.watches[self._servers] = stream.add(
+            self._servers, keys.prefix_range_end(self._servers), snapshot.revision + 1
+        )
+        log.info(
+            "Read unsettled rollouts",
+            extra=logs.kv(
+                revision=snapshot.revision,
+                unsettled=",".join(sorted(active)),
+                keys=len(w.entries),
+                watches=len(self.watches),
+            ),
+        )
+
+    def _stale(self, key: str, revision: int) -> bool:
+        """An instance event the read in `_widen` already covers (the `services/` watch is behind it)."""
+        if not self._fresh:
+            return False
+        try:
+            parsed = keys.parse(self.store.prefix, key)
+        except InvalidDocument:
+            return False
+        return (
+            parsed is not None and parsed.kind is keys.Kind.INSTANCE and revision <= self._fresh.get(parsed.service, 0)
         )
 
     async def _rollouts(self) -> tuple[dict[str, Entry], int, int]:
@@ -182,6 +255,8 @@ class Scope:
                 continue
             self.events += 1
             w.revision = max(w.revision, event.revision)
+            if self._stale(event.entry.key if isinstance(event, watch.Put) else event.key, event.revision):
+                continue
             if isinstance(event, watch.Delete):
                 gone = w.entries.pop(event.key, None)
                 if gone is not None and gone.parsed is not None and gone.parsed.kind is keys.Kind.SERVER:
@@ -203,7 +278,7 @@ class Scope:
                 w.entries[entry.key] = entry
         now = w.unsettled()
         if grew or now - active:
-            await self.read_all(stream)
+            await self._widen(stream, now)
         elif active - now:
             self._narrow(stream, now)
 
@@ -220,6 +295,7 @@ class Scope:
         dropped = len(w.entries) - len(keep)
         w.entries = keep
         self._set(active)
+        self._fresh = {k: v for k, v in self._fresh.items() if k in active}
         if not active and self._servers in self.watches:
             stream.cancel(self.watches.pop(self._servers))
         log.info(

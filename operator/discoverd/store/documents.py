@@ -133,12 +133,13 @@ class Store:
         ranges: Iterable[tuple[bytes, bytes]],
         revision: int = 0,
         *,
-        where: Callable[[bytes], bool] | None = None,
+        where: Callable[[bytes, bytes], bool] | None = None,
     ) -> Snapshot:
         """Every key in `ranges` at one revision (`revision`, or etcd's current one when 0).
 
         A range is `(key, range_end)` as in etcd: `range_end` b"" means the key alone. `where`:
-        keep only the keys it accepts, judged on the raw key before any value is decoded.
+        keep only the keys it accepts, judged on the raw key and value before anything is decoded
+        (called in key order).
         """
         entries: dict[str, Entry] = {}
         for start, end in ranges:
@@ -153,7 +154,7 @@ class Store:
         end: bytes,
         revision: int,
         into: dict[str, Entry],
-        where: Callable[[bytes], bool] | None = None,
+        where: Callable[[bytes, bytes], bool] | None = None,
     ) -> int:
         c = self.client
         limit = _FIRST_PAGE
@@ -170,7 +171,7 @@ class Store:
             size = 0
             for kv in response.kvs:
                 size += len(kv.key) + len(kv.value)
-                if where is None or where(kv.key):
+                if where is None or where(kv.key, kv.value):
                     entry = decode_kv(self.prefix, kv)
                     into[entry.key] = entry
             if not end or not response.more or not response.kvs:

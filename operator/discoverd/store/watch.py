@@ -74,11 +74,11 @@ class Stream:
         *,
         progress_every: float = 5.0,
         stall_after: float = 10.0,
-        where: Callable[[bytes], bool] | None = None,
+        where: Callable[[bytes, bytes], bool] | None = None,
     ) -> None:
         self.store = store
         self.where = where
-        """Puts of keys it refuses are dropped before their value is decoded (deletes always pass)."""
+        """Puts it refuses (given the raw key and value) are dropped before decoding (deletes always pass)."""
         self.progress_every = progress_every
         self.stall_after = stall_after
         self._requests: list[Any] = []
@@ -195,7 +195,9 @@ class Stream:
             yield watch_id, [self._event(e) for e in events if self._wanted(e)]
 
     def _wanted(self, event: Any) -> bool:
-        return self.where is None or event.type == rpc.Event.EventType.DELETE or self.where(event.kv.key)
+        return (
+            self.where is None or event.type == rpc.Event.EventType.DELETE or self.where(event.kv.key, event.kv.value)
+        )
 
     def _event(self, event: Any) -> Event:
         if event.type == rpc.Event.EventType.DELETE:
