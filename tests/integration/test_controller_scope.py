@@ -76,7 +76,9 @@ async def acting(store: Store) -> AsyncIterator[loop.Controller]:
         yield c
     finally:
         stop.set()
+        started = asyncio.get_running_loop().time()
         await asyncio.wait_for(task, 20)
+        assert asyncio.get_running_loop().time() - started < 3, "the controller stops at once"
 
 
 async def until(predicate: Any, what: str, timeout: float = 20) -> None:
@@ -111,7 +113,7 @@ async def test_the_controller_holds_only_what_rollouts_need_before_during_and_af
         )
         await put(store, {keys.instance_config(p, "other", "o1-1"): {"name": "other", "service_version": "1.1"}})
         marker = keys.rollout_config(p, "marker")
-        await put(store, {marker: {"name": "marker", "to_version": "1.0", "undo": True}})
+        await put(store, {marker: {"name": "marker", "to_version": "1.0", "canary": -1}})  # invalid: no status written
         await until(lambda: marker in c.world.entries, "the marker rollout key")
         assert c.scope.events == 1, "only the rollout key was decoded"
 
@@ -156,9 +158,13 @@ async def test_a_server_that_starts_listing_an_instance_mid_rollout_is_counted(s
     await put(store, fleet(p, 5))
     paused = {"name": "web", "to_version": "2.0", "min_healthy_seconds": 0, "paused": True}
     await put(store, {keys.rollout_config(p, "web"): paused})
+    # JSON may spell the service's name with an escape: the read must still see that w5 lists web-2
+    escaped = b'{"service_instances": [{"name": "w\\u0065b", "id": "web-2"}]}'
+    await store.apply([Write(keys.server_config(p, "w5"), escaped)])
     async with acting(store) as c:
         await until(lambda: c.world.covers("web") and c.world.members("web"), "web's instances")
         assert [r.server for r in c.world.members("web")["web-1"].reports] == ["w1"]
+        assert [r.server for r in c.world.members("web")["web-2"].reports] == ["w2", "w5"]
         # w4 (no agent: offline) now lists web-1 too: the rollout must see it, or it would update web-1 unguarded
         await put(store, {keys.server_config(p, "w4"): {"service_instances": [{"name": "web", "id": "web-1"}]}})
         await until(lambda: len(c.world.members("web")["web-1"].reports) == 2, "w4's listing")

@@ -186,6 +186,7 @@ class Controller:
                 waiter.cancel()
         finally:
             follower.cancel()
+            stream.close()  # a read pending in gRPC ends now, not at the next progress notification
             with contextlib.suppress(asyncio.CancelledError, StoreUnavailable, Compacted):
                 await follower
 

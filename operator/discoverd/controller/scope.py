@@ -18,11 +18,12 @@ by key prefix only, and a rollout key sits in the middle of
   the next service, whose `rollout/` range is read, and the cursor jumps past
   `services/<service>/`; two small requests per service, whatever the number
   of instances. For unsettled services, their `instances/` ranges; and, when
-  there are any, `servers/` with a key filter (`wanted`): server documents,
-  agent status and reports of those services only are decoded, the rest of
-  the range is skipped by its key. No index leads from an instance to the
-  servers listing it, so a rollout start reads every server document once:
-  that read grows with the fleet (bench/controller_scale.py), nothing else.
+  there are any, `servers/` with a filter (`wanted`): server documents that
+  may list those services, then those servers' agent status and reports,
+  are decoded; the rest of the range is skipped undecoded. No index leads
+  from an instance to the servers listing it, so a rollout start reads
+  `servers/` once: that read grows with the fleet
+  (bench/controller_scale.py); what is kept does not.
 - **watching** (one stream, from R+1): `services/`, always (only rollout
   keys and the instance documents of unsettled services are decoded: the
   others are configuration writes, not status traffic); `servers/` while any
@@ -30,11 +31,15 @@ by key prefix only, and a rollout key sits in the middle of
   decoded to see what they list; the rest dropped by key).
 
 When a rollout becomes unsettled (a new config, an undo, a revert to do) or
-a server document starts listing one of its instances, everything is read
-again at one revision on the same stream and the watchers replaced (as
-`agent.scope` does when its server document changes), so nothing falls
-between read and watch. When one settles, what only it needed is dropped,
-and with none left the `servers/` watcher is cancelled.
+a server document starts listing one of its instances, `_widen` reads what
+that adds at the current revision R: the new service's instances and
+`servers/` again, a server document decoded only when its JSON names an
+unsettled service (or holds an escape, which could hide one), its status
+keys only after it; `servers/` is watched again from R+1 and the `services/`
+watch ignores that service's instance events up to R, so nothing falls
+between read and watch. When a rollout settles, what only it needed is
+dropped, and with none left the `servers/` watcher is cancelled. A lost
+watch reads it all again (`read_all`, the runtime kit's `Resync`).
 """
 
 from __future__ import annotations

@@ -114,6 +114,15 @@ class Stream:
         if self._call is not None:
             self._call.cancel()
 
+    def close(self) -> None:
+        """End the gRPC call now, so that a `responses()` read in another task ends at once.
+
+        Cancelling that task alone is not enough: a read pending in gRPC may not see the
+        cancellation until the stream answers (a progress notification, seconds later).
+        """
+        if self._call is not None:
+            self._call.cancel()
+
     def add(self, key: bytes, range_end: bytes, start_revision: int) -> int:
         """Watch `key` (to `range_end`, b"" for the key alone) from `start_revision`; its watch ID."""
         watch_id = self._next_id
