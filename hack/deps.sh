@@ -37,6 +37,7 @@ want openssl -- command -v openssl          # the control plane's certificates
 want util-linux -- command -v nsenter       # nsenter/unshare: the host-namespace tests
 want git -- command -v git                  # Go modules
 want systemd -- command -v systemd-analyze  # `systemd-analyze verify` of the agent's unit
+want chromium -- command -v chromium        # headless, driven by the dashboard's browser tests
 if ((node)); then
 	# The kubelet's container runtime and CNI plugins, Docker's engine and mmdebstrap to build the
 	# images with no registry, gcc for the static pause binary, iproute2 and curl for hack/node.sh.

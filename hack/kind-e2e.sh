@@ -113,10 +113,15 @@ kind load docker-image "$IMAGE" --name "$CLUSTER" >&2
 kubectl create namespace "$NAMESPACE" >&2
 
 # --- 4. the chart ---------------------------------------------------------------------------
-log "installing the chart"
+# The agents run on the host network, so they reach etcd from their node's address, which the
+# chart's NetworkPolicy cannot select by labels (kindnet enforces NetworkPolicy): admit the kind
+# nodes' IPv4 network, as docs/install-kubernetes.md says to.
+node_cidr="$(docker network inspect kind -f '{{range .IPAM.Config}}{{.Subnet}} {{end}}' | tr ' ' '\n' | grep -m1 '\.')"
+log "installing the chart (etcd admits the nodes' network $node_cidr)"
 helm install discoverd "$REPO/charts/discoverd" --namespace "$NAMESPACE" \
 	--set image.repository="${IMAGE%:*}" --set image.tag="${IMAGE##*:}" --set image.pullPolicy=Never \
 	--set etcd.server.enabled=true \
+	--set "etcd.server.networkPolicy.extraFrom[0].ipBlock.cidr=$node_cidr" \
 	--set logFormat=text --wait --timeout "${TIMEOUT}s" >&2
 kubectl -n "$NAMESPACE" rollout status daemonset/discoverd-agent --timeout="${TIMEOUT}s" >&2
 

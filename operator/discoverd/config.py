@@ -1,7 +1,8 @@
 """Connection settings shared by every command: etcd endpoints, TLS, auth, prefix.
 
 Each has a flag and a `DISCOVERD_*` environment variable (the CLI wires them);
-this module only holds their shape and checks them.
+this module only holds their shape and checks them. A password is sent only
+over TLS, unless `allow_plaintext_password` says the network is trusted.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ class EtcdOptions(BaseModel):
     key_file: Path | None = None
     user: str | None = None
     password: str | None = None
+    allow_plaintext_password: bool = False
+    """Send the password without TLS anyway: only where the network is trusted, such as loopback."""
     timeout: float = 5.0
     """Seconds for one request, and for connecting."""
 
@@ -79,6 +82,16 @@ class EtcdOptions(BaseModel):
             raise ValueError(
                 f"etcd authentication needs both a user and a password (--etcd-user, --etcd-password): "
                 f"the {missing} is missing"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _password_only_over_tls(self) -> Self:
+        if self.password is not None and not self.tls and not self.allow_plaintext_password:
+            raise ValueError(
+                f"refusing to send the etcd password in clear text to {self.describe()}: use https:// "
+                "endpoints, or pass --etcd-allow-plaintext-password (DISCOVERD_ETCD_ALLOW_PLAINTEXT_PASSWORD=true) "
+                "where the network is trusted, such as loopback"
             )
         return self
 

@@ -10,7 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-__all__ = ["Compacted", "Conflict", "DiscoverdError", "InvalidDocument", "StoreUnavailable", "printable"]
+__all__ = [
+    "Compacted",
+    "Conflict",
+    "DiscoverdError",
+    "InvalidDocument",
+    "PermissionDenied",
+    "StoreUnavailable",
+    "printable",
+]
+
+
+_INVISIBLE = frozenset("\u2028\u2029\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+"""Line and paragraph separators and bidirectional controls: printed escaped."""
 
 
 def printable(text: str) -> str:
@@ -19,7 +31,9 @@ def printable(text: str) -> str:
     Keys arrive decoded with surrogateescape, so a non-UTF-8 byte 0xff is the
     lone surrogate U+DCFF, which no UTF-8 stream can write; it is shown as
     `\\xff`. Other lone surrogates (JSON's `"\\ud800"`) are shown as `\\ud800`,
-    control characters as `\\x0a` and the like, so a key cannot forge log lines.
+    control characters as `\\x0a` and the like, so a key cannot forge log lines
+    or send escape sequences to a terminal; the Unicode line separators and the
+    bidirectional overrides (which reorder what a terminal shows) as `\\u2028`.
     """
     if text.isprintable():
         return text
@@ -32,6 +46,8 @@ def printable(text: str) -> str:
             out.append(f"\\u{code:04x}")
         elif code < 0x20 or 0x7F <= code < 0xA0:
             out.append(f"\\x{code:02x}")
+        elif ch in _INVISIBLE:
+            out.append(f"\\u{code:04x}")
         else:
             out.append(ch)
     return "".join(out)
@@ -91,6 +107,11 @@ class StoreUnavailable(DiscoverdError):
         self.reason = reason
         self.retry_after = retry_after
         super().__init__(reason)
+
+
+class PermissionDenied(StoreUnavailable):
+    """etcd refused the request: the user's roles do not allow it. Temporary where a controller is about to grant it
+    (a server's newly assigned service); everywhere else the operator must fix the roles."""
 
 
 class Conflict(DiscoverdError):

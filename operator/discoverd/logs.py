@@ -3,7 +3,10 @@
     logger.info("Started instance", extra=logs.kv(service="web", instance="i1", version="2.0"))
 
 prints `Started instance service=web instance=i1 version=2.0` (text) or one
-JSON object per line (`--log-format json`).
+JSON object per line (`--log-format json`). Text from etcd is escaped either
+way: control characters, the Unicode line separators and the bidirectional
+controls become `\\x1b`-style escapes in text logs (a value cannot forge a
+line or send escape sequences to a terminal), and JSON escapes them itself.
 """
 
 from __future__ import annotations
@@ -27,7 +30,11 @@ def kv(**fields: Any) -> dict[str, Any]:
 def _is_control(c: str) -> bool:
     """C0, DEL, C1 (such as U+0085) and the Unicode line separators: they could forge a log line
     or rewrite a terminal, so a text log never prints them raw."""
-    return ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029"
+    return ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in _INVISIBLE
+
+
+_INVISIBLE = "\u2028\u2029\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+"""The Unicode line separators and the bidirectional controls (which reorder what a terminal shows)."""
 
 
 def _escape_controls(text: str) -> str:
@@ -50,7 +57,10 @@ class TextFormatter(logging.Formatter):
         parts += [f"{k}={_format_value(v)}" for k, v in fields.items()]
         line = " ".join(parts)
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            # A traceback is several lines, but its exception's text may come from etcd: each of its
+            # lines escaped and indented, so none is taken for an event (events start with a time).
+            trace = self.formatException(record.exc_info).split("\n")
+            line += "".join(f"\n  {_escape_controls(part)}" for part in trace)
         return line
 
 

@@ -17,6 +17,14 @@ thread) so `/readyz` asks the component's own state without locks:
 - `/healthz`: 200 while the process answers at all;
 - `/readyz`: 200 when `ready()` returns None, else 503 with its one-line reason.
 
+The endpoints have no authentication, so they are bound to loopback by default
+(the chart binds the pod's IP) and hold no client longer than they must: a
+whole request, from the first byte to the last of the answer, gets
+`REQUEST_DEADLINE` seconds (a client trickling its headers byte by byte is cut
+off, not kept alive by each byte), its request line and headers at most
+`MAX_REQUEST_BYTES`, and at most `MAX_CONNECTIONS` clients are served at once
+(one more is closed at once, unanswered).
+
 This module imports nothing of discoverd but `logs`: the agent, the operator and the
 controller import it (import-linter checks both directions).
 """
@@ -104,6 +112,30 @@ class AgentMetrics:
             buckets=_FAST_BUCKETS,
             registry=r,
         )
+        # Artifacts (docs/agent.md, "Artifacts").
+        self.artifact_requests = Counter(
+            "discoverd_agent_artifact_requests",
+            "Artifacts asked of the cache, by result: hit, fetched, failed, mismatch (digest).",
+            ["result"],
+            registry=r,
+        )
+        self.artifact_fetched_bytes = Counter(
+            "discoverd_agent_artifact_fetched_bytes", "Bytes of artifacts received over the network.", registry=r
+        )
+        self.artifact_downloading = Gauge(
+            "discoverd_agent_artifact_downloading_bytes",
+            "Downloads under way (with a known size): bytes expected and received so far (their ratio is the progress).",
+            ["part"],
+            registry=r,
+        )
+        self.artifact_cache_bytes = Gauge(
+            "discoverd_agent_artifact_cache_bytes", "Bytes of the artifact cache after the last eviction.", registry=r
+        )
+        self.artifact_evictions = Counter(
+            "discoverd_agent_artifact_evictions",
+            "Blobs evicted from the artifact cache (least recently used).",
+            registry=r,
+        )
 
     def set_phases(self, phases: Iterable[str]) -> None:
         """The instance count per phase, from every instance's phase this pass (absent phases are 0)."""
@@ -170,6 +202,14 @@ class OperatorMetrics:
         )
 
 
+REQUEST_DEADLINE = 5.0
+"""Seconds one connection may take in all: reading the request, answering it, the client reading it."""
+MAX_REQUEST_BYTES = 16 * 1024
+"""Longest request line plus headers; a longer request is closed unanswered."""
+MAX_CONNECTIONS = 32
+"""Connections served at once; the kubelet's probes and a scraper need a few."""
+
+
 def parse_address(address: str) -> tuple[str, int] | None:
     """`host:port` (`[::1]:port` for IPv6) -> (host, port); "" -> None (metrics disabled). ValueError if bad."""
     if not address:
@@ -183,17 +223,34 @@ def parse_address(address: str) -> tuple[str, int] | None:
 class Server:
     """The HTTP endpoints of one component; `close()` stops it."""
 
-    def __init__(self, registries: list[CollectorRegistry], ready: Ready) -> None:
+    def __init__(
+        self,
+        registries: list[CollectorRegistry],
+        ready: Ready,
+        *,
+        deadline: float = REQUEST_DEADLINE,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.registries = registries
         self.ready = ready
+        self.deadline = deadline
+        self.max_connections = max_connections
+        self.connections = 0
+        """Connections being served now."""
         self._server: asyncio.Server | None = None
         self.before_scrape: Callable[[], None] | None = None
         """Called before `/metrics` is rendered (to refresh gauges computed from the clock)."""
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._handle, host, port)
+        self._server = await asyncio.start_server(self._handle, host, port, limit=MAX_REQUEST_BYTES)
         bound = self._server.sockets[0].getsockname()
         log.info("Serving metrics and health", extra=logs.kv(address=f"{bound[0]}:{bound[1]}"))
+
+    @property
+    def port(self) -> int:
+        """The port bound (useful after asking for port 0)."""
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
         if self._server is not None:
@@ -220,28 +277,41 @@ class Server:
         return 404, "text/plain; charset=utf-8", b"not found: try /metrics, /healthz or /readyz\n"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.connections >= self.max_connections:
+            writer.transport.abort()  # over the cap: closed at once, before reading anything
+            return
+        self.connections += 1
         try:
-            line = await asyncio.wait_for(reader.readline(), 10.0)
-            while (await asyncio.wait_for(reader.readline(), 10.0)).strip():
-                pass  # the headers: nothing in them matters here
-            parts = line.decode("latin-1").split()
-            if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
-                status, ctype, body = 405, "text/plain; charset=utf-8", b"only GET\n"
-            else:
-                status, ctype, body = self._answer(parts[1].split("?", 1)[0])
-            reasons = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
-            head = (
-                f"HTTP/1.1 {status} {reasons[status]}\r\nContent-Type: {ctype}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            )
-            writer.write(head.encode() + (b"" if parts and parts[0] == "HEAD" else body))
-            await writer.drain()
-        except (TimeoutError, ConnectionError, UnicodeDecodeError):
-            pass
+            async with asyncio.timeout(self.deadline):
+                await self._serve(reader, writer)
+        except (TimeoutError, ConnectionError, UnicodeDecodeError, ValueError):
+            writer.transport.abort()  # too slow, too long, or gone: nothing more is sent
         finally:
+            self.connections -= 1
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Read one request and answer it (the caller bounds the time; `limit` bounds each line)."""
+        line = await reader.readline()
+        size = len(line)
+        while header := (await reader.readline()).strip():
+            size += len(header)  # the headers: nothing in them matters here, but they are bounded
+            if size > MAX_REQUEST_BYTES:
+                raise ValueError("request headers too long")
+        parts = line.decode("latin-1").split()
+        if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
+            status, ctype, body = 405, "text/plain; charset=utf-8", b"only GET\n"
+        else:
+            status, ctype, body = self._answer(parts[1].split("?", 1)[0])
+        reasons = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+        head = (
+            f"HTTP/1.1 {status} {reasons[status]}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        writer.write(head.encode() + (b"" if parts and parts[0] == "HEAD" else body))
+        await writer.drain()
 
 
 async def serve(address: str, registries: list[CollectorRegistry], ready: Ready) -> Server | None:

@@ -22,6 +22,8 @@ machines refuses nsenter (docs/control-plane.md).
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
 import shlex
@@ -38,12 +40,20 @@ from typing import Any
 import pytest
 import yaml
 
+from discoverd.agent import identity as agent_identity
 from discoverd.agent import layout, model
+from discoverd.config import EtcdOptions
+from discoverd.errors import StoreUnavailable
+from discoverd.schema import documents, keys
+from discoverd.schema import identity as wire
+from discoverd.store import client
+from discoverd.store.documents import Store
 from kube import controlplane
 from support import cgroups as test_cgroups
 from support.wait import wait_until
 
 REPO = controlplane.REPO
+NOW = "2026-01-01T00:00:00Z"
 NODE_SCRIPT = REPO / "hack" / "node.sh"
 CHART = REPO / "charts" / "discoverd"
 NAMESPACE = "discoverd"
@@ -164,6 +174,9 @@ def _release_values(node: Node, etcd_ports: list[int], annotation: str) -> list[
         "etcd.server.image.pullPolicy": "Never",
         "etcd.server.storage.type": "hostPath",
         "etcd.server.storage.hostPath": str(node.work / "etcd"),
+        # Node identity: the agent asks the host-network operator on this same node (no Service proxy).
+        "nodeIdentity.port": str(etcd_ports[2]),
+        "nodeIdentity.operatorURL": f"https://127.0.0.1:{etcd_ports[2]}",
         # No Service proxy on this node: the operator reaches the API server on loopback.
         "operator.hostNetwork": "true",
         "operator.extraEnv[0].name": "KUBERNETES_SERVICE_HOST",
@@ -186,7 +199,7 @@ class Release:
 
 @pytest.fixture(scope="module")
 def release(node: Node) -> Iterator[Release]:
-    ports = _free_ports(2)
+    ports = _free_ports(3)  # etcd's client and peer ports, the operator's node-identity port
     started = time.monotonic()
     args = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace"]
     node.run(node.helm, *args, *_release_values(node, ports, "1"), "--wait", "--timeout", "5m", timeout=400)
@@ -303,6 +316,11 @@ def test_1_operator_ready_and_agent_running(node: Node, release: Release) -> Non
     container = pod["spec"]["containers"][0]
     assert not container["securityContext"].get("privileged")
     assert f"--host-pid={node.host_pid}" in container["args"]
+    # Node identity: no etcd password, client certificate or Secret of any kind in the agent's pod.
+    names = {e["name"] for e in container["env"]}
+    assert not {"DISCOVERD_ETCD_USER", "DISCOVERD_ETCD_PASSWORD", "DISCOVERD_ETCD_CERT", "DISCOVERD_ETCD_KEY"} & names
+    assert not [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+    assert not [v for v in pod["spec"]["volumes"] if "secret" in v]
 
 
 def test_2_run_script_runs_in_the_hosts_namespaces(node: Node, release: Release) -> None:
@@ -338,6 +356,91 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+def _identity_source(node: Node, server_id: str) -> agent_identity.Source:
+    """What root on this node can take: the agent pod's token (from the kubelet's directory) and the CA."""
+    pod = _agent_pod(node)
+    assert pod is not None
+    token = Path(node.env["DISCOVERD_NODE_DIR"], "kubelet", "pods", pod["metadata"]["uid"], "volumes")
+    token = token / "kubernetes.io~projected" / "identity-token" / "token"
+    ca_map = node.kubectl_json("-n", NAMESPACE, "get", "configmap", f"{RELEASE}-discoverd-operator-identity-ca")
+    ca_file = node.work / "identity-ca.crt"
+    ca_file.write_text(ca_map["data"]["ca.crt"])
+    port = node.kubectl_json("-n", NAMESPACE, "get", "service", f"{RELEASE}-discoverd-operator")["spec"]["ports"][0]
+    return agent_identity.Source(f"https://127.0.0.1:{port['port']}", server_id, token, ca_file)
+
+
+def _fetch_unless_too_soon(source: agent_identity.Source) -> wire.Credentials | None:
+    try:
+        return asyncio.run(agent_identity.fetch(source))
+    except agent_identity.Refused as refused:
+        if "(429)" in str(refused):
+            return None
+        raise
+
+
+def test_2b_agent_credentials_reach_only_its_own_status(node: Node, release: Release) -> None:
+    """The agent's credentials, as root on the node gets them (its pod's token, asked of the operator):
+    etcd refuses another server's status, a new key under its own status prefix, any configuration
+    key, and a read of a service the server does not run; it reads the service it runs."""
+    wait_until(lambda: _running(node, "1.0"), timeout=60, interval=1, what="1.0 running")
+    with pytest.raises(agent_identity.Refused, match=f"runs on node '{node.name}', not on server 'another-node'"):
+        asyncio.run(agent_identity.fetch(_identity_source(node, "another-node")))
+    credentials = wait_until(
+        lambda: _fetch_unless_too_soon(_identity_source(node, node.name)),
+        timeout=30, interval=1, what="credentials (the operator issues at most one per server every 5 s)",
+    )  # fmt: skip
+    assert credentials.user == f"/discoverd/server/{node.name}"
+    options = EtcdOptions(
+        endpoints=f"http://127.0.0.1:{release.etcd_ports[0]}",
+        user=credentials.user,
+        password=credentials.password,
+        allow_plaintext_password=True,  # the chart's own etcd is http on the pod network (docs/etcd-auth.md)
+    )
+    status = documents.AgentStatus.model_validate(
+        {"hostname": "e2e", "agent_version": "0", "started_at": NOW, "heartbeat": NOW}
+    )
+
+    async def tries() -> dict[str, str]:
+        store = Store(await client.connect(options))
+        outcome = {}
+        try:
+            for what, key in (
+                ("a new key under its own status", keys.agent_status(store.prefix, node.name) + "-e2e"),
+                ("another server's status", keys.agent_status(store.prefix, "another-node")),
+                ("own server document", keys.server_config(store.prefix, node.name)),
+                ("an instance document", keys.instance_config(store.prefix, SERVICE, INSTANCE)),
+                ("a version document", keys.version_config(store.prefix, SERVICE, "3.0")),
+            ):
+                try:
+                    await store.put(key, status)
+                    outcome[what] = "written"
+                    await store.delete(key)
+                except StoreUnavailable as error:
+                    outcome[what] = "permission denied" if "permission denied" in str(error) else str(error)
+            for what, key in (
+                ("read: the version it runs", keys.version_config(store.prefix, SERVICE, "1.0")),
+                ("read: a service it does not run", keys.version_config(store.prefix, "not-on-this-node", "1.0")),
+            ):
+                try:
+                    outcome[what] = "read" if await store.get(key) is not None else "missing"
+                except StoreUnavailable as error:
+                    outcome[what] = "permission denied" if "permission denied" in str(error) else str(error)
+        finally:
+            await store.close()
+        return outcome
+
+    assert asyncio.run(tries()) == {
+        # its status is one key per instance it runs plus its agent key (the role's exact grants)
+        "a new key under its own status": "permission denied",
+        "another server's status": "permission denied",
+        "own server document": "permission denied",
+        "an instance document": "permission denied",
+        "a version document": "permission denied",
+        "read: the version it runs": "read",
+        "read: a service it does not run": "permission denied",
+    }
+
+
 def test_3_patching_the_instance_version_upgrades_it(node: Node, release: Release) -> None:
     before = wait_until(lambda: _running(node, "1.0"), timeout=60, interval=1, what="1.0 running")
     node.run(
@@ -348,6 +451,28 @@ def test_3_patching_the_instance_version_upgrades_it(node: Node, release: Releas
     assert after != before
     assert (node.work / "out" / "hostname-2.0").read_text().strip() == socket.gethostname()
     assert _start_time(before[0]) != before[1], "the 1.0 process still runs after the upgrade"
+    # The rollout controller (in the operator, as etcd's root from the generated Secret) still leads.
+    assert _controller_leader(node, release) is not None
+
+
+def _controller_leader(node: Node, release: Release) -> object:
+    secret = node.kubectl_json("-n", NAMESPACE, "get", "secret", f"{RELEASE}-discoverd-etcd-root")
+    password = base64.b64decode(secret["data"]["password"]).decode()
+    options = EtcdOptions(
+        endpoints=f"http://127.0.0.1:{release.etcd_ports[0]}",
+        user="root",
+        password=password,
+        allow_plaintext_password=True,
+    )
+
+    async def read() -> object:
+        store = Store(await client.connect(options))
+        try:
+            return await store.get(keys.controller_leader(store.prefix))
+        finally:
+            await store.close()
+
+    return asyncio.run(read())
 
 
 def test_4_instance_outlives_agent_pod_deletion_and_daemonset_update(node: Node, release: Release) -> None:

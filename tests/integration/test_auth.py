@@ -16,7 +16,7 @@ import pytest
 from discoverd.config import EtcdOptions
 from discoverd.embedded_etcd import EtcdServer, find_binary
 from discoverd.errors import StoreUnavailable
-from discoverd.schema import documents, keys
+from discoverd.schema import documents, keys, logaccess
 from discoverd.store import client, leases
 from discoverd.store.documents import Store
 from support import cgroups as test_cgroups
@@ -45,6 +45,7 @@ def env_of(etcd: EtcdServer, prefix: str, user: str, password: str) -> dict[str,
         "DISCOVERD_PREFIX": prefix,
         "DISCOVERD_ETCD_USER": user,
         "DISCOVERD_ETCD_PASSWORD": password,
+        "DISCOVERD_ETCD_ALLOW_PLAINTEXT_PASSWORD": "true",  # a loopback etcd without TLS
     }
 
 
@@ -95,6 +96,7 @@ async def store_as(env: dict[str, str]) -> AsyncIterator[Store]:
         prefix=env["DISCOVERD_PREFIX"],
         user=env["DISCOVERD_ETCD_USER"],
         password=env["DISCOVERD_ETCD_PASSWORD"],
+        allow_plaintext_password=True,
     )
     store = Store(await client.connect(options))
     try:
@@ -229,6 +231,7 @@ def test_password_file_errors_are_one_line(tmp_path: Path) -> None:
     )
     empty = tmp_path / "empty"
     empty.write_text("\n")
+    empty.chmod(0o600)
     result = discoverd("--etcd-user", "root", "--etcd-password-file", str(empty), "get", "servers")
     assert result.stderr == f"error: --etcd-password-file: {empty} is empty\n"
     both = discoverd("--etcd-password", "x", "--etcd-password-file", str(empty), "get", "servers")
@@ -238,6 +241,87 @@ def test_password_file_errors_are_one_line(tmp_path: Path) -> None:
 def test_root_password_from_a_file_works(root: dict[str, str], tmp_path: Path) -> None:
     secret = tmp_path / "root-password"
     secret.write_text(ROOT_PASSWORD + "\n")
+    secret.chmod(0o600)
     env = {k: v for k, v in root.items() if k != "DISCOVERD_ETCD_PASSWORD"}
     result = discoverd("--etcd-password-file", str(secret), "auth", "bootstrap", env=env)
     assert result.returncode == 0, result.stderr
+
+
+def add_logs_reader(root: dict[str, str], name: str) -> dict[str, str]:
+    """The credentials `auth add-logs-reader` prints, as an environment."""
+    result = discoverd("auth", "add-logs-reader", name, env=root)
+    assert result.returncode == 0, result.stderr
+    return {**root, **dict(line.split("=", 1) for line in result.stdout.splitlines())}
+
+
+async def _write_grant(store: Store, server: str) -> None:
+    lease = await leases.grant(store, 10)
+    grant = logaccess.LogGrant(service="web", instance="a")
+    digest = logaccess.token_sha256(logaccess.new_token()) or ""
+    await store.put(keys.log_grant(store.prefix, server, digest), grant, lease=lease)
+
+
+async def test_only_a_logs_reader_or_admin_writes_log_grants(root: dict[str, str], prefix: str) -> None:
+    apply_config(root, {"node-1": ["a"]})
+    node = add_server(root, "node-1")
+    reader = add_logs_reader(root, "alice")
+    assert reader["DISCOVERD_ETCD_USER"] == "alice"
+    async with store_as(node) as store:
+        # A server reads the grants for itself (its agent checks them), and writes none, not even its own.
+        assert (await store.snapshot(keys.log_grants_prefix(prefix, "node-1"))).entries == {}
+        for server in ("node-1", "node-2"):
+            with pytest.raises(StoreUnavailable, match="permission denied"):
+                await _write_grant(store, server)
+        with pytest.raises(StoreUnavailable, match="permission denied"):
+            await store.get(keys.log_grant(prefix, "node-2", "0" * 64))
+    async with store_as(reader) as store:
+        await _write_grant(store, "node-1")
+        assert (await store.get(keys.server_config(prefix, "node-1"))) is not None  # finds where instances run
+        status = documents.AgentStatus.model_validate(
+            {
+                "hostname": "h",
+                "agent_version": "0",
+                "started_at": "2026-01-01T00:00:00Z",
+                "heartbeat": "2026-01-01T00:00:00Z",
+            }
+        )
+        for key in (keys.instance_config(prefix, "web", "a"), keys.agent_status(prefix, "node-1")):
+            with pytest.raises(StoreUnavailable, match="permission denied"):
+                await store.put(key, status)
+
+
+def test_a_logs_reader_reads_an_agent_running_with_its_server_credentials(
+    root: dict[str, str], prefix: str, tmp_path: Path
+) -> None:
+    apply_config(root, {"node-1": ["a"]})
+    node = add_server(root, "node-1")
+    reader = add_logs_reader(root, "bob")
+    cgroup_root = test_cgroups.new_root()
+    argv = [DISCOVERD, "agent", "--server-id", "node-1", "--state-dir", str(tmp_path / "state")]
+    argv += ["--cgroup-root", cgroup_root, "--metrics-address", ""]
+    pid: int | None = None
+    with open(tmp_path / "agent.log", "ab") as log:
+        agent = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, env={**os.environ, **node})
+    try:
+
+        def running() -> int | None:
+            result = discoverd("get", "instances", "-o", "json", env=root)
+            for item in json.loads(result.stdout)["items"] if result.returncode == 0 else []:
+                for s in item["status"]["servers"]:
+                    if s["phase"] == "Running":
+                        return int(s["pid"])
+            return None
+
+        pid = wait_until(running, 60, interval=0.3, what="a Running on node-1")
+        # The run script prints nothing: the agent's header line is the log.
+        result = wait_until(
+            lambda: (r := discoverd("logs", "web/a", env=reader)).returncode == 0 and r, 20, what="logs read"
+        )
+        assert "discoverd: running" in result.stdout
+    finally:
+        agent.kill()
+        agent.wait(10)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+        test_cgroups.remove_root(cgroup_root)

@@ -95,13 +95,48 @@ def test_a_missing_client_certificate_is_named(tls_etcd: EtcdServer, pki: dict[s
     assert result.stderr.count("\n") == 1
 
 
+PLAINTEXT = "--etcd-allow-plaintext-password"
+"""The test etcd listens on loopback without TLS: the one place a password may travel in clear text."""
+
+
 def test_user_and_password_work(auth_etcd: EtcdServer) -> None:
-    args = ["--etcd-endpoints", auth_etcd.endpoint, "--etcd-user", "root", "--etcd-password", "s3cret"]
+    args = ["--etcd-endpoints", auth_etcd.endpoint, "--etcd-user", "root", "--etcd-password", "s3cret", PLAINTEXT]
     assert discoverd(*args, "get", "servers").returncode == 0
 
 
+def test_a_password_over_http_is_refused_unless_allowed(auth_etcd: EtcdServer) -> None:
+    args = ["--etcd-endpoints", auth_etcd.endpoint, "--etcd-user", "root", "--etcd-password", "s3cret"]
+    refused = discoverd(*args, "get", "servers")
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"error: refusing to send the etcd password in clear text to {auth_etcd.endpoint}: use https:// endpoints, "
+        "or pass --etcd-allow-plaintext-password (DISCOVERD_ETCD_ALLOW_PLAINTEXT_PASSWORD=true) where the network "
+        "is trusted, such as loopback\n"
+    )
+    allowed = discoverd(*args, "get", "servers", env={"DISCOVERD_ETCD_ALLOW_PLAINTEXT_PASSWORD": "true"})
+    assert allowed.returncode == 0, allowed.stderr
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o610], ids=lambda m: f"{m:04o}")
+def test_a_password_file_open_to_group_or_others_is_refused(auth_etcd: EtcdServer, tmp_path: Path, mode: int) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    secret.chmod(mode)
+    args = ["--etcd-endpoints", auth_etcd.endpoint, "--etcd-user", "root", "--etcd-password-file", str(secret)]
+    result = discoverd(*args, PLAINTEXT, "get", "servers")
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: --etcd-password-file: {secret} is open to group or others (mode {mode:04o}): chmod 600 it, "
+        "as ssh requires of a private key\n"
+    )
+    secret.chmod(0o400)
+    link = tmp_path / "link"  # how a Kubernetes Secret volume presents its files: the file's mode counts
+    link.symlink_to(secret)
+    assert discoverd(*args[:-1], str(link), PLAINTEXT, "get", "servers").returncode == 0
+
+
 def test_a_bad_password_is_named(auth_etcd: EtcdServer) -> None:
-    args = ["--etcd-endpoints", auth_etcd.endpoint, "--etcd-user", "root", "--etcd-password", "wrong"]
+    args = ["--etcd-endpoints", auth_etcd.endpoint, "--etcd-user", "root", "--etcd-password", "wrong", PLAINTEXT]
     result = discoverd(*args, "get", "servers")
     assert result.returncode == 1
     assert "authentication failed" in result.stderr and "--etcd-password" in result.stderr

@@ -121,6 +121,8 @@ def test_a_wheel_and_an_sdist_install_into_a_fresh_venv_and_run(tmp_path: Path) 
     assert "Project-URL: Source, https://github.com/discoverd/discoverd" in metadata
     assert "Requires-Dist: aetcd" in metadata
     assert "discoverd/data/hello-1.0.py" in names and "discoverd/py.typed" in names
+    dashboard = {"index.html", "app.js", "style.css", "favicon.svg"}
+    assert {f"discoverd/dashboard/static/{name}" for name in dashboard} <= set(names)
     with tarfile.open(sdist) as t:
         members = t.getnames()
     assert any(m.endswith("packaging/systemd/discoverd-agent.service") for m in members)
@@ -152,3 +154,6 @@ def test_a_wheel_and_an_sdist_install_into_a_fresh_venv_and_run(tmp_path: Path) 
         assert version.stdout == "discoverd, version 0.1.0\n"
         where = _run(python, "-c", "import discoverd; print(discoverd.__file__)", env=env)
         assert Path(where.stdout.strip()).is_relative_to(venv), where.stdout
+        # `discoverd dashboard` serves its page from the installed package (the sdist's build too).
+        static = Path(where.stdout.strip()).parent / "dashboard" / "static"
+        assert dashboard <= {p.name for p in static.iterdir()}, artifact

@@ -40,7 +40,19 @@ def test_lint_passes(values: str) -> None:
 def test_template_renders_every_component(values: str) -> None:
     objects = chart.render(values_files=VALUES_FILES[values])
     kinds = sorted({(o["kind"], o["metadata"]["name"]) for o in objects})
-    assert kinds == [
+    # etcd with auth (tls-auth): node identity's endpoint, certificate and cluster-scoped rights.
+    identity = [
+        ("ClusterRole", "discoverd-dd-discoverd-operator-identity"),
+        ("ClusterRoleBinding", "discoverd-dd-discoverd-operator-identity"),
+        ("ConfigMap", "dd-discoverd-operator-identity-ca"),
+        ("Secret", "dd-discoverd-operator-identity-tls"),
+        ("Service", "dd-discoverd-operator"),
+    ]
+    if values == "default":
+        assert not set(identity) & set(kinds)
+    else:
+        assert set(identity) <= set(kinds)
+    assert sorted(set(kinds) - set(identity)) == [
         ("CustomResourceDefinition", "servers.discoverd.io"),
         ("CustomResourceDefinition", "serviceinstances.discoverd.io"),
         ("CustomResourceDefinition", "servicerollouts.discoverd.io"),
@@ -304,9 +316,11 @@ def test_existing_service_accounts_are_used_when_not_created() -> None:
 # --- etcd connection --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["Deployment", "DaemonSet"])
-def test_etcd_tls_files_and_password_come_from_secrets(kind: str) -> None:
-    workload = chart.find(chart.render(values_files=[chart.TLS_AUTH_VALUES]), kind)
+# The agents get the operator's Secret and certificate only in the shared mode (default: node identity,
+# tests/kube/test_chart_identity.py).
+@pytest.mark.parametrize(("kind", "values"), [("Deployment", []), ("DaemonSet", ["etcd.auth.agentCredentials=shared"])])
+def test_etcd_tls_files_and_password_come_from_secrets(kind: str, values: list[str]) -> None:
+    workload = chart.find(chart.render(*values, values_files=[chart.TLS_AUTH_VALUES]), kind)
     container = _container(workload)
     env = _env(container)
     assert (
@@ -401,9 +415,11 @@ def test_tests_enabled_false_renders_no_hook() -> None:
 
 @pytest.mark.parametrize("kind", ["Deployment", "DaemonSet"])
 @pytest.mark.parametrize("verbose", ["false", "true"])
-def test_rendered_command_line_is_accepted_by_discoverd(kind: str, verbose: str) -> None:
+@pytest.mark.parametrize("values", VALUES_FILES, ids=list(VALUES_FILES))
+def test_rendered_command_line_is_accepted_by_discoverd(kind: str, verbose: str, values: str) -> None:
     """Flags the chart passes exist in the real CLI (unknown options fail even with --help)."""
-    container = _container(chart.find(chart.render(f"verbose={verbose}"), kind))
+    objects = chart.render(f"verbose={verbose}", values_files=VALUES_FILES[values])
+    container = _container(chart.find(objects, kind))
     args = [a.replace("$(DISCOVERD_NODE_NAME)", "node-1") for a in container["args"]]
     discoverd = Path(sys.executable).with_name("discoverd")
     proc = subprocess.run([str(discoverd), *args, "--help"], capture_output=True, text=True, timeout=60)
@@ -479,7 +495,7 @@ def test_etcd_server_refuses_tls_or_auth_settings_it_cannot_honour() -> None:
         check=False,
     )
     assert proc.returncode != 0
-    assert "etcd.server.enabled runs an etcd without TLS or auth" in proc.stderr
+    assert "etcd.server.enabled runs an etcd without TLS, with a root password the chart generates" in proc.stderr
 
 
 def test_operator_host_network_and_env_also_apply_to_the_helm_test_pod() -> None:
@@ -502,8 +518,13 @@ def test_operator_host_network_and_env_also_apply_to_the_helm_test_pod() -> None
 @pytest.mark.parametrize(("kind", "port"), [("Deployment", 9465), ("DaemonSet", 9464)])
 def test_metrics_port_and_health_probes(kind: str, port: int) -> None:
     container = _container(chart.find(chart.render(), kind))
-    assert f"--metrics-address=0.0.0.0:{port}" in container["args"]
-    assert container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    # The pod's IP, not 0.0.0.0: with the host network, 0.0.0.0 opens the unauthenticated port on
+    # every address of the node.
+    assert f"--metrics-address=[$(DISCOVERD_POD_IP)]:{port}" in container["args"]
+    pod_ip = {"name": "DISCOVERD_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+    assert pod_ip in container["env"]
+    assert not any("0.0.0.0" in arg for arg in container["args"] if arg.startswith("--metrics-address"))
+    assert container["ports"][0] == {"name": "metrics", "containerPort": port, "protocol": "TCP"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
 
@@ -514,6 +535,18 @@ def test_metrics_ports_come_from_values() -> None:
     agent = _container(chart.find(objects, "DaemonSet"))
     assert "--metrics-address=10.0.0.1:19464" in agent["args"]
     assert agent["ports"][0]["containerPort"] == 19464
+
+
+def test_the_agent_serves_logs_on_the_node_and_publishes_the_node_ip() -> None:
+    agent = _container(chart.find(chart.render(), "DaemonSet"))
+    assert "--api-address=0.0.0.0:9467" in agent["args"]
+    assert "--api-advertise-address=$(DISCOVERD_HOST_IP):9467" in agent["args"]
+    host_ip = {"name": "DISCOVERD_HOST_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}
+    assert host_ip in agent["env"]
+    assert {"name": "api", "containerPort": 9467, "hostPort": 9467, "protocol": "TCP"} in agent["ports"]
+    off = _container(chart.find(chart.render("agent.api.port=0"), "DaemonSet"))
+    assert "--api-address=" in off["args"]
+    assert [p["name"] for p in off["ports"]] == ["metrics"]
 
 
 def test_no_service_monitor_unless_enabled() -> None:

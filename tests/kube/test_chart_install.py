@@ -42,9 +42,11 @@ def test_helm_install_is_accepted_by_the_api_server(control_plane: ControlPlane,
 
     objects = _manifest(control_plane, namespace)
     kinds = sorted(o["kind"] for o in objects)
+    # etcd auth on (tls-auth): node identity's ClusterRole and binding, CA ConfigMap, TLS Secret, Service.
+    identity = ["ClusterRole", "ClusterRoleBinding", "ConfigMap", "Secret", "Service"] if values == "tls-auth" else []
     assert kinds == sorted(
         ["CustomResourceDefinition"] * len(chart.CRD_NAMES)
-        + ["DaemonSet", "Deployment", "Role", "RoleBinding", "ServiceAccount", "ServiceAccount"]
+        + ["DaemonSet", "Deployment", "Role", "RoleBinding", "ServiceAccount", "ServiceAccount", *identity]
     )
     missing = [f"{o['kind']}/{o['metadata']['name']}" for o in objects if _get(control_plane, o, namespace) is None]
     assert missing == []

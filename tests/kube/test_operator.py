@@ -359,3 +359,34 @@ def test_hostile_values_in_etcd_never_stop_the_mirror(
     assert raw_etcd.get(keys.version_config(prefix, "web", "nan")) == hostile[keys.version_config(prefix, "web", "nan")]
     log = operator.log_text()
     assert log.count("Traceback") <= 2 * len(hostile), log[-4000:]
+
+
+def test_object_status_believes_only_listing_servers_and_escapes_their_text(
+    operator: Operator, control_plane: ControlPlane, raw_etcd: RawEtcd, prefix: str, namespace: str
+) -> None:
+    """Issue 19: any server could report any instance into its object's status, and its text reached
+    `kubectl get` (the printer columns) with terminal sequences raw; a 1 MiB message went along too."""
+    raw_etcd.put(keys.instance_config(prefix, "web", "i1"), json.dumps(INSTANCE))
+    raw_etcd.put(keys.server_config(prefix, "node-1"), json.dumps({"service_instances": [{"name": "web", "id": "i1"}]}))
+    now = "2026-01-01T00:00:00Z"
+    hostile = {"phase": "Failed", "version": "1.0", "message": "\x1b]0;owned\x07\x1b[2Jgone\nnode-2", "since": now}
+    raw_etcd.put(keys.instance_status(prefix, "node-1", "web", "i1"), json.dumps({**hostile, "updated_at": now}))
+    forged = {"phase": "Running", "version": "1.0", "pid": 31337, "message": "fine", "since": now, "updated_at": now}
+    raw_etcd.put(keys.instance_status(prefix, "node-9", "web", "i1"), json.dumps(forged))  # node-9 lists nothing
+
+    def status() -> dict[str, Any] | None:
+        s = (_get(control_plane, namespace, "si", "web.i1") or {}).get("status", {})
+        return s if s.get("phase") else None
+
+    shown = wait_until(status, timeout=10, what="the instance's status")
+    assert (shown["phase"], shown["server"]) == ("Failed", "node-1")
+    assert [s["server"] for s in shown["servers"]] == ["node-1"]
+    assert shown["message"] == "\\x1b]0;owned\\x07\\x1b[2Jgone\\x0anode-2"
+    wide = control_plane.kubectl_run("get", "si", "web.i1", "-n", namespace, "-o", "wide").stdout
+    assert "\x1b" not in wide and "\x07" not in wide and "gone\\x0anode-2" in wide
+    # A report over its caps is refused (logged), as if absent: nothing of it reaches the object.
+    huge = {**forged, "phase": "Failed", "message": "x" * (1024 * 1024 - 300)}
+    raw_etcd.put(keys.instance_status(prefix, "node-1", "web", "i1"), json.dumps(huge))
+    wait_until(lambda: status() is None, timeout=10, what="the refused report gone from the status")
+    log = operator.log_text()
+    assert "status/instances/web/i1" in log and "over the limit of 65536 bytes" in log

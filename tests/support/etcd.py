@@ -16,13 +16,17 @@ class RawEtcd:
     Keys are str (sent as UTF-8) or bytes (sent as they are: etcd keys need not be UTF-8).
     """
 
-    def __init__(self, endpoint: str) -> None:
+    def __init__(self, endpoint: str, user: str | None = None, password: str | None = None) -> None:
         host, port = endpoint.removeprefix("http://").rsplit(":", 1)
         self.host, self.port = host, int(port)
+        self.user, self.password = user, password
+        """Credentials for an etcd with auth on (None: none sent)."""
 
     def _run(self, operation: str, *args: Any) -> Any:
         async def go() -> Any:
-            async with aetcd.Client(host=self.host, port=self.port) as client:
+            async with aetcd.Client(
+                host=self.host, port=self.port, username=self.user, password=self.password
+            ) as client:
                 return await getattr(client, operation)(*args)
 
         return asyncio.run(go()) if not _in_loop() else _thread_run(go)

@@ -123,24 +123,83 @@ else etcd.endpoints.
 /etc/discoverd/etcd-tls
 {{- end -}}
 
+{{/* "true" when etcd checks users: etcd.auth.enabled, or the release's own etcd (always with auth). */}}
+{{- define "discoverd.etcdAuth" -}}
+{{- if or .Values.etcd.auth.enabled .Values.etcd.server.enabled -}}true{{- end -}}
+{{- end -}}
+
+{{/* The Secret with the operator's etcd user and password: the generated root one of the release's etcd, or etcd.auth.secretName. */}}
+{{- define "discoverd.etcdAuthSecret" -}}
+{{- if .Values.etcd.server.enabled -}}
+{{- printf "%s-root" (include "discoverd.etcd.fullname" .) -}}
+{{- else -}}
+{{- .Values.etcd.auth.secretName -}}
+{{- end -}}
+{{- end -}}
+
 {{/*
-The etcd connection as DISCOVERD_* environment variables, read by every
-discoverd command (see `discoverd --help`); the password never appears in
-the pod spec, only a reference to its Secret.
+"true" when the agents get their own server's etcd credentials from the operator
+(node identity, docs/etcd-auth.md): etcd checks users and
+etcd.auth.agentCredentials is nodeIdentity. The DaemonSet then mounts no etcd
+password and no client certificate.
 */}}
-{{- define "discoverd.etcdEnv" -}}
+{{- define "discoverd.nodeIdentity" -}}
+{{- if and (include "discoverd.etcdAuth" .) (eq .Values.etcd.auth.agentCredentials "nodeIdentity") -}}true{{- end -}}
+{{- end -}}
+
+{{/* The operator's node-identity endpoint, as the agents reach it. */}}
+{{- define "discoverd.nodeIdentityURL" -}}
+{{- if .Values.nodeIdentity.operatorURL -}}
+{{- .Values.nodeIdentity.operatorURL -}}
+{{- else -}}
+{{- printf "https://%s.%s.svc:%d" (include "discoverd.operator.fullname" .) .Release.Namespace (int .Values.nodeIdentity.port) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Object names of the node-identity certificate: the operator's Secret, the agents' ConfigMap (CA only). */}}
+{{- define "discoverd.nodeIdentityTLS" -}}
+{{- printf "%s-identity-tls" (include "discoverd.operator.fullname" .) -}}
+{{- end -}}
+
+{{- define "discoverd.nodeIdentityCA" -}}
+{{- printf "%s-identity-ca" (include "discoverd.operator.fullname" .) -}}
+{{- end -}}
+
+{{/*
+Where to reach etcd and how to check its certificate, as DISCOVERD_*
+environment variables read by every discoverd command (see `discoverd
+--help`): no credentials, so both the operator and the agent use it.
+*/}}
+{{- define "discoverd.etcdConnectionEnv" -}}
 - name: DISCOVERD_ETCD_ENDPOINTS
   value: {{ include "discoverd.etcdEndpoints" . | quote }}
 - name: DISCOVERD_PREFIX
   value: {{ .Values.etcd.prefix | quote }}
 - name: DISCOVERD_ETCD_TIMEOUT
   value: {{ .Values.etcd.timeout | toString | quote }}
+{{- if and .Values.etcd.tls.enabled .Values.etcd.tls.caKey }}
+- name: DISCOVERD_ETCD_CACERT
+  value: {{ printf "%s/%s" (include "discoverd.etcdTLSDir" .) .Values.etcd.tls.caKey | quote }}
+{{- end }}
+{{- if .Values.etcd.server.enabled }}
+# The release's own etcd speaks plain HTTP inside the cluster and checks passwords (the operator's
+# root, each agent's issued one): say so, or every discoverd command refuses a password over http://
+# (docs/etcd-auth.md "What stays open"; the NetworkPolicy admits only the release's pods).
+- name: DISCOVERD_ETCD_ALLOW_PLAINTEXT_PASSWORD
+  value: "true"
+{{- end }}
+- name: DISCOVERD_LOG_FORMAT
+  value: {{ .Values.logFormat | quote }}
+{{- end -}}
+
+{{/*
+The operator's etcd identity: the TLS client certificate and the user and
+password; the password never appears in the pod spec, only a reference to
+its Secret. The agents get it only with etcd.auth.agentCredentials=shared.
+*/}}
+{{- define "discoverd.etcdCredentialsEnv" -}}
 {{- if .Values.etcd.tls.enabled }}
 {{- $dir := include "discoverd.etcdTLSDir" . }}
-{{- if .Values.etcd.tls.caKey }}
-- name: DISCOVERD_ETCD_CACERT
-  value: {{ printf "%s/%s" $dir .Values.etcd.tls.caKey | quote }}
-{{- end }}
 {{- if .Values.etcd.tls.certKey }}
 - name: DISCOVERD_ETCD_CERT
   value: {{ printf "%s/%s" $dir .Values.etcd.tls.certKey | quote }}
@@ -150,20 +209,25 @@ the pod spec, only a reference to its Secret.
   value: {{ printf "%s/%s" $dir .Values.etcd.tls.keyKey | quote }}
 {{- end }}
 {{- end }}
-{{- if .Values.etcd.auth.enabled }}
+{{- if include "discoverd.etcdAuth" . }}
+{{- $generated := .Values.etcd.server.enabled }}
 - name: DISCOVERD_ETCD_USER
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.etcd.auth.secretName | quote }}
-      key: {{ .Values.etcd.auth.usernameKey | quote }}
+      name: {{ include "discoverd.etcdAuthSecret" . | quote }}
+      key: {{ ternary "username" .Values.etcd.auth.usernameKey $generated | quote }}
 - name: DISCOVERD_ETCD_PASSWORD
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.etcd.auth.secretName | quote }}
-      key: {{ .Values.etcd.auth.passwordKey | quote }}
+      name: {{ include "discoverd.etcdAuthSecret" . | quote }}
+      key: {{ ternary "password" .Values.etcd.auth.passwordKey $generated | quote }}
 {{- end }}
-- name: DISCOVERD_LOG_FORMAT
-  value: {{ .Values.logFormat | quote }}
+{{- end -}}
+
+{{/* The whole etcd connection of the operator (and of agents with shared credentials). */}}
+{{- define "discoverd.etcdEnv" -}}
+{{ include "discoverd.etcdConnectionEnv" . }}
+{{- include "discoverd.etcdCredentialsEnv" . }}
 {{- end -}}
 
 {{/* The volume and the mount of the etcd TLS Secret; include them only when etcd.tls.enabled. */}}
@@ -172,6 +236,17 @@ the pod spec, only a reference to its Secret.
   secret:
     secretName: {{ .Values.etcd.tls.secretName | quote }}
     defaultMode: 0444
+{{- end -}}
+
+{{/* The same Secret's CA certificate alone: the agents' view of it with node identity (no client key). */}}
+{{- define "discoverd.etcdTLSCAVolume" -}}
+- name: etcd-tls
+  secret:
+    secretName: {{ .Values.etcd.tls.secretName | quote }}
+    defaultMode: 0444
+    items:
+      - key: {{ .Values.etcd.tls.caKey | quote }}
+        path: {{ .Values.etcd.tls.caKey | quote }}
 {{- end -}}
 
 {{- define "discoverd.etcdTLSVolumeMount" -}}
@@ -186,7 +261,10 @@ the pod spec, only a reference to its Secret.
 {{- fail "etcd.tls.secretName is required when etcd.tls.enabled is true" -}}
 {{- end -}}
 {{- if and .Values.etcd.server.enabled (or .Values.etcd.tls.enabled .Values.etcd.auth.enabled) -}}
-{{- fail "etcd.server.enabled runs an etcd without TLS or auth: set etcd.tls.enabled and etcd.auth.enabled to false, or point etcd.endpoints at your etcd" -}}
+{{- fail "etcd.server.enabled runs an etcd without TLS, with a root password the chart generates: set etcd.tls.enabled and etcd.auth.enabled to false, or point etcd.endpoints at your etcd" -}}
+{{- end -}}
+{{- if and (include "discoverd.nodeIdentity" .) .Values.agent.enabled (not .Values.operator.enabled) -}}
+{{- fail "etcd.auth.agentCredentials=nodeIdentity: the agents get their etcd credentials from the operator; set operator.enabled=true, or etcd.auth.agentCredentials=shared" -}}
 {{- end -}}
 {{- if and .Values.etcd.auth.enabled (not .Values.etcd.auth.secretName) -}}
 {{- fail "etcd.auth.secretName is required when etcd.auth.enabled is true" -}}

@@ -15,7 +15,7 @@ like the instance list.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from discoverd.agent import model
@@ -43,18 +43,29 @@ def merge_run(version: documents.Script, instance: documents.Script) -> document
     return documents.Script(command=version.command, argv=[*version.argv, *instance.argv], env=env)
 
 
-def _resolve_one(entries: Mapping[str, Entry], prefix: str, ref: model.Ref) -> model.Target | model.Broken:
+def _missing(key: str, what: str, waiting: Collection[str]) -> str:
+    if any(key.startswith(w) for w in waiting):
+        return (
+            f"{key}: not readable yet: etcd refused this server's user (permission denied); reading it again "
+            "until the controller grants it (`discoverd auth sync` where no controller runs)"
+        )
+    return f"{key}: the {what} document does not exist"
+
+
+def _resolve_one(
+    entries: Mapping[str, Entry], prefix: str, ref: model.Ref, waiting: Collection[str] = ()
+) -> model.Target | model.Broken:
     instance_key = keys.instance_config(prefix, ref.service, ref.instance)
     entry = entries.get(instance_key)
     if entry is None:
-        return model.Broken(ref, f"{instance_key}: the instance document does not exist")
+        return model.Broken(ref, _missing(instance_key, "instance", waiting))
     if entry.error is not None or not isinstance(entry.document, documents.Instance):
         return model.Broken(ref, str(entry.error or f"{instance_key}: not an instance document"))
     instance = entry.document
     version_key = keys.version_config(prefix, ref.service, instance.service_version)
     ventry = entries.get(version_key)
     if ventry is None:
-        return model.Broken(ref, f"{version_key}: the version document does not exist")
+        return model.Broken(ref, _missing(version_key, "version", waiting))
     if ventry.error is not None or not isinstance(ventry.document, documents.Version):
         return model.Broken(ref, str(ventry.error or f"{version_key}: not a version document"))
     version = ventry.document
@@ -96,8 +107,12 @@ def resolve(
     server_id: str,
     last_refs: tuple[model.Ref, ...] = (),
     last_drain: model.Drain | None = None,
+    waiting: Collection[str] = (),
 ) -> Desired:
-    """The desired state of server `server_id` from its entries (extra entries are ignored)."""
+    """The desired state of server `server_id` from its entries (extra entries are ignored).
+
+    `waiting`: keys and prefixes etcd does not let this server read yet (`scope.ScopedWatch.waiting`);
+    an instance whose document is missing there says so instead of "does not exist"."""
     refs, server_error = listed(entries, prefix, server_id, last_refs)
-    instances = {ref: _resolve_one(entries, prefix, ref) for ref in refs}
+    instances = {ref: _resolve_one(entries, prefix, ref, waiting) for ref in refs}
     return Desired(instances, refs, server_error, drain_of(entries, prefix, server_id, last_drain))

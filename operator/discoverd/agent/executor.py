@@ -18,8 +18,9 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from discoverd import logs
+from discoverd.agent import artifacts as artifacts_
 from discoverd.agent import layout as layout_
-from discoverd.agent import model, plan, steps, supervisor
+from discoverd.agent import model, plan, prune, steps, supervisor
 from discoverd.metrics import AgentMetrics
 
 __all__ = ["Executor"]
@@ -34,8 +35,12 @@ class Executor:
         ctx: steps.Context,
         notify: Callable[[], None],
         metrics: AgentMetrics | None = None,
+        artifacts: artifacts_.Artifacts | None = None,
+        keep_versions: int = 0,
     ) -> None:
         self.metrics = metrics
+        self.artifacts = artifacts
+        self.keep_versions = keep_versions
         self.layout = layout
         self.ctx = ctx
         self.notify = notify
@@ -58,6 +63,7 @@ class Executor:
                 random.Random(self._rng.random()),
                 self._sweeper,
                 self.metrics,
+                self.artifacts,
             )
             self.supervisors[ref] = sup
         return sup
@@ -117,27 +123,18 @@ class Executor:
             self.notify()
 
     def _prune(self, ref: model.Ref, previous: str | None) -> None:
-        """After `ref` counted as started: remove the service's installs that no instance uses any more.
-
-        Kept: versions any instance of the service runs, ran last or may roll back to, the
-        version `ref` ran before (its rollback point until the next upgrade), and any
-        version being installed right now.
-        """
-        keep = {previous} if previous else set()
-        for other in self.supervisors.values():
-            state = other.state
-            if other.ref.service != ref.service or state.removed_at is not None:
-                continue
-            for target in (state.current, state.good):
-                if target is not None:
-                    keep.add(target.version)
-            if state.process is not None:
-                keep.add(state.process.version)
-        for version in self.layout.service_versions(ref.service):
-            if version in keep or self._locks[(ref.service, version)].locked():
-                continue
-            self.layout.remove_version(ref.service, version)
-            log.info("Removed old install", extra=logs.kv(service=ref.service, version=version))
+        """After `ref` counted as started: remove the service's installs no instance needs (`prune`)."""
+        removed = prune.prune(
+            self.layout,
+            ref.service,
+            (sup.state for sup in self.supervisors.values()),
+            previous,
+            lambda version: self._locks[(ref.service, version)].locked(),
+            self.keep_versions,
+        )
+        for version in removed:
+            if self.artifacts is not None:
+                self.artifacts.unpin(ref.service, version)
 
     async def shutdown(self, stop_instances: bool) -> None:
         """Cancel every step under way (killing its process group); stop the run processes if asked."""
@@ -149,3 +146,5 @@ class Executor:
                 await task
         await asyncio.gather(*(sup.close(stop_instances) for sup in self.supervisors.values()))
         await self._sweeper.close()
+        if self.artifacts is not None:
+            await self.artifacts.close()

@@ -83,6 +83,10 @@ class Layout:
     def instance_dir(self, ref: model.Ref) -> Path:
         return self._join("instances", ref.service, ref.instance)
 
+    def log_file(self, ref: model.Ref, step: str) -> Path:
+        """Where the log of `step` is (nothing created: for readers); its rotated copies are `<path>.<n>`."""
+        return self._log_dir(ref) / f"{step}.log"
+
     def log_path(self, ref: model.Ref, step: str) -> Path:
         """The log of `step` (`<step>.log` in the instance's log directory, beside its rotated copies).
 
@@ -90,7 +94,7 @@ class Layout:
         agent's user can write, reached without following a link (`logfiles`). The path is not
         resolved: a link on the way is refused when the log is opened, never followed.
         """
-        path = self._log_dir(ref) / f"{step}.log"
+        path = self.log_file(ref, step)
         logfiles.open_append(path).close()
         return path
 
@@ -138,6 +142,13 @@ class Layout:
     def mark_installed(self, target: model.Target) -> None:
         path = self.version_dir(target.ref.service, target.version) / _MARKER
         _write(path, json.dumps({"hash": target.install_hash, "installed_at": time.time()}).encode())
+
+    def installed_at(self, service: str, version: str) -> float:
+        """When `version` was last installed (its marker's time); 0 when it is not installed."""
+        try:
+            return (self.version_dir(service, version) / _MARKER).stat().st_mtime
+        except (OSError, ValueError):  # ValueError: UnsafePath, a directory no agent made
+            return 0.0
 
     def unmark_installed(self, service: str, version: str) -> None:
         with contextlib.suppress(FileNotFoundError):

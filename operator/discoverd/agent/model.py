@@ -327,6 +327,10 @@ class InstanceState(BaseModel):
     def install_failed(self, target: Target, reason: str, now: float) -> InstanceState:
         return self._with(now, install_failure=Failure(target.config_hash, target.version, reason, now), message=reason)
 
+    def progressed(self, message: str, now: float) -> InstanceState:
+        """How far a step under way has come (`Downloading 42% ...`), for the status."""
+        return self._with(now, message=message)
+
     def installed_version(self, target: Target, now: float) -> InstanceState:
         return self._with(now, message=f"installed version {target.version}")
 

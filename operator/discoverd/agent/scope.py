@@ -28,16 +28,29 @@ to etcd's values in those spans:
    revision seen is not enough. The loop, its back-off and its readiness
    signal are the runtime kit's (`runtime.Resync`), shared with the operator
    and the controller.
+
+With etcd auth on, the server's role reads exactly these spans, and the
+controller grants a newly listed service's spans when it sees the same server
+document change (`controller/roles.py`), so the agent may ask a moment before
+it may. A span etcd refuses (permission denied) waits in `denied` and is read
+again with back-off (`_retry`) until it is granted, then watched like the
+others; the other spans, and so the other instances, go on meanwhile. A span
+refused on a full read keeps the entries known before (the last known
+configuration beats none). Only the server document itself must be readable.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from discoverd import logs, runtime
 from discoverd.agent import desired, model
+from discoverd.errors import PermissionDenied, StoreUnavailable
 from discoverd.schema import keys
 from discoverd.store import watch
 from discoverd.store.documents import Entry, Store
@@ -47,6 +60,12 @@ __all__ = ["ScopedWatch", "Span", "spans"]
 log = logging.getLogger(__name__)
 
 _CONFIG_KINDS = (keys.Kind.SERVER, keys.Kind.VERSION, keys.Kind.INSTANCE)
+DENIED_FIRST = 0.2
+"""Seconds before reading a refused span again (the controller usually grants it within milliseconds)."""
+DENIED_MAX = 10.0
+"""Longest wait between two reads of a refused span."""
+_DENIED_WARN = 3.0
+"""A span refused this long (about 6 s of tries) is worth a warning: nobody seems to grant it."""
 
 
 @dataclass(frozen=True, order=True)
@@ -107,6 +126,16 @@ class ScopedWatch:
         """Watch events received since the start (a debugging counter, logged with every change)."""
         self.resync = runtime.Resync("agent", on_lost=on_lost, context={"server": server_id})
         """Readiness (`current`: entries follow etcd), losses and the last answer heard."""
+        self.denied: dict[Span, tuple[float, float]] = {}
+        """Spans etcd refused to read -> (monotonic time of the next try, the current back-off)."""
+        self._denied_changed = asyncio.Event()
+        self._lock = asyncio.Lock()
+        """Held while entries and watches change: by an event batch or by a retry of refused spans."""
+
+    @property
+    def waiting(self) -> frozenset[str]:
+        """Keys and prefixes (`Span.key`) this server may not read yet."""
+        return frozenset(s.key for s in self.denied)
 
     def _kv(self, **more: object) -> dict[str, object]:
         return logs.kv(server=self.server_id, **more)
@@ -132,12 +161,20 @@ class ScopedWatch:
 
     async def _cycle(self) -> None:
         async with watch.Stream(self.store, progress_every=self.progress_every, stall_after=self.stall_after) as stream:
-            await self._read_all(stream)
+            async with self._lock:
+                await self._read_all(stream)
             self.resync.synced()
-            async for watch_id, events in stream.responses():
-                self.resync.heard()
-                if watch_id != watch.PROGRESS:
-                    await self._apply(stream, events)
+            retrier = asyncio.create_task(self._retry(stream), name="read refused spans")
+            try:
+                async for watch_id, events in stream.responses():
+                    self.resync.heard()
+                    if watch_id != watch.PROGRESS:
+                        async with self._lock:
+                            await self._apply(stream, events)
+            finally:
+                retrier.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retrier
 
     async def _read_all(self, stream: watch.Stream) -> None:
         server = Span(self.server_key)
@@ -146,15 +183,102 @@ class ScopedWatch:
         entries = _configs(first.entries)
         self.refs, _ = desired.listed(entries, self.prefix, self.server_id, self.refs)
         rest = sorted(spans(self.prefix, self.server_id, self.refs) - {server})
-        more = await self.store.read((s.range() for s in rest), revision)
-        entries.update(_configs(more.entries))
+        more, _, refused = await self._read(rest, revision)
+        entries.update(more)
+        for span in refused:  # keep what we knew: it is about to be granted again
+            entries.update({k: e for k, e in self.entries.items() if span.covers(k)})
         self.entries = entries
-        self.watches = {span: stream.add(*span.range(), revision + 1) for span in (server, *rest)}
+        self.watches = {
+            span: stream.add(*span.range(), revision + 1) for span in (server, *rest) if span not in refused
+        }
+        self.denied.clear()
+        self._deny(refused)
         log.info(
             "Read configuration",
-            extra=self._kv(revision=revision, keys=len(entries), watches=len(self.watches)),
+            extra=self._kv(revision=revision, keys=len(entries), watches=len(self.watches), refused=len(refused)),
         )
         self.publish(dict(self.entries))
+
+    async def _read(self, todo: Sequence[Span], revision: int = 0) -> tuple[dict[str, Entry], int, list[Span]]:
+        """Read `todo` at one revision: (entries, that revision, the spans etcd refused to read).
+
+        All of them in one go; when etcd refuses one, each again on its own, so that one refused
+        span does not hold up the others. The revision is 0 when nothing could be read."""
+        if not todo:
+            return {}, revision, []
+        try:
+            snapshot = await self.store.read((s.range() for s in todo), revision)
+            return _configs(snapshot.entries), snapshot.revision, []
+        except PermissionDenied:
+            pass
+        entries: dict[str, Entry] = {}
+        refused: list[Span] = []
+        for span in todo:
+            try:
+                snapshot = await self.store.read([span.range()], revision)
+            except PermissionDenied:
+                refused.append(span)
+                continue
+            revision = snapshot.revision
+            entries.update(_configs(snapshot.entries))
+        return entries, revision, refused
+
+    def _deny(self, refused: Iterable[Span]) -> None:
+        now = time.monotonic()
+        for span in refused:
+            _, delay = self.denied.get(span, (0.0, 0.0))
+            delay = min(DENIED_MAX, delay * 2) if delay else DENIED_FIRST
+            if span not in self.denied:  # usual for a moment: the controller grants it as we ask
+                log.info(
+                    "Waiting for permission to read; etcd refused this server's user",
+                    extra=self._kv(key=span.key, retry_in=f"{delay:g}s"),
+                )
+            elif delay >= _DENIED_WARN > delay / 2:
+                log.warning(
+                    "Still refused permission to read: is a controller running as etcd's root user? "
+                    "(or run `discoverd auth sync`)",
+                    extra=self._kv(key=span.key, retry_in=f"{delay:g}s"),
+                )
+            self.denied[span] = (now + delay, delay)
+            self._denied_changed.set()
+
+    async def _retry(self, stream: watch.Stream) -> None:
+        """Read refused spans again when due; watch each one etcd now lets us read, from that read on."""
+        failures = 0
+        while True:
+            self._denied_changed.clear()
+            due = min((t for t, _ in self.denied.values()), default=None)
+            timeout = None if due is None else max(0.0, due - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._denied_changed.wait(), timeout)
+            try:
+                async with self._lock:
+                    await self._retry_due(stream)
+                failures = 0
+            except StoreUnavailable as error:  # the watch notices an outage by itself
+                failures += 1
+                log.info("Failed to read refused keys again", extra=self._kv(reason=str(error)))
+                await asyncio.sleep(min(DENIED_MAX, DENIED_FIRST * 2**failures))
+
+    async def _retry_due(self, stream: watch.Stream) -> None:
+        now = time.monotonic()
+        todo = sorted(s for s, (t, _) in self.denied.items() if t <= now)
+        if not todo:
+            return
+        entries, revision, refused = await self._read(todo)
+        granted = [s for s in todo if s not in refused]
+        for span in granted:
+            del self.denied[span]
+            for key in [k for k in self.entries if span.covers(k)]:
+                del self.entries[key]
+            self.watches[span] = stream.add(*span.range(), revision + 1)
+        self._deny(refused)
+        if granted:
+            self.entries.update(entries)
+            log.info(
+                "Read keys etcd had refused", extra=self._kv(keys=",".join(s.key for s in granted), revision=revision)
+            )
+            self.publish(dict(self.entries))
 
     async def _apply(self, stream: watch.Stream, events: list[watch.Event]) -> None:
         revision = 0
@@ -183,16 +307,18 @@ class ScopedWatch:
         gone = [s for s in self.watches if s not in wanted]
         for span in gone:
             stream.cancel(self.watches.pop(span))
+        gone += [s for s in self.denied if s not in wanted]
+        for span in gone:
+            self.denied.pop(span, None)
             for key in [k for k in self.entries if span.covers(k)]:
                 del self.entries[key]
-        new = sorted(wanted - set(self.watches))
-        revision = 0
-        if new:
-            snapshot = await self.store.read(s.range() for s in new)
-            revision = snapshot.revision
-            self.entries.update(_configs(snapshot.entries))
-            for span in new:
+        new = sorted(wanted - set(self.watches) - set(self.denied))
+        entries, revision, refused = await self._read(new)
+        self.entries.update(entries)
+        for span in new:
+            if span not in refused:
                 self.watches[span] = stream.add(*span.range(), revision + 1)
+        self._deny(refused)
         if gone or new:
             log.info(
                 "Changed watches",

@@ -7,7 +7,11 @@ of its TTL), writes `status/agent` when it gets a lease, and writes an
 instance's status only when its summary changed, so an idle agent sends
 nothing but keep-alives. When the lease is lost (etcd was away longer than the
 TTL) it takes a new one and writes everything again. A status key whose
-instance is gone is deleted.
+instance is gone is deleted (before any put: see `_flush`); a put etcd refuses
+(an instance whose key the controller has not granted yet) does not hold up
+the others and is tried again with back-off. Messages are cut to
+`documents.MAX_MESSAGE_BYTES` before they are written: the agent never writes a
+status its readers refuse.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from collections.abc import Mapping
 
 from discoverd import __version__, logs, runtime
 from discoverd.agent import model, states
-from discoverd.errors import StoreUnavailable
+from discoverd.errors import PermissionDenied, StoreUnavailable
 from discoverd.schema import documents, keys
 from discoverd.schema.documents import Phase
 from discoverd.store import leases
@@ -46,10 +50,19 @@ def summarize(
     backoff_base: float = model.BACKOFF_BASE,
     drained: bool = False,
 ) -> Summary:
-    """The status of one instance, from what is wanted and its state (the rules are `model`'s).
+    """The status of one instance, its message cut to the cap every reader checks.
 
     `drained`: the server is drained; an instance with nothing running is `Drained`.
     """
+    summary = _summarize(want, s, backoff_base, drained)
+    message = documents.clip(summary.message)
+    return summary if message == summary.message else _with(summary, message=message)
+
+
+def _summarize(
+    want: model.Target | model.Broken | None, s: model.InstanceState, backoff_base: float, drained: bool
+) -> Summary:
+    """The status of one instance, from what is wanted and its state (the rules are `model`'s)."""
     p = s.process
     base = Summary(
         phase=Phase.PENDING,
@@ -58,7 +71,7 @@ def summarize(
         pid=p.pid if p else None,
         restarts=s.restarts,
         last_exit_code=s.last_exit.code if s.last_exit else None,
-        message=s.message,
+        message=documents.clip(s.message),
         restart_token=p.restart_token if p else None,
     )
     unhealthy = isinstance(want, model.Target) and s.unhealthy(want)
@@ -105,6 +118,14 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class _Refused(Exception):
+    """Instance status keys etcd refused (not granted yet); every other key was written."""
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        super().__init__(", ".join(keys))
+
+
 class Writer:
     """Writes status to etcd under one lease; retries while etcd is away."""
 
@@ -117,6 +138,9 @@ class Writer:
         self.agent_message = ""
         self.drain: documents.DrainPhase | None = None
         self._written_drain: documents.DrainPhase | None = None
+        self.api_address: str | None = None
+        """Where this agent serves its logs, and its certificate's SHA-256: published in `status/agent`."""
+        self.api_cert_sha256: str | None = None
         self._wanted: dict[model.Ref, Summary] = {}
         self._history: dict[model.Ref, list[documents.PhaseChange]] = {}
         """Per instance, its last phase changes (the last one is the current phase and its `since`)."""
@@ -124,6 +148,8 @@ class Writer:
         self._written_agent_message: str | None = None
         self._dirty = asyncio.Event()
         self._down_since: float | None = None
+        self._refused: list[str] = []
+        """Instance status keys etcd refused on the last try (logged when they change)."""
 
     def update(
         self,
@@ -170,20 +196,28 @@ class Writer:
     async def _flush(self) -> None:
         assert self.lease is not None
         prefix = self.store.prefix
+        # Deletes first: etcd refuses every put on a lease while a key attached to it is not writable
+        # by this server's user, and the controller revokes a status key's write once the key is gone.
+        for ref in list(set(self._written) - set(self._wanted)):
+            await self.store.delete(keys.instance_status(prefix, self.server_id, ref.service, ref.instance))
+            del self._written[ref]
         if self._agent_changed():
             now = _now()
             doc = documents.AgentStatus(
-                hostname=socket.gethostname(),
+                hostname=documents.clip(socket.gethostname(), documents.MAX_HOSTNAME_BYTES),
                 agent_version=__version__,
                 started_at=self.started_at,
                 heartbeat=now,
                 lease_ttl=self.ttl,
-                message=self.agent_message,
+                message=documents.clip(self.agent_message),
                 drain=self.drain,
+                api_address=self.api_address,
+                api_cert_sha256=self.api_cert_sha256,
             )
             await self.store.put(keys.agent_status(prefix, self.server_id), doc, lease=self.lease)
             self._written_agent_message = self.agent_message
             self._written_drain = self.drain
+        refused: list[str] = []
         for ref, summary in list(self._wanted.items()):
             if self._written.get(ref) == summary:
                 continue
@@ -192,11 +226,16 @@ class Writer:
                 **summary.model_dump(), since=history[-1].at, updated_at=_now(), history=list(history)
             )
             key = keys.instance_status(prefix, self.server_id, ref.service, ref.instance)
-            await self.store.put(key, status, lease=self.lease)
+            try:
+                await self.store.put(key, status, lease=self.lease)
+            except PermissionDenied:
+                # A newly listed instance whose key the controller has not granted yet: write the
+                # others, and this one again after a back-off (raised once the others are written).
+                refused.append(key)
+                continue
             self._written[ref] = summary
-        for ref in list(set(self._written) - set(self._wanted)):
-            await self.store.delete(keys.instance_status(prefix, self.server_id, ref.service, ref.instance))
-            del self._written[ref]
+        if refused:
+            raise _Refused(refused)
 
     async def run(self) -> None:
         """Hold the lease and keep etcd's status equal to the wanted one; never returns."""
@@ -224,11 +263,21 @@ class Writer:
                     log.info("Reached etcd again", extra=logs.kv(after=f"{loop.time() - self._down_since:.1f}s"))
                     self._down_since = None
                 backoff.reset()
+                self._refused = []
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._dirty.wait(), max(0.0, next_keepalive - loop.time()))
             except leases.LeaseExpired:
                 log.warning("Lost lease", extra=logs.kv(server=self.server_id, lease=f"{self.lease or 0:x}"))
                 self.lease = None
+            except _Refused as error:
+                wait = backoff.next()
+                if error.keys != self._refused:
+                    log.info(
+                        "Waiting for permission to write status",
+                        extra=logs.kv(server=self.server_id, keys=",".join(error.keys), retry_in=f"{wait:.3f}s"),
+                    )
+                self._refused = error.keys
+                await asyncio.sleep(wait)
             except StoreUnavailable as error:
                 if self._down_since is None:
                     self._down_since = loop.time()

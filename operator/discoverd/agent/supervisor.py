@@ -22,8 +22,10 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from discoverd import logs
+from discoverd.agent import artifacts as artifacts_
 from discoverd.agent import layout as layout_
 from discoverd.agent import model, observe, plan, steps
 from discoverd.metrics import AgentMetrics
@@ -53,8 +55,10 @@ class Supervisor:
         rng: random.Random | None = None,
         sweeper: steps.Sweeper | None = None,
         metrics: AgentMetrics | None = None,
+        artifacts: artifacts_.Artifacts | None = None,
     ) -> None:
         self.metrics = metrics
+        self.artifacts = artifacts
         self.ref = ref
         self.layout = layout
         self.ctx = ctx
@@ -194,6 +198,8 @@ class Supervisor:
             if (version, target.install_hash) in self.layout.installed(service):
                 return  # another instance of the service installed it meanwhile
             self.layout.unmark_installed(service, version)
+            if doc.artifacts and not await self._fetch_artifacts(target, vdir):
+                return
             for name, script, step in (
                 ("download", doc.download_script, model.Step.DOWNLOADING),
                 ("install", doc.install_script, model.Step.INSTALLING),
@@ -223,6 +229,39 @@ class Supervisor:
             self.layout.mark_installed(target)
             self._apply(self.state.installed_version(target, time.time()))
             log.info("Installed version", extra=self._kv(version, hash=target.install_hash))
+
+    async def _fetch_artifacts(self, target: model.Target, vdir: Path) -> bool:
+        """Fetch (or find cached) and place the version's artifacts; False (install failed) if any fails."""
+        artifacts = target.document.artifacts or []
+        if self.artifacts is None:
+            self.artifacts = artifacts_.Artifacts(self.layout.root, metrics=self.metrics)
+        seen: dict[str, tuple[int, int | None]] = {}
+
+        def progress(url: str, received: int, expected: int | None) -> None:
+            seen[url] = (received, expected)
+            got = sum(r for r, _ in seen.values())
+            sizes = [e for _, e in seen.values()]
+            if all(e is not None for e in sizes) and (total := sum(e or 0 for e in sizes)):
+                message = f"Downloading {100 * got // total}% ({got / 2**20:.1f} of {total / 2**20:.1f} MiB)"
+            else:
+                message = f"Downloading {got / 2**20:.1f} MiB"
+            self.state = self.state.progressed(message, time.time())
+            self.notify()
+
+        log.info("Fetching artifacts", extra=self._kv(target.version, count=len(artifacts)))
+        began = time.monotonic()
+        try:
+            await self.artifacts.install(artifacts, self.ref.service, target.version, vdir, progress)
+        except artifacts_.FetchError as error:
+            self._apply(self.state.install_failed(target, f"{error} (version {target.version})", time.time()))
+            log.warning("Failed artifacts", extra=self._kv(target.version, reason=str(error)))
+            return False
+        if self.metrics is not None:
+            self.metrics.step_seconds.labels("artifacts").observe(time.monotonic() - began)
+        self.state = self.state.progressed(
+            f"placed {len(artifacts)} artifacts of version {target.version}", time.time()
+        )
+        return True
 
     async def _sweep(self) -> None:
         """Kill whatever carries this instance's tag: runs an earlier agent started, recorded or not."""

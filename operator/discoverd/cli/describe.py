@@ -5,7 +5,9 @@ instance document and the version document it points at (scripts, health
 check, timings), the servers that list it, and per server the status its
 agent reported (phase and since when, version and previous version, pid,
 restarts, last exit code, message), plus any further fields the agent keeps
-in the status document (such as recent phase changes).
+in the status document (such as recent phase changes). Control characters
+of text from etcd are escaped; the status a server reports for an instance it
+does not list is not shown (only named).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import json
 
 import click
 
+from discoverd.agent import artifacts
 from discoverd.cli import get, main
+from discoverd.errors import printable
 from discoverd.schema import documents, keys
 
 __all__ = ["describe"]
@@ -91,8 +95,11 @@ def describe_instance(view: get.View, prefix: str, service: str, instance_id: st
                 f"  Healthy after {version.min_healthy_seconds:g} s; stop with {version.stop_signal}, "
                 f"then SIGKILL after {version.stop_timeout:g} s",
             ]
-    reported = sorted({s for (s, sv, i) in view.statuses if (sv, i) == (service, instance_id)} | set(servers))
-    for server in reported:
+            for a in version.artifacts or []:
+                into = f"unpacked into {a.dest}" if a.archive else f"placed as {a.dest.rstrip('/')}/{a.file_name}"
+                lines.append(f"  Artifact:   {artifacts.shown(a.url)} {a.algorithm}:{a.digest[:16]}... {into}")
+    ignored = sorted({s for (s, sv, i) in view.statuses if (sv, i) == (service, instance_id)} - set(servers))
+    for server in servers:
         status = view.statuses.get((server, service, instance_id))
         agent = "online" if server in view.agents else "offline"
         lines += ["", f"On {server} (agent {agent}):"]
@@ -110,7 +117,9 @@ def describe_instance(view: get.View, prefix: str, service: str, instance_id: st
             *_history(status, now),
             *_extra(status),
         ]
-    return "\n".join(lines)
+    if ignored:
+        lines += ["", f"Ignored: status reported by {', '.join(ignored)}, which do(es) not list this instance."]
+    return "\n".join(printable(line) for line in lines)  # every line holds text from etcd
 
 
 def _instance_ref(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, str]:

@@ -1,8 +1,10 @@
 """`discoverd get servers|versions|instances`: configuration joined with agent status.
 
-Reads the whole prefix at one revision. Tables for people; `-o json|yaml`
-gives the documents in the custom-resource format (what `apply -f` takes),
-with the status agents reported. Invalid keys are listed on standard error
+Reads the whole prefix at one revision. Tables for people (control
+characters of etcd text escaped); `-o json|yaml` gives the documents in the
+custom-resource format (what `apply -f` takes), with the status agents
+reported (JSON and YAML escape control characters themselves). A status key
+of an instance its server does not list is ignored. Invalid keys are listed on standard error
 with the reason, and the rest is shown. `-w` prints again whenever what it
 shows changes (a watch on the prefix; each change re-reads it at one
 revision), until Ctrl-C.
@@ -23,7 +25,7 @@ import yaml
 
 from discoverd.cli import main
 from discoverd.config import EtcdOptions
-from discoverd.errors import Compacted, StoreUnavailable
+from discoverd.errors import Compacted, StoreUnavailable, printable
 from discoverd.schema import documents, keys, names, resources
 from discoverd.schema import rollouts as rollouts_
 from discoverd.store import client, watch
@@ -87,13 +89,20 @@ def age(since: dt.datetime | None, now: dt.datetime) -> str:
 
 
 def _table(header: list[str], rows: Iterable[list[str]]) -> str:
-    body = [header, *rows]
+    """Aligned columns; every cell's control characters escaped (its text comes from etcd)."""
+    body = [header, *([printable(cell) for cell in row] for row in rows)]
     widths = [max(len(row[i]) for row in body) for i in range(len(header))]
     return "\n".join("   ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in body)
 
 
 def _text(value: object) -> str:
     return "-" if value is None or value == "" else str(value)
+
+
+def _listed(view: View, server_id: str, service: str, instance_id: str) -> bool:
+    """Whether the server's document lists the instance: only then is its status key read."""
+    server = view.servers.get(server_id)
+    return server is not None and any((r.name, r.id) == (service, instance_id) for r in server.service_instances)
 
 
 def _assignments(view: View) -> dict[tuple[str, str], list[str]]:
@@ -177,7 +186,9 @@ def server_rows(view: View, now: dt.datetime) -> list[list[str]]:
         agent = view.agents.get(server_id)
         listed = len(server.service_instances) if server else 0
         running = sum(
-            1 for (s, _, _), st in view.statuses.items() if s == server_id and st.phase == documents.Phase.RUNNING
+            1
+            for (s, sv, i), st in view.statuses.items()
+            if s == server_id and st.phase == documents.Phase.RUNNING and _listed(view, s, sv, i)
         )
         rows.append(
             [
@@ -221,7 +232,9 @@ def objects(view: View, what: str, prefix: str) -> list[dict[str, Any]]:
         else:
             doc = view.instances[(key.service, key.instance)]
             found = (
-                (s, st) for (s, sv, i), st in sorted(view.statuses.items()) if (sv, i) == (key.service, key.instance)
+                (s, st)
+                for (s, sv, i), st in sorted(view.statuses.items())
+                if (sv, i) == (key.service, key.instance) and _listed(view, s, sv, i)
             )
             status = {"servers": _status_list(found)}
         out.append(

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import os
+import stat
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
@@ -61,6 +62,7 @@ _FLAGS = {
     "key_file": "etcd-key",
     "user": "etcd-user",
     "password": "etcd-password",
+    "allow_plaintext_password": "etcd-allow-plaintext-password",
     "timeout": "etcd-timeout",
 }
 
@@ -75,6 +77,12 @@ def etcd_options(ctx: click.Context) -> EtcdOptions:
             raise fail("give --etcd-password or --etcd-password-file, not both")
         try:
             with open(password_file, encoding="utf-8") as f:
+                mode = os.fstat(f.fileno()).st_mode
+                if mode & 0o077:  # checked on the file opened, wherever a link pointed
+                    raise fail(
+                        f"--etcd-password-file: {password_file} is open to group or others "
+                        f"(mode {stat.S_IMODE(mode):04o}): chmod 600 it, as ssh requires of a private key"
+                    )
                 password = f.read().rstrip("\r\n")
         except OSError as error:
             raise fail(f"--etcd-password-file: cannot read {password_file}: {error.strerror}") from None
@@ -91,6 +99,7 @@ def etcd_options(ctx: click.Context) -> EtcdOptions:
             key_file=params["etcd_key"],
             user=params["etcd_user"],
             password=password,
+            allow_plaintext_password=params["etcd_allow_plaintext_password"],
             timeout=params["etcd_timeout"],
         )
     except pydantic.ValidationError as error:
@@ -206,7 +215,13 @@ class _Root(click.Group):
 @click.option(
     "--etcd-password-file",
     envvar="DISCOVERD_ETCD_PASSWORD_FILE",
-    help="File holding the etcd password (one line), so it appears in no process listing.",
+    help="File holding the etcd password (one line), so it appears in no process listing; mode 600 or 400.",
+)
+@click.option(
+    "--etcd-allow-plaintext-password",
+    is_flag=True,
+    envvar="DISCOVERD_ETCD_ALLOW_PLAINTEXT_PASSWORD",
+    help="Send the password over http:// endpoints (no TLS); only where the network is trusted (loopback).",
 )
 @click.option(
     "--etcd-timeout",
@@ -262,6 +277,8 @@ def _register() -> None:
         ("rollout", ("rollout",)),
         ("restart", ("restart",)),
         ("drain", ("drain", "undrain")),
+        ("logs", ("logs",)),
+        ("dashboard", ("dashboard",)),
     ):
         try:
             imported = __import__(f"discoverd.cli.{module}", fromlist=["_"])

@@ -1,10 +1,9 @@
 """`discoverd rollout start|status|pause|resume|undo SERVICE`: ask the controller for a fleet rollout (DESIGN 2b).
 
-These commands only write the rollout config (`.../rollout/config/details`),
-each guarded by the key's mod_revision, and read the status the acting
-controller writes; the controller is the only writer of instance documents.
-`start` also deletes the previous rollout's status in the same transaction,
-so the controller starts afresh even for the same target version.
+`start`, `pause`, `resume` and `undo` are `store.rollout_requests` (shared with the
+dashboard's buttons): guarded writes of the rollout config only; the
+controller is the only writer of instance documents. `status` reads the
+status the acting controller writes.
 """
 
 from __future__ import annotations
@@ -18,14 +17,12 @@ import click
 
 from discoverd.cli import main
 from discoverd.config import EtcdOptions
-from discoverd.errors import Compacted, Conflict, StoreUnavailable
+from discoverd.errors import Compacted, StoreUnavailable, printable
 from discoverd.schema import documents, keys, rollouts
-from discoverd.store import client, watch
-from discoverd.store.documents import Entry, Store, Write
+from discoverd.store import client, rollout_requests, watch
+from discoverd.store.documents import Store
 
 __all__ = ["rollout"]
-
-_ACTIVE = (rollouts.RolloutPhase.PROGRESSING, rollouts.RolloutPhase.PAUSED)
 
 
 def _service(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -48,67 +45,18 @@ async def _store(options: EtcdOptions) -> Store:
     return Store(await client.connect(options))
 
 
-def _status_of(entry: Entry | None) -> rollouts.RolloutStatus | None:
-    if entry is None:
-        return None
-    if entry.error is not None:
-        raise entry.error
-    return entry.document if isinstance(entry.document, rollouts.RolloutStatus) else None
-
-
 async def _start(options: EtcdOptions, config: rollouts.RolloutConfig) -> str:
     store = await _store(options)
     try:
-        prefix, service = options.prefix, config.name
-        version = await store.get(keys.version_config(prefix, service, config.to_version))
-        if version is None:
-            raise main.fail(
-                f"service {service!r} has no version {config.to_version!r}: apply its version document first"
-            )
-        if version.error is not None:
-            raise version.error
-        instances = await store.snapshot(keys.service_instances_prefix(prefix, service))
-        if not instances.entries:
-            raise main.fail(f"service {service!r} has no instances to roll out")
-        config_key, status_key = keys.rollout_config(prefix, service), keys.rollout_status(prefix, service)
-        old_config, old_status = await store.get(config_key), await store.get(status_key)
-        status = _status_of(old_status)
-        if status is not None and status.phase in _ACTIVE:
-            raise main.fail(
-                f"a rollout of {service!r} to {status.to_version} is {status.phase.value.lower()}; "
-                f"wait for it or run `discoverd rollout undo {service}` first"
-            )
-        writes = [Write(config_key, documents.dumps(config), old_config.mod_revision if old_config else 0)]
-        if old_status is not None:
-            writes.append(Write(status_key, None, old_status.mod_revision))
-        try:
-            await store.apply(writes)
-        except Conflict:
-            raise main.fail(f"the rollout of {service!r} changed meanwhile; run the command again") from None
-        return f"Started a rollout of {service!r} to version {config.to_version} ({len(instances.entries)} instances)."
+        return await rollout_requests.start(store, config)
     finally:
         await store.close()
 
 
-async def _change(options: EtcdOptions, service: str, what: str, **fields: Any) -> str:
+async def _change(options: EtcdOptions, service: str, what: str) -> str:
     store = await _store(options)
     try:
-        key = keys.rollout_config(options.prefix, service)
-        entry = await store.get(key)
-        if entry is None:
-            raise main.fail(f"service {service!r} has no rollout (start one with `discoverd rollout start`)")
-        if entry.error is not None or not isinstance(entry.document, rollouts.RolloutConfig):
-            raise main.fail(f"cannot {what}: {entry.error}")
-        status = _status_of(await store.get(keys.rollout_status(options.prefix, service)))
-        if what != "undo" and status is not None and status.phase not in _ACTIVE:
-            raise main.fail(f"the rollout of {service!r} has ended ({status.phase.value}); nothing to {what}")
-        if what == "undo" and status is not None and status.phase is rollouts.RolloutPhase.REVERTED:
-            raise main.fail(f"the rollout of {service!r} is already reverted")
-        try:
-            await store.put(key, entry.document.model_copy(update=fields), expect=entry.mod_revision)
-        except Conflict:
-            raise main.fail(f"the rollout of {service!r} changed meanwhile; run the command again") from None
-        return f"Asked the controller to {what} the rollout of {service!r} to {entry.document.to_version}."
+        return await rollout_requests.change(store, service, what)
     finally:
         await store.close()
 
@@ -161,7 +109,7 @@ def start(
     no_auto_revert: bool,
 ) -> None:
     """Start rolling SERVICE out to a new version."""
-    fields: dict[str, Any] = {"name": service, "to_version": to_version}
+    fields: dict[str, Any] = {"to_version": to_version}
     if canary:
         fields["canary"] = canary
     if pause_after_canary:
@@ -177,7 +125,7 @@ def start(
     if no_auto_revert:
         fields["auto_revert"] = False
     options = main.etcd_options(ctx)
-    config = documents.validate(rollouts.RolloutConfig, keys.rollout_config(options.prefix, service), fields)
+    config = rollout_requests.config(options.prefix, service, fields)
     click.echo(main.run_async(_start(options, config)))
 
 
@@ -186,7 +134,7 @@ def start(
 @click.pass_context
 def pause(ctx: click.Context, service: str) -> None:
     """Start no further batches (instances being updated finish)."""
-    click.echo(main.run_async(_change(main.etcd_options(ctx), service, "pause", paused=True)))
+    click.echo(main.run_async(_change(main.etcd_options(ctx), service, "pause")))
 
 
 @rollout.command()
@@ -194,9 +142,7 @@ def pause(ctx: click.Context, service: str) -> None:
 @click.pass_context
 def resume(ctx: click.Context, service: str) -> None:
     """Go on after `pause` or after the canary."""
-    click.echo(
-        main.run_async(_change(main.etcd_options(ctx), service, "resume", paused=False, pause_after_canary=False))
-    )
+    click.echo(main.run_async(_change(main.etcd_options(ctx), service, "resume")))
 
 
 @rollout.command()
@@ -204,7 +150,7 @@ def resume(ctx: click.Context, service: str) -> None:
 @click.pass_context
 def undo(ctx: click.Context, service: str) -> None:
     """Set every instance the rollout changed back to its previous version, now."""
-    click.echo(main.run_async(_change(main.etcd_options(ctx), service, "undo", undo=True)))
+    click.echo(main.run_async(_change(main.etcd_options(ctx), service, "undo")))
 
 
 # status
@@ -233,7 +179,7 @@ def _line(service: str, s: rollouts.RolloutStatus) -> str:
         parts.append(f"skipped {len(s.skipped)} ({', '.join(s.skipped)})")
     if s.message:
         parts.append(s.message)
-    return ", ".join(parts)
+    return printable(", ".join(parts))
 
 
 def _bar(service: str, s: rollouts.RolloutStatus, width: int = 30) -> str:
@@ -265,7 +211,7 @@ class _Printer:
             if final:
                 click.echo()
                 if status is not None and status.message:
-                    click.echo(status.message)
+                    click.echo(printable(status.message))
         else:
             click.echo(text)
         self.last = text
@@ -285,7 +231,7 @@ async def _status(options: EtcdOptions, service: str, follow: bool, printer: _Pr
                 click.echo(f"warning: invalid: {config_entry.error}", err=True)
             doc = config_entry.document if config_entry is not None else None
             config = doc if isinstance(doc, rollouts.RolloutConfig) else None
-            status = _status_of(status_entry)
+            status = rollout_requests.status_of(status_entry)
             if not follow or _done(status, config):
                 printer.show(status, final=True)
                 return
@@ -294,7 +240,7 @@ async def _status(options: EtcdOptions, service: str, follow: bool, printer: _Pr
                 async for batch in watch.watch(store, snapshot.revision + 1, under=under):
                     for event in batch:
                         if isinstance(event, watch.Put) and event.entry.key == status_key:
-                            status = _status_of(event.entry)
+                            status = rollout_requests.status_of(event.entry)
                         elif isinstance(event, watch.Put) and event.entry.key == config_key:
                             doc = event.entry.document
                             config = doc if isinstance(doc, rollouts.RolloutConfig) else config

@@ -137,6 +137,7 @@ def _progress(
             d = f"discoverd --etcd-endpoints {endpoint}"
             click.echo(f"\n  Try it:   curl {url}   (hello-2 and hello-3 on the next two ports)")
             click.echo(f"  Status:   {d} get instances")
+            click.echo(f"  Logs:     {d} logs {SERVICE} --prefix -f")
             if (where := metrics_url()) is not None:
                 click.echo(f"  Metrics:  curl {where}   (the agent's and the controller's; /healthz, /readyz)")
             click.echo(f"  Roll out: {d} rollout start {SERVICE} --to 2.0 --canary 1 --pause-after-canary")
@@ -175,6 +176,7 @@ async def _run(options: EtcdOptions, state_dir: Path, port: int, metrics_address
         stop_instances_on_exit=True,
         metrics_address=metrics_address,
         more_metrics=(controller_metrics.registry,),
+        api_address="127.0.0.1:0",  # `discoverd logs web/...` from this machine (docs/operating.md)
     )
 
     def metrics_url() -> str | None:

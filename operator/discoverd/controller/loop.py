@@ -11,7 +11,8 @@ instance guarded by its mod_revision and the status by its own: the step
 happens whole or not at all, and once. A successful step goes into the cache
 at once (`World.wrote`), so the next step (a revert after a failure) follows
 without waiting for the watch; after a lost compare-and-swap, nothing until
-the watch brings the newer values.
+the watch brings the newer values. Beside the passes, a task of its own keeps
+the etcd roles of servers in step with their documents (`roles`).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from collections.abc import Callable
 
 from discoverd import logs, metrics, runtime
 from discoverd.config import EtcdOptions
-from discoverd.controller import leader, plan, scope, world
+from discoverd.controller import leader, plan, roles, scope, world
 from discoverd.errors import Compacted, Conflict, StoreUnavailable
-from discoverd.schema import documents, keys, rollouts
+from discoverd.schema import documents, keys, rollouts, untrusted
 from discoverd.store import connect, leases, watch
 from discoverd.store.documents import Store, Write
 
@@ -67,6 +68,8 @@ class Controller:
         self.clock = clock
         self.world = world.World()
         self.scope = scope.Scope(store, self.world)
+        self.roles = roles.Roles(store)
+        """Server roles kept in step with server documents while leading (`controller/roles.py`)."""
         self.steps = 0
         self._wake = asyncio.Event()
         self._invalid: dict[str, int] = {}
@@ -102,7 +105,11 @@ class Controller:
             ]
             if decision.status is not None:
                 status_key = keys.rollout_status(prefix, service)
-                writes.append(Write(status_key, documents.dumps(decision.status), r.status_revision))
+                data = rollouts.fit(decision.status)
+                if data is None:  # nothing is written rather than a status no reader accepts (it would erase
+                    self._too_large(service, r)  # from_versions, the revert's target)
+                    return None
+                writes.append(Write(status_key, data, r.status_revision))
             try:
                 revision = await self.store.apply(writes)
             except Conflict as error:
@@ -114,6 +121,14 @@ class Controller:
             self.metrics.steps.inc()
             self._log(service, r, decision, revision)
         return self.clock()  # more to do: come back at once
+
+    def _too_large(self, service: str, r: world.Rollout) -> None:
+        if self._invalid.get(f"{service}/too-large") != r.status_revision:
+            self._invalid[f"{service}/too-large"] = r.status_revision
+            log.error(
+                "Refused to write a rollout status over the size every reader accepts; the rollout waits",
+                extra=logs.kv(service=service, limit=untrusted.MAX_VALUE_BYTES),
+            )
 
     def _log(self, service: str, r: world.Rollout, decision: plan.Decision, revision: int) -> None:
         status = decision.status
@@ -174,6 +189,11 @@ class Controller:
 
     async def _follow_and_pass(self, stream: watch.Stream) -> None:
         follower = asyncio.create_task(self._follow(stream), name="controller watch")
+        # Server roles: their own read and watch of servers/ (only while etcd auth is on), their own task.
+        feeder = asyncio.create_task(
+            runtime.supervise("server roles watch", self.roles.follow), name="server roles watch"
+        )
+        keeper = asyncio.create_task(self.roles.run(), name="server roles")
         try:
             while True:
                 if follower.done():
@@ -185,6 +205,10 @@ class Controller:
                 await asyncio.wait([waiter, follower], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
         finally:
+            for task in (keeper, feeder):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             follower.cancel()
             stream.close()  # a read pending in gRPC ends now, not at the next progress notification
             with contextlib.suppress(asyncio.CancelledError, StoreUnavailable, Compacted):

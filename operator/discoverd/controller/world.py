@@ -7,19 +7,28 @@ server documents listing them, those servers' agent status and reports.
 `rollout` and `members` read one service's rollout and instances out of it,
 joining each instance with the servers that list it, whether their agents are
 online (and their servers drained), and what those agents report.
+
+Agent reports are untrusted: a status document that does not validate (one
+over its caps, say) is skipped as if absent, and logged once per key and
+revision; an agent status that does not validate leaves its server offline;
+a status key of an instance its server does not list is never read.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from discoverd import logs
 from discoverd.controller import plan
 from discoverd.schema import documents, keys, rollouts
 from discoverd.store import watch
 from discoverd.store.documents import Entry, Snapshot, decode
 
 __all__ = ["Rollout", "World"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,6 +45,8 @@ class World:
     def __init__(self) -> None:
         self.entries: dict[str, Entry] = {}
         self.revision = 0
+        self._refused: dict[str, int] = {}
+        """Invalid agent reports already logged: key -> mod_revision."""
         self.covered: frozenset[str] | None = None
         """Services whose instances and reports `entries` holds (None: every service, all was loaded)."""
 
@@ -61,6 +72,7 @@ class World:
                 self.entries[event.entry.key] = event.entry
             elif isinstance(event, watch.Delete):
                 self.entries.pop(event.key, None)
+                self._refused.pop(event.key, None)
             self.revision = max(self.revision, event.revision)
 
     def wrote(self, prefix: str, writes: Iterable[tuple[str, bytes]], revision: int) -> None:
@@ -93,6 +105,18 @@ class World:
             found.append(Rollout(key.service, entry, doc, s.mod_revision if s is not None else 0))
         return found
 
+    def _valid(self, entry: Entry) -> bool:
+        """Whether an agent's report validated; an invalid one is logged once per revision."""
+        if entry.error is None:
+            return True
+        if self._refused.get(entry.key) != entry.mod_revision:
+            self._refused[entry.key] = entry.mod_revision
+            log.warning(
+                "Ignored invalid agent status",
+                extra=logs.kv(key=entry.key, revision=entry.mod_revision, reason=str(entry.error)),
+            )
+        return False
+
     def members(self, service: str) -> dict[str, plan.Member]:
         """Every instance document of `service` (None for invalid ones), with what each server reports."""
         docs: dict[str, tuple[documents.Instance | None, int]] = {}
@@ -100,7 +124,7 @@ class World:
             if key.service == service:
                 doc = entry.document if isinstance(entry.document, documents.Instance) else None
                 docs[key.instance] = (doc, entry.mod_revision)
-        online = {k.server for k, _ in self._of(keys.Kind.AGENT_STATUS)}
+        online = {k.server for k, e in self._of(keys.Kind.AGENT_STATUS) if self._valid(e)}
         statuses: dict[tuple[str, str], Entry] = {
             (k.server, k.instance): e for k, e in self._of(keys.Kind.INSTANCE_STATUS) if k.service == service
         }
@@ -118,7 +142,10 @@ class World:
             reports = []
             for server in sorted(listed.get(instance, ())):
                 s = statuses.get((server, instance))
-                status = s.document if s is not None and isinstance(s.document, documents.InstanceStatus) else None
+                valid = s is not None and self._valid(s)
+                status = (
+                    s.document if s is not None and valid and isinstance(s.document, documents.InstanceStatus) else None
+                )
                 at = s.mod_revision if s is not None else 0
                 reports.append(plan.Report(server, server in online, status, at, server in drained))
             members[instance] = plan.Member(instance, doc, revision, tuple(reports))

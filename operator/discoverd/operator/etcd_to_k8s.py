@@ -93,6 +93,7 @@ def _apply(r: reconciler.Reconciler, batch: list[watch.Event]) -> None:
             continue
         if parsed is None:
             continue
+        statuses |= status.affected(r.view, parsed)  # before the change too: a server's old list counts
         r.view.put(parsed, entry.document if entry is not None else None)
         if parsed.kind in resources.RESOURCES:
             r.enqueue(parsed, seen=entry)  # the last event of a batch for a key is its current value

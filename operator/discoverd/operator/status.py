@@ -2,10 +2,16 @@
 
 `View` holds the latest valid document of every key under the prefix (fed by
 the etcd watch). `status_for(key)` summarises the status keys that concern
-one configuration key: a ServiceInstance gets one entry per server reporting
-it, a Server is online while its lease-held `status/agent` key exists, a
-ServiceVersion counts the instances whose current version it is. Rebuilt
-whole each time, never patched from the last status.
+one configuration key: a ServiceInstance gets one entry per server that lists
+it and reports it, a Server is online while its lease-held `status/agent` key
+exists, a ServiceVersion counts the instances whose current version it is.
+Rebuilt whole each time, never patched from the last status.
+
+Agent reports are untrusted: an invalid one (over its caps, say) never
+reaches the view (`etcd_to_k8s` logs it and puts None), a status key of an
+instance its server does not list is ignored, and every text copied into an
+object's status (which `kubectl get` prints in its columns) has its control
+characters escaped and is cut to `documents.MAX_MESSAGE_BYTES`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from discoverd.errors import printable
 from discoverd.schema import documents, keys, resource_status, resources, rollouts
 
 __all__ = ["View", "affected", "normalized"]
@@ -35,6 +42,11 @@ def _is_alias(model: type[BaseModel], name: str) -> bool:
     return any(f.alias == name for f in model.model_fields.values())
 
 
+def _shown(text: str) -> str:
+    """Text from etcd as an object's status may hold it: control characters escaped, within the cap."""
+    return documents.clip(printable(text))
+
+
 def _text(value: Any) -> str | None:
     return None if value is None else str(value.isoformat() if hasattr(value, "isoformat") else value)
 
@@ -47,9 +59,21 @@ class View:
         self.documents: dict[keys.Key, documents.Document] = {}
         self._by: dict[tuple[str, ...], dict[keys.Key, documents.InstanceStatus]] = {}
         self._versions: dict[str, set[keys.Key]] = {}
+        self._listed: dict[tuple[str, str], set[str]] = {}
+        """(service, instance) -> the servers whose document lists it."""
 
     def put(self, key: keys.Key, doc: documents.Document | None) -> None:
         old = self.documents.pop(key, None)
+        if isinstance(old, documents.Server):
+            for ref in old.service_instances:
+                servers = self._listed.get((ref.name, ref.id))
+                if servers is not None:
+                    servers.discard(key.server)
+                    if not servers:
+                        del self._listed[(ref.name, ref.id)]
+        if isinstance(doc, documents.Server):
+            for ref in doc.service_instances:
+                self._listed.setdefault((ref.name, ref.id), set()).add(key.server)
         if isinstance(old, documents.InstanceStatus):
             for group in self._groups(key):
                 self._by[group].pop(key, None)
@@ -70,9 +94,18 @@ class View:
     def _groups(key: keys.Key) -> list[tuple[str, ...]]:
         return [("instance", key.service, key.instance), ("server", key.server), ("service", key.service)]
 
+    def listed(self, service: str, instance: str) -> set[str]:
+        """The servers whose document lists the instance."""
+        return self._listed.get((service, instance), set())
+
     def _reports(self, *group: str) -> list[tuple[keys.Key, documents.InstanceStatus]]:
-        """The instance reports of one group, sorted by key: server, service, instance."""
-        return sorted(self._by.get(group, {}).items())
+        """The instance reports of one group from servers that list the instance, sorted by key: server,
+        service, instance."""
+        return sorted(
+            (k, d)
+            for k, d in self._by.get(group, {}).items()
+            if k.server in self._listed.get((k.service, k.instance), ())
+        )
 
     def status_for(self, key: keys.Key) -> dict[str, Any]:
         match key.kind:
@@ -97,12 +130,12 @@ class View:
             healthy=len(doc.healthy),
             total=doc.total,
             skipped=list(doc.skipped),
-            message=doc.message,
+            message=_shown(doc.message),
         )
 
     def _instance(self, key: keys.Key) -> resource_status.ServiceInstanceStatus:
         servers = [
-            resource_status.InstanceOnServer.of(k.server, d)
+            resource_status.InstanceOnServer.of(k.server, d.model_copy(update={"message": _shown(d.message)}))
             for k, d in self._reports("instance", key.service, key.instance)
         ]
         if not servers:
@@ -114,7 +147,7 @@ class View:
             version=", ".join(sorted(versions)) or None,
             server=",".join(s.server for s in servers),
             restarts=sum(s.restarts for s in servers),
-            message="; ".join(f"{s.server}: {s.message}" for s in servers if s.message)
+            message=documents.clip("; ".join(f"{s.server}: {s.message}" for s in servers if s.message))
             if len(servers) > 1
             else servers[0].message,
             servers=servers,
@@ -132,8 +165,8 @@ class View:
         if isinstance(agent, documents.AgentStatus):
             out.online, out.phase = True, "Online" if agent.drain is None else f"Online,{agent.drain.value}"
             out.hostname, out.agent_version, out.started_at = (
-                agent.hostname,
-                agent.agent_version,
+                _shown(agent.hostname),
+                _shown(agent.agent_version),
                 _text(agent.started_at),
             )
         return out
@@ -163,6 +196,12 @@ def affected(view: View, key: keys.Key) -> set[keys.Key]:
             }
         case keys.Kind.ROLLOUT_STATUS:
             return {keys.Key(keys.Kind.ROLLOUT, service=key.service)}
-        case keys.Kind.SERVER | keys.Kind.VERSION | keys.Kind.INSTANCE | keys.Kind.ROLLOUT:
+        case keys.Kind.SERVER:
+            # The instances it lists (call this before and after the change: what it listed counts too).
+            config = view.documents.get(key)
+            refs = config.service_instances if isinstance(config, documents.Server) else []
+            instances = {keys.Key(keys.Kind.INSTANCE, service=r.name, instance=r.id) for r in refs}
+            return {key, *instances, *(v for r in refs for v in view.versions_of(r.name))}
+        case keys.Kind.VERSION | keys.Kind.INSTANCE | keys.Kind.ROLLOUT:
             return {key}
     return set()  # keys without an object (the controller's leader key, future kinds)

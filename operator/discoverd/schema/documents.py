@@ -19,6 +19,7 @@ import datetime as dt
 import enum
 import json
 import signal
+import urllib.parse
 from typing import Annotated, Any, ClassVar, Self, TypeVar
 
 import pydantic
@@ -30,31 +31,42 @@ from discoverd.schema import keys, untrusted
 
 __all__ = [
     "DEFAULT_STEP_TIMEOUT",
+    "MAX_AGENT_VERSION_BYTES",
     "MAX_ARG_BYTES",
+    "MAX_ARTIFACTS",
+    "MAX_ARTIFACT_DEST_BYTES",
+    "MAX_ARTIFACT_MODE",
     "MAX_EXIT_CODE",
     "MAX_FAILURE_THRESHOLD",
     "MAX_HEALTH_INTERVAL",
+    "MAX_HOSTNAME_BYTES",
     "MAX_LEASE_TTL",
+    "MAX_MESSAGE_BYTES",
     "MAX_MIN_HEALTHY_SECONDS",
     "MAX_PHASE_HISTORY",
     "MAX_PID",
     "MAX_RESTARTS",
     "MAX_RESTART_TOKEN",
+    "MAX_STATUS_BYTES",
     "MAX_STEP_TIMEOUT",
     "MAX_STOP_TIMEOUT",
+    "MAX_URL_BYTES",
     "MIN_HEALTH_INTERVAL",
     "RESERVED_ENV_PREFIX",
     "AgentStatus",
     "Arg",
+    "Artifact",
     "Document",
     "DrainPhase",
     "EnvName",
+    "Extract",
     "HealthCheck",
     "Instance",
     "InstanceBody",
     "InstanceRef",
     "InstanceState",
     "InstanceStatus",
+    "Message",
     "NotBool",
     "Phase",
     "PhaseChange",
@@ -66,6 +78,7 @@ __all__ = [
     "ServerBody",
     "Version",
     "VersionBody",
+    "clip",
     "dump",
     "dumps",
     "model_for",
@@ -95,6 +108,14 @@ MAX_EXIT_CODE = 255
 MAX_RESTARTS = (1 << 31) - 1
 MAX_LEASE_TTL = 9_000_000_000
 """etcd's own maximum lease TTL, in seconds."""
+MAX_MESSAGE_BYTES = 4096
+"""Longest `message` of a status document, in UTF-8 bytes (Kubernetes caps a condition message at 32 KiB)."""
+MAX_HOSTNAME_BYTES = 253
+"""Longest `hostname` of an agent status (a DNS name's limit)."""
+MAX_AGENT_VERSION_BYTES = 128
+MAX_STATUS_BYTES = 64 * 1024
+"""Largest status document (agent or instance) as stored: its capped fields take a fraction of it, the
+rest leaves room for fields of newer agents, but one server cannot fill a reader's memory."""
 MAX_RESTART_TOKEN = 256
 """Longest `restart_token`, in characters (`discoverd restart` writes a timestamp of 27)."""
 RESERVED_ENV_PREFIX = "DISCOVERD_"
@@ -122,6 +143,33 @@ def _arg(value: str) -> str:
     if len(value.encode()) > MAX_ARG_BYTES:
         raise ValueError(f"must be at most {MAX_ARG_BYTES} bytes (the kernel's limit for one argument)")
     return value
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """`text` cut to at most `limit` UTF-8 bytes (at a character boundary), saying how much was cut.
+
+    What a writer does to its own text before it writes a capped field (never a reader: a reader
+    refuses a document over its cap)."""
+    data = text.encode("utf-8", "backslashreplace")  # a lone surrogate becomes its escape: writable text
+    if len(data) <= limit:
+        return data.decode()
+    note = f"... ({len(data)} bytes, cut)"
+    head = data[: max(0, limit - len(note.encode()))].decode("utf-8", "ignore")
+    return head + note if limit >= len(note.encode()) else head
+
+
+def _capped(limit: int) -> AfterValidator:
+    def check(value: str) -> str:
+        size = len(value.encode())
+        if size > limit:
+            raise ValueError(f"is {size} bytes, over its cap of {limit} bytes")
+        return value
+
+    return AfterValidator(check)
+
+
+Message = Annotated[str, _capped(MAX_MESSAGE_BYTES)]
+"""A status `message`: text of at most `MAX_MESSAGE_BYTES` (writers `clip` theirs first)."""
 
 
 def _env_name(value: str) -> str:
@@ -163,6 +211,8 @@ class Document(BaseModel):
 
     keep_defaults: ClassVar[bool] = False
     """Status documents are written whole; configuration only with the fields its writer set."""
+    max_bytes: ClassVar[int] = untrusted.MAX_VALUE_BYTES
+    """Largest stored value `parse` reads for this document."""
     kept_by_apply: ClassVar[frozenset[str]] = frozenset()
     """Fields commands set rather than configuration (`discoverd restart`, `drain`): `apply -f` keeps
     what etcd has when its YAML leaves them out, as `kubectl apply` keeps fields it never set."""
@@ -230,6 +280,133 @@ class Resources(Document):
     """Processes and threads (`pids.max`)."""
 
 
+MAX_ARTIFACTS = 64
+"""Most `artifacts` of one version document."""
+MAX_URL_BYTES = 8192
+"""Longest artifact `url`, in UTF-8 bytes (what common HTTP servers accept in a request line)."""
+MAX_ARTIFACT_DEST_BYTES = 4096
+"""Longest artifact `dest` (Linux's PATH_MAX)."""
+MAX_ARTIFACT_MODE = 0o777
+"""Largest artifact `mode`: permission bits only (no setuid, setgid or sticky bit)."""
+
+
+def _artifact_url(value: str) -> str:
+    _text(value)
+    if len(value.encode()) > MAX_URL_BYTES:
+        raise ValueError(f"must be at most {MAX_URL_BYTES} bytes")
+    if any(c.isspace() or ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
+        raise ValueError(f"{_quoted(value)} must not contain spaces or control characters (percent-encode them)")
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"{_quoted(value)} must be an http:// or https:// URL")
+    try:
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError:
+        raise ValueError(f"{_quoted(value)} has an invalid port") from None
+    if not parts.hostname:
+        raise ValueError(f"{_quoted(value)} has no host")
+    return value
+
+
+def _artifact_dest(value: str) -> str:
+    _text(value)
+    if len(value.encode()) > MAX_ARTIFACT_DEST_BYTES:
+        raise ValueError(f"must be at most {MAX_ARTIFACT_DEST_BYTES} bytes")
+    if value.startswith("/"):
+        raise ValueError(f"{_quoted(value)} must be a path relative to the version directory, not absolute")
+    for part in value.split("/"):
+        if part in ("", "."):
+            continue  # "a//b", "./a", "a/": the same directory
+        if part == "..":
+            raise ValueError(f"{_quoted(value)} must stay inside the version directory: no '..'")
+        reason = keys.segment_error(part)
+        if reason is not None:
+            raise ValueError(f"{_quoted(value)} must stay inside the version directory: {part!r} {reason}")
+    return value
+
+
+def _mode(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_ARTIFACT_MODE:
+        raise ValueError(
+            f"{value} is not permission bits 0..{MAX_ARTIFACT_MODE} (0777); JSON has no octal: 0755 is written 493"
+        )
+    return value
+
+
+def _hex_digest(length: int) -> Any:
+    def check(value: str) -> str:
+        if len(value) != length or any(c not in "0123456789abcdefABCDEF" for c in value):
+            raise ValueError(f"must be {length} hexadecimal digits")
+        return value.lower()
+
+    return AfterValidator(check)
+
+
+class Extract(enum.StrEnum):
+    """What to do with an artifact once verified."""
+
+    AUTO = "auto"
+    """Unpack it if its URL names an archive (.tar, .tar.gz, .tgz, .tar.xz, .txz, .tar.bz2, .tbz2, .zip)."""
+    NONE = "none"
+    """Place the file as it is."""
+
+
+class Artifact(Document):
+    """Extension: a file fetched by the agent (no shell), verified by sha256 or sha512, cached, placed in dest."""
+
+    # Exactly one of `sha256` and `sha512`. `dest` is a directory relative to the version
+    # directory (default: the version directory itself). An archive is unpacked there; any other
+    # file is placed there under the last segment of the URL's path. `mode` is the permission bits
+    # of the placed file (default 0644), or of every regular file unpacked from an archive
+    # (default: the archive's, without setuid, setgid and sticky bits). JSON has no octal: 0755
+    # is written 493 (YAML takes 0755), as Kubernetes' `defaultMode`.
+
+    url: Annotated[str, AfterValidator(_artifact_url), Field(max_length=MAX_URL_BYTES)]
+    sha256: Annotated[str, _hex_digest(64), Field(pattern="^[0-9a-fA-F]{64}$")] | None = None
+    sha512: Annotated[str, _hex_digest(128), Field(pattern="^[0-9a-fA-F]{128}$")] | None = None
+    extract: Extract = Extract.AUTO
+    dest: Annotated[str, AfterValidator(_artifact_dest), Field(max_length=MAX_ARTIFACT_DEST_BYTES)] = "."
+    mode: Annotated[int, Field(ge=0, le=MAX_ARTIFACT_MODE), NotBool, BeforeValidator(_mode)] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_digest(self) -> Self:
+        if (self.sha256 is None) == (self.sha512 is None):
+            raise ValueError("needs exactly one of sha256 and sha512 (the digest the download must have)")
+        if self.extract is Extract.NONE or not self.archive:
+            reason = keys.segment_error(self.file_name)
+            if reason is not None:
+                raise ValueError(f"url must end with a file name to place the file under: {self.file_name!r} {reason}")
+        return self
+
+    @property
+    def algorithm(self) -> str:
+        """`sha256` or `sha512`: the cache directory it is kept in."""
+        return "sha256" if self.sha256 is not None else "sha512"
+
+    @property
+    def digest(self) -> str:
+        """The expected digest, lower-case hex."""
+        return self.sha256 if self.sha256 is not None else str(self.sha512)
+
+    @property
+    def file_name(self) -> str:
+        """The last segment of the URL's path, percent-decoded: the placed file's name."""
+        path = urllib.parse.urlsplit(self.url).path
+        return urllib.parse.unquote(path.rsplit("/", 1)[-1], errors="surrogateescape")
+
+    @property
+    def archive(self) -> str | None:
+        """The archive format to unpack (`tar`, `zip`) with `extract: auto`, by the URL's ending; None: a file."""
+        if self.extract is Extract.NONE:
+            return None
+        name = self.file_name.lower()
+        if name.endswith(".zip"):
+            return "zip"
+        if name.endswith((".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".tbz2", ".tbz")):
+            return "tar"
+        return None
+
+
 class VersionBody(Document):
     """How to download, install and run one version of a service (everything but its name)."""
 
@@ -247,6 +424,8 @@ class VersionBody(Document):
     stop_signal: Annotated[str, AfterValidator(_signal_name)] = "SIGTERM"
     stop_timeout: Annotated[float, Field(ge=0, le=MAX_STOP_TIMEOUT), NotBool] = 10.0
     resources: Resources | None = None
+    artifacts: Annotated[list[Artifact], Field(max_length=MAX_ARTIFACTS)] | None = None
+    """Extension: fetched, verified and placed by the agent before the download script runs."""
 
 
 class Version(VersionBody):
@@ -334,16 +513,21 @@ class AgentStatus(Document):
     """`<prefix>/servers/<id>/status/agent`, held by the agent's lease: present means online."""
 
     keep_defaults = True
+    max_bytes = MAX_STATUS_BYTES
 
-    hostname: str
-    agent_version: str
+    hostname: Annotated[str, _capped(MAX_HOSTNAME_BYTES)]
+    agent_version: Annotated[str, _capped(MAX_AGENT_VERSION_BYTES)]
     started_at: dt.datetime
     heartbeat: dt.datetime
     """When the agent last (re)established its lease and wrote this key."""
     lease_ttl: Annotated[int, Field(ge=1, le=MAX_LEASE_TTL), NotBool] | None = None
-    message: str = ""
+    message: Message = ""
     drain: DrainPhase | None = None
     """Extension: set while the server document says `drained` (None: not drained)."""
+    api_address: Annotated[str, Field(max_length=300)] | None = None
+    """`host:port` where the agent serves its instances' logs over HTTPS (None: it serves none)."""
+    api_cert_sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")] | None = None
+    """SHA-256 (hex) of the agent's self-made certificate (DER): readers pin it (DESIGN section 3)."""
 
 
 class InstanceState(Document):
@@ -353,12 +537,12 @@ class InstanceState(Document):
     keep_defaults = True
 
     phase: Phase
-    version: str | None = None
-    previous_version: str | None = None
+    version: Segment | None = None
+    previous_version: Segment | None = None
     pid: Annotated[int, Field(ge=1, le=MAX_PID), NotBool] | None = None
     restarts: Annotated[int, Field(ge=0, le=MAX_RESTARTS), NotBool] = 0
     last_exit_code: Annotated[int, Field(ge=-MAX_EXIT_CODE, le=MAX_EXIT_CODE), NotBool] | None = None
-    message: str = ""
+    message: Message = ""
     restart_token: Annotated[str, Field(max_length=MAX_RESTART_TOKEN)] | None = None
     """Extension: the restart token the running process was started with (the controller waits for it)."""
 
@@ -372,11 +556,13 @@ class PhaseChange(Document):
 
     phase: Phase
     at: dt.datetime
-    version: str | None = None
+    version: Segment | None = None
 
 
 class InstanceStatus(InstanceState):
     """`<prefix>/servers/<id>/status/instances/<service>/<id>`, held by the agent's lease."""
+
+    max_bytes = MAX_STATUS_BYTES
 
     since: dt.datetime
     """When the instance entered its current phase."""
@@ -431,6 +617,8 @@ def validate(model: type[D], key: str, data: Any) -> D:
 def parse(model: type[D], key: str, raw: bytes) -> D:
     """Bytes from etcd to a model; InvalidDocument (and nothing else) if they are not JSON within
     the caps of `untrusted` or do not validate."""
+    if len(raw) > model.max_bytes:
+        raise InvalidDocument(key, "", f"the value is {len(raw)} bytes, over the limit of {model.max_bytes} bytes")
     data = untrusted.load_json(key, raw)
     if not isinstance(data, dict):
         raise InvalidDocument(key, "", f"must be a JSON object, not {type(data).__name__}")

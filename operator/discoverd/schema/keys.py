@@ -10,6 +10,7 @@ Key layout (DESIGN section 1 and 2), relative to the prefix:
     services/<service>/rollout/config/details       (section 2b)
     services/<service>/rollout/status
     controller/leader
+    grants/<server>/<sha256 of a token, hex>         (log access, DESIGN section 3)
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ __all__ = [
     "instance_config",
     "instance_status",
     "instance_status_prefix",
+    "log_grant",
+    "log_grants_prefix",
     "normalize_prefix",
     "parse",
     "prefix_range_end",
@@ -37,6 +40,7 @@ __all__ = [
     "rollout_status",
     "segment_error",
     "server_config",
+    "servers_prefix",
     "service_instances_prefix",
     "validate_segment",
     "version_config",
@@ -144,6 +148,11 @@ def _join(prefix: str, *segments: str) -> str:
     return "/".join((normalize_prefix(prefix), *segments))
 
 
+def servers_prefix(prefix: str) -> str:
+    """Every server's keys: documents and status (a prefix to read or watch)."""
+    return normalize_prefix(prefix) + "/servers/"
+
+
 def server_config(prefix: str, server: str) -> str:
     return f"{_join(prefix, 'servers', server)}/{_CONFIG}"
 
@@ -194,6 +203,16 @@ def rollout_status(prefix: str, service: str) -> str:
 def controller_leader(prefix: str) -> str:
     """The rollout controllers' election key (its value names the leader; held by its lease)."""
     return _join(prefix, "controller", "leader")
+
+
+def log_grants_prefix(prefix: str, server: str) -> str:
+    """Where the log-access grants for `server`'s agent live (its role reads them; ends with `/`)."""
+    return _join(prefix, "grants", server) + "/"
+
+
+def log_grant(prefix: str, server: str, token_sha256: str) -> str:
+    """One reader's grant to read logs on `server`, named by the SHA-256 (hex) of the token it presents."""
+    return _join(prefix, "grants", server, token_sha256)
 
 
 def _checked(key: str, **names: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field, StrictInt
 
-from discoverd.schema import documents
+from discoverd.schema import documents, untrusted
 from discoverd.schema.documents import NotBool, Segment
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "RolloutConfig",
     "RolloutPhase",
     "RolloutStatus",
+    "fit",
     "max_unavailable_count",
     "parse_max_unavailable",
 ]
@@ -136,7 +137,9 @@ class RolloutStatus(documents.Document):
     skipped: list[Segment] = Field(default_factory=list)
     """Instances someone else changed meanwhile: never written again by this rollout."""
     total: Annotated[int, Field(ge=0), NotBool] = 0
-    message: str = ""
+    message: Annotated[str, AfterValidator(documents.clip)] = ""
+    """Cut to `documents.MAX_MESSAGE_BYTES` when read (and by `fit` when written): the controller copies an
+    agent's message into it, and a status written by an older controller may hold a longer one."""
     started_at: dt.datetime
     updated_at: dt.datetime
     revisions: dict[Segment, Annotated[int, Field(ge=0), NotBool]] = Field(default_factory=dict)
@@ -152,3 +155,21 @@ class RolloutStatus(documents.Document):
     `to_version` (restarts on the old version do not count toward `max_restarts`); dropped once healthy."""
     restart_token: documents.RestartToken | None = None
     """Ours: the restart this status is about (the config's `restart_token` when it started)."""
+
+
+def fit(status: RolloutStatus, limit: int = untrusted.MAX_VALUE_BYTES) -> bytes | None:
+    """The stored bytes of `status`, its message cut to its cap and, if it must, further, so that they
+    fit in `limit` (what every reader accepts); None if even an empty message does not fit.
+
+    Only the message is ever cut: `from_versions`, `updated` and `revisions` stay whole, so a revert
+    always finds every instance's previous version (a status no reader accepts would be taken for no
+    status, and the next start would record the new versions as the "previous" ones)."""
+    message = documents.clip(status.message)
+    while True:
+        data = documents.dumps(status.model_copy(update={"message": message}))
+        if len(data) <= limit:
+            return data
+        if not message:
+            return None
+        over = len(data) - limit
+        message = documents.clip(message, max(0, len(message.encode()) - over - 64))

@@ -38,7 +38,7 @@ import grpc
 from aetcd import rpc
 
 from discoverd.config import Endpoint, EtcdOptions
-from discoverd.errors import DiscoverdError, StoreUnavailable
+from discoverd.errors import DiscoverdError, PermissionDenied, StoreUnavailable
 
 __all__ = ["Client", "TxnTooLarge", "call", "connect", "describe_error", "translated"]
 
@@ -102,6 +102,8 @@ class Client:
         self._lock = asyncio.Lock()
         self._connected = False
         self.metadata: tuple[tuple[str, str], ...] = (_REQUIRE_LEADER,)
+        self.on_refused: Callable[[], None] | None = None
+        """Called when etcd refuses the password while logging in again (node identity asks for a new one)."""
         self._stubs(None)
 
     def _stubs(self, channel: grpc.aio.Channel | None) -> None:
@@ -204,8 +206,24 @@ class Client:
         """etcd's auth tokens expire (5 min by default); get a new one from the active member."""
         if self._username is not None and self._password is not None and self.channel is not None:
             request = rpc.AuthenticateRequest(name=self._username, password=self._password)
-            response = await self.auth_stub.Authenticate(request, timeout=self.request_timeout, metadata=self.metadata)
+            try:
+                response = await self.auth_stub.Authenticate(
+                    request, timeout=self.request_timeout, metadata=self.metadata
+                )
+            except grpc.aio.AioRpcError as error:
+                if self.on_refused is not None and "authentication failed" in (error.details() or "").lower():
+                    self.on_refused()
+                raise
             self.metadata = (_REQUIRE_LEADER, ("token", response.token))
+
+    async def use_credentials(self, user: str, password: str) -> None:
+        """Log in as `user` with `password` from now on, on the same channels: watches, leases and
+        requests in flight carry on (node identity hands the agent a new password before the old one
+        expires). StoreUnavailable if the active member refuses them."""
+        self._username, self._password = user, password
+        self.etcd_options = self.etcd_options.model_copy(update={"user": user, "password": password})
+        async with translated(self):
+            await self.reauthenticate()
 
     async def close(self) -> None:
         members, self._members = list(self._members.values()), {}
@@ -267,7 +285,13 @@ def describe_error(error: BaseException, options: EtcdOptions, endpoint: Endpoin
     return f"{where}: {details or error}"
 
 
-_RETRYABLE_AUTH = ("invalid auth token", "auth token is invalid")
+# "revision of auth store is old": any change to etcd's users or roles (a password rotated by node
+# identity, a role kept in step) makes every token issued before it stale; log in again and retry.
+_RETRYABLE_AUTH = ("invalid auth token", "auth token is invalid", "revision of auth store is old")
+_OLD_AUTH_REVISION = "auth: revision in header is old"
+"""A write checked against roles that changed before it was applied (the controller keeps server roles
+in step, so this happens in normal operation): etcd's own client retries it at once, and so do we."""
+_OLD_AUTH_RETRIES = 3
 _TOO_MANY_OPS = "too many operations in txn request"
 
 
@@ -277,6 +301,11 @@ def _fail_over_on(error: BaseException) -> bool:
         return True
     code, _ = _details(error)
     return code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def _denied(error: BaseException) -> bool:
+    code, details = _details(error)
+    return code == grpc.StatusCode.PERMISSION_DENIED or "permission denied" in details.lower()
 
 
 @contextlib.asynccontextmanager
@@ -290,12 +319,16 @@ async def translated(client: Client) -> AsyncIterator[None]:
                 f"etcd at {client.etcd_options.describe()} refused the transaction: it has more operations "
                 "than etcd's --max-txn-ops allows (128 unless set)"
             ) from error
-        raise StoreUnavailable(describe_error(error, client.etcd_options, client.endpoint)) from error
+        reason = describe_error(error, client.etcd_options, client.endpoint)
+        if _denied(error):
+            raise PermissionDenied(reason) from error
+        raise StoreUnavailable(reason) from error
 
 
 async def call(client: Client, operation: Callable[[], Awaitable[T]]) -> T:
-    """Run one etcd request on the active member; renew an expired auth token once; fail over to another
-    member once when this one is unreachable, has no leader or does not answer in time; translate errors.
+    """Run one etcd request on the active member; renew an expired auth token once; retry a request etcd
+    checked against roles that changed before it applied it (up to 3 times); fail over to another member
+    once when this one is unreachable, has no leader or does not answer in time; translate errors.
 
     `operation` must read the client's stubs when called (a lambda), so that a retry after a failover goes
     to the new member. A retried write is safe: guarded transactions fail their guard if the first attempt
@@ -304,11 +337,15 @@ async def call(client: Client, operation: Callable[[], Awaitable[T]]) -> T:
     async with translated(client):
         await client.connect()
         renewed = moved = False
+        stale = 0
         while True:
             generation = client.generation
             try:
                 return await asyncio.wait_for(operation(), client.request_timeout * 2)
             except (grpc.aio.AioRpcError, aetcd.exceptions.ClientError, TimeoutError) as error:
+                if stale < _OLD_AUTH_RETRIES and _OLD_AUTH_REVISION in _details(error)[1].lower():
+                    stale += 1
+                    continue
                 if not renewed and any(text in _details(error)[1].lower() for text in _RETRYABLE_AUTH):
                     renewed = True
                     await client.reauthenticate()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import pty
@@ -500,3 +501,64 @@ def test_the_acting_controller_exports_rollouts_by_phase(fleet: Fleet) -> None:
             if c is not acting:
                 assert value(fleet.metrics[c.pid], "discoverd_controller_leader") == 0
     assert fleet.all_running_on("metered", ids, "2.0")
+
+
+def _compromised_server(fleet: Fleet, service: str, instance: str) -> str:
+    """A server `evil` whose agent is "online" and runs `instance` on 1.0, all written by raw puts: what
+    root on a node can write with that node's own etcd identity (its server's status keys)."""
+    fleet.nodes[0].instance(service, instance, "1.0")
+    etcd, base = fleet.etcd, f"{fleet.prefix}/servers/evil"
+    etcd.put(f"{base}/config/details", json.dumps({"service_instances": [{"name": service, "id": instance}]}))
+    now = "2026-01-01T00:00:00Z"
+    agent = {"hostname": "evil", "agent_version": "1", "started_at": now, "heartbeat": now}
+    etcd.put(f"{base}/status/agent", json.dumps(agent))
+    running = {"phase": "Running", "version": "1.0", "since": now, "updated_at": now}
+    etcd.put(f"{base}/status/instances/{service}/{instance}", json.dumps(running))
+    return f"{base}/status/instances/{service}/{instance}"
+
+
+def _huge_failure(version: str) -> bytes:
+    """A Failed report on `version` whose message makes it just under the 1 MiB every reader accepted
+    before status had caps; copied into a rollout status, it made that larger than any reader accepts."""
+    now = dt.datetime.now(dt.UTC).isoformat()
+    doc = {"phase": "Failed", "version": version, "since": now, "updated_at": now, "message": ""}
+    doc["message"] = "x" * (1024 * 1024 - 200 - len(json.dumps(doc)))
+    raw = json.dumps(doc).encode()
+    assert 1024 * 1024 - 300 < len(raw) < 1024 * 1024
+    return raw
+
+
+def _attack(fleet: Fleet, service: str, *rollout_args: str) -> list[str]:
+    """Service `service` (9 instances on the real agents, 2.0 fails) plus `<service>-0` on the compromised
+    server, the canary; once the controller moves it to 2.0, the server reports it Failed with a
+    huge message. Returns every instance ID."""
+    ids = fleet.service(service, bad=True)
+    canary = f"{service}-0"
+    status_key = _compromised_server(fleet, service, canary)
+    start(fleet, service, "--canary", "1", "--progress-deadline-seconds", "5", *rollout_args)
+    wait_until(lambda: fleet.versions(service, [canary])[canary] == "2.0", 30, what="the canary moved to 2.0")
+    fleet.etcd.put(status_key, _huge_failure("2.0"))
+    return [canary, *ids]
+
+
+def test_a_huge_status_message_does_not_stop_the_automatic_revert(fleet: Fleet) -> None:
+    """Issue 19: the controller copied the message into the rollout status, which then no reader
+    accepted; it started the rollout afresh, recorded 2.0 as the canary's previous version, and the
+    revert left it on 2.0."""
+    ids = _attack(fleet, "huge")
+    done = fleet.wait_rollout("huge", "Reverted", timeout=60)
+    assert done["from_versions"]["huge-0"] == "1.0", done["from_versions"]
+    assert fleet.versions("huge", ids) == dict.fromkeys(ids, "1.0")
+    raw = fleet.etcd.get(f"{fleet.prefix}/services/huge/rollout/status")
+    assert raw is not None and len(raw) < 64 * 1024
+    assert any("Ignored invalid agent status" in c.log() and "servers/evil" in c.log() for c in fleet.controllers)
+
+
+def test_a_huge_status_message_does_not_stop_rollout_undo(fleet: Fleet) -> None:
+    ids = _attack(fleet, "hugeundo", "--no-auto-revert")
+    failed = fleet.wait_rollout("hugeundo", "Failed", timeout=60)
+    assert failed["from_versions"]["hugeundo-0"] == "1.0", failed["from_versions"]
+    result = fleet.cli("rollout", "undo", "hugeundo")
+    assert result.returncode == 0, result.stderr
+    fleet.wait_rollout("hugeundo", "Reverted", timeout=30)
+    assert fleet.versions("hugeundo", ids) == dict.fromkeys(ids, "1.0")

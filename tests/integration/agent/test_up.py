@@ -64,6 +64,12 @@ def test_up_serves_the_sample_and_stops_cleanly_on_sigint(tmp_path: Path) -> Non
         assert leader
         assert _get(f"http://127.0.0.1:{metrics_port}/readyz") != ""
 
+        # Its logs hint works (without -f, so that it ends): every instance's lines, prefixed.
+        hint = next(line for line in text.splitlines() if "Logs:" in line).split("Logs:", 1)[1].split()
+        shown = subprocess.run([DISCOVERD, *hint[1:-1]], capture_output=True, text=True, timeout=30, check=False)
+        assert shown.returncode == 0, shown.stderr
+        assert {line.split("]")[0] + "]" for line in shown.stdout.splitlines()} >= {"[local/hello-1]"}, shown.stdout
+
         up.send_signal(signal.SIGINT)
         try:
             assert up.wait(30) == 0, out.read_text()

@@ -55,6 +55,15 @@ def test_missing_version_is_broken_naming_the_key() -> None:
     assert "/d/services/web/versions/9/config/details" in broken.message
 
 
+def test_a_document_etcd_refuses_to_read_yet_says_so_rather_than_missing() -> None:
+    e = entries(servers__n1__config__details=SERVER)
+    waiting = {f"{P}/services/web/versions/", f"{P}/services/web/instances/i1/config/details"}
+    broken = desired.resolve(e, P, "n1", waiting=waiting).instances[model.Ref("web", "i1")]
+    assert isinstance(broken, model.Broken)
+    assert broken.message.startswith(f"{P}/services/web/instances/i1/config/details: not readable yet")
+    assert "does not exist" not in broken.message
+
+
 def test_invalid_server_keeps_the_last_valid_instance_list() -> None:
     e = entries(servers__n1__config__details=b"[]")
     last = (model.Ref("web", "i1"),)

@@ -119,3 +119,17 @@ def test_the_writer_logs_an_unexpected_phase_change_and_records_it_anyway(caplog
         "new": "BackOff",
         "reason": "exited",
     }
+
+
+def test_the_agent_cuts_its_messages_to_the_cap_readers_check() -> None:
+    """An agent never writes a status its readers refuse (DESIGN section 2: message 4 KiB)."""
+    from discoverd.schema import documents
+
+    long = "the install script said: " + "\x1b[2J" * 100_000
+    s = status.summarize(V1, InstanceState(ref=REF, rejected={V1.config_hash: long}))
+    assert s.phase is Phase.FAILED and s.message.startswith("the install script said: ")
+    when = "2026-01-01T00:00:00Z"
+    written = documents.InstanceStatus.model_validate({**s.model_dump(), "since": when, "updated_at": when})
+    documents.parse(documents.InstanceStatus, "k", documents.dumps(written))  # what every reader does
+    backing_off = InstanceState(ref=REF, message=long, restarts=1)
+    assert len(status.summarize(V1, backing_off).message.encode()) <= documents.MAX_MESSAGE_BYTES

@@ -71,3 +71,32 @@ def test_watch_events_and_our_own_writes_update_the_cache() -> None:
     assert w.members("web")["i1"].revision == 9
     w.apply([watch.Delete(key, 101)])
     assert w.members("web") == {} and w.revision == 101
+
+
+def test_a_report_over_its_caps_is_skipped_and_logged_once(caplog: Any) -> None:
+    huge = {**status("Failed", "2.0"), "message": "x" * (1024 * 1024 - 300)}
+    agent = {"hostname": "h", "agent_version": "1", "started_at": NOW, "heartbeat": NOW}
+    w = loaded(
+        entry(keys.instance_config(P, "web", "i1"), {"name": "web", "service_version": "2.0"}, 7),
+        entry(keys.server_config(P, "n1"), {"service_instances": [{"name": "web", "id": "i1"}]}),
+        entry(keys.agent_status(P, "n1"), agent),
+        entry(keys.instance_status(P, "n1", "web", "i1"), huge, 40),
+    )
+    with caplog.at_level("WARNING", logger="discoverd.controller.world"):
+        for _ in range(3):
+            (report,) = w.members("web")["i1"].reports
+            assert (report.server, report.online, report.status) == ("n1", True, None)
+    assert [r.getMessage() for r in caplog.records] == ["Ignored invalid agent status"]
+
+
+def test_an_invalid_agent_status_leaves_its_server_offline() -> None:
+    w = loaded(
+        entry(keys.instance_config(P, "web", "i1"), {"name": "web", "service_version": "1.0"}, 7),
+        entry(keys.server_config(P, "n1"), {"service_instances": [{"name": "web", "id": "i1"}]}),
+        entry(
+            keys.agent_status(P, "n1"),
+            {"hostname": "h" * 300, "agent_version": "1", "started_at": NOW, "heartbeat": NOW},
+        ),
+        entry(keys.instance_status(P, "n1", "web", "i1"), status(), 40),
+    )
+    assert [r.online for r in w.members("web")["i1"].reports] == [False]

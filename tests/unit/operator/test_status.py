@@ -21,8 +21,16 @@ def report(
     return key, doc
 
 
+def listing(view: status.View, *servers: str) -> None:
+    """`servers` list web/i1 in their server documents."""
+    for server in servers:
+        doc = documents.Server(service_instances=[documents.InstanceRef(name="web", id="i1")])
+        view.put(keys.Key(keys.Kind.SERVER, server=server), doc)
+
+
 def test_instance_status_lists_each_server() -> None:
     view = status.View()
+    listing(view, "node-1", "node-2")
     view.put(*report("node-1", documents.Phase.RUNNING, restarts=1))
     view.put(*report("node-2", documents.Phase.STARTING, restarts=2))
     got = view.status_for(INSTANCE)
@@ -46,6 +54,7 @@ def test_server_is_online_while_its_agent_key_exists() -> None:
 def test_version_counts_instances_running_it() -> None:
     view = status.View()
     view.put(VERSION, documents.Version(name="web"))
+    listing(view, "node-1")
     view.put(*report("node-1", documents.Phase.RUNNING))
     assert view.status_for(VERSION) == {"observedGeneration": None, "instances": 1, "running": 1, "servers": ["node-1"]}
     assert VERSION in status.affected(view, report("node-1", documents.Phase.RUNNING)[0])
@@ -88,3 +97,48 @@ def test_a_rollout_status_feeds_its_service_rollout_object() -> None:
         "skipped": ["i3"],
         "message": "paused",
     }
+
+
+def test_a_report_from_a_server_that_does_not_list_the_instance_is_ignored() -> None:
+    """A server can write status keys for any instance; only the servers listing it are believed."""
+    view = status.View()
+    view.put(VERSION, documents.Version(name="web"))
+    listing(view, "node-1")
+    view.put(*report("node-1", documents.Phase.RUNNING, restarts=1))
+    key, forged = report("node-9", documents.Phase.FAILED, restarts=50)
+    view.put(key, forged.model_copy(update={"message": "pwned"}))
+    view.put(keys.Key(keys.Kind.SERVER, server="node-9"), documents.Server(service_instances=[]))
+    got = view.status_for(INSTANCE)
+    assert (got["phase"], got["server"], got["restarts"], got["message"]) == ("Running", "node-1", 1, "")
+    assert [s["server"] for s in got["servers"]] == ["node-1"]
+    assert view.status_for(VERSION)["servers"] == ["node-1"]
+    assert view.status_for(keys.Key(keys.Kind.SERVER, server="node-9"))["reported"] == 0
+    # Once node-9 lists it, its report counts, and the server's change tells the instance's object.
+    server_9 = keys.Key(keys.Kind.SERVER, server="node-9")
+    listing(view, "node-9")
+    assert INSTANCE in status.affected(view, server_9)
+    assert view.status_for(INSTANCE)["server"] == "node-1,node-9"
+    view.put(server_9, None)
+    assert view.status_for(INSTANCE)["server"] == "node-1"
+
+
+def test_text_copied_into_an_object_status_has_its_control_characters_escaped() -> None:
+    """kubectl prints .status.message and .status.hostname in its columns: no terminal sequences."""
+    view = status.View()
+    listing(view, "node-1")
+    key, doc = report("node-1", documents.Phase.FAILED)
+    view.put(key, doc.model_copy(update={"message": "\x1b]0;owned\x07\x1b[2Jcleared\nforged line"}))
+    agent_key = keys.Key(keys.Kind.AGENT_STATUS, server="node-1")
+    agent = documents.AgentStatus(hostname="h\x1b[31m", agent_version="1\x9b2J", started_at=NOW, heartbeat=NOW)
+    view.put(agent_key, agent)
+    got = view.status_for(INSTANCE)
+    assert got["message"] == "\\x1b]0;owned\\x07\\x1b[2Jcleared\\x0aforged line"
+    assert got["servers"][0]["message"] == got["message"]
+    server = view.status_for(SERVER)
+    assert (server["hostname"], server["agentVersion"]) == ("h\\x1b[31m", "1\\x9b2J")
+    rollout_key = keys.Key(keys.Kind.ROLLOUT_STATUS, service="web")
+    rollout = rollouts.RolloutStatus(
+        phase=rollouts.RolloutPhase.FAILED, to_version="2.0", message="x\x1b[8m", started_at=NOW, updated_at=NOW
+    )
+    view.put(rollout_key, rollout)
+    assert view.status_for(keys.Key(keys.Kind.ROLLOUT, service="web"))["message"] == "x\\x1b[8m"
