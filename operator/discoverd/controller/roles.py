@@ -181,8 +181,7 @@ class Roles:
         Server documents and instance status keys are decoded, nothing else under `servers/`.
         """
         while not await self._auth_on():
-            log.info("etcd auth is off: not reading servers/ for their roles", extra=logs.kv(prefix=self.prefix))
-            await asyncio.sleep(self.resync_every)
+            await asyncio.sleep(self.resync_every)  # roles.run says once that auth is off
         feed = runtime.Resync("server roles")
         await feed.run(functools.partial(self._cycle, feed))
 
