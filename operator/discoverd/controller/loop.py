@@ -1,9 +1,11 @@
-"""The controller's main: campaign; while leading, watch the prefix, plan each rollout, write each step.
+"""The controller's main: campaign; while leading, watch what rollouts need, plan each rollout, write each step.
 
 `run` loops forever: campaign for the leader key (`leader`), then act until
-the lease is lost or `stop` is set. Acting is a snapshot of the prefix at one
-revision, a watch from the next, and after every change (or when `plan`
-asked to be woken) one `plan` per service with a rollout config. A step's
+the lease is lost or `stop` is set. Acting is a read at one revision and a
+watch from the next of what rollouts need (`scope`: the rollout keys, and
+the instances and reports of rollouts not settled), and after every change
+(or when `plan` asked to be woken) one `plan` per service with a rollout
+config (a new rollout waits until `scope` has read its instances). A step's
 instance writes and its new status go to etcd in one transaction, each
 instance guarded by its mod_revision and the status by its own: the step
 happens whole or not at all, and once. A successful step goes into the cache
@@ -25,7 +27,7 @@ from collections.abc import Callable
 
 from discoverd import logs, metrics, runtime
 from discoverd.config import EtcdOptions
-from discoverd.controller import leader, plan, roles, world
+from discoverd.controller import leader, plan, roles, scope, world
 from discoverd.errors import Compacted, Conflict, StoreUnavailable
 from discoverd.schema import documents, keys, rollouts, untrusted
 from discoverd.store import connect, leases, watch
@@ -65,6 +67,7 @@ class Controller:
         self.ttl = ttl
         self.clock = clock
         self.world = world.World()
+        self.scope = scope.Scope(store, self.world)
         self.roles = roles.Roles(store)
         """Server roles kept in step with server documents while leading (`controller/roles.py`)."""
         self.steps = 0
@@ -90,6 +93,8 @@ class Controller:
                     self._invalid[r.config.key] = r.config.mod_revision
                     log.warning("Ignored invalid rollout config", extra=logs.kv(reason=str(r.config.error)))
                 return None
+            if not self.world.covers(service):
+                return None  # settled, or its instances not read yet (`scope` wakes us when they are)
             decision = plan.plan(config, r.status, r.status_revision, self.world.members(service), self.clock())
             if decision.status is None and not decision.writes:
                 return decision.wake_at
@@ -168,34 +173,44 @@ class Controller:
 
     # acting
 
-    async def _follow(self, start: int) -> None:
-        async for batch in watch.watch(self.store, start):
-            self.world.apply(batch)
-            self.roles.observe(batch)
-            self._wake.set()
+    async def _follow(self, stream: watch.Stream) -> None:
+        async for watch_id, events in stream.responses():
+            self.resync.heard()
+            if watch_id != watch.PROGRESS and events:  # events: what the scope's key filter let through
+                await self.scope.apply(stream, events)
+                self._wake.set()
 
     async def _act(self) -> None:
-        snapshot = await self.store.snapshot()
-        self.world.load(snapshot)
-        self.roles.load(snapshot.entries.values())
-        self.etcd_error = None
-        self.resync.synced()
-        follower = asyncio.create_task(self._follow(snapshot.revision + 1), name="controller watch")
+        async with watch.Stream(self.store, where=self.scope.wanted) as stream:
+            await self.scope.read_all(stream)
+            self.etcd_error = None
+            self.resync.synced()
+            await self._follow_and_pass(stream)
+
+    async def _follow_and_pass(self, stream: watch.Stream) -> None:
+        follower = asyncio.create_task(self._follow(stream), name="controller watch")
+        # Server roles: their own read and watch of servers/ (only while etcd auth is on), their own task.
+        feeder = asyncio.create_task(
+            runtime.supervise("server roles watch", self.roles.follow), name="server roles watch"
+        )
         keeper = asyncio.create_task(self.roles.run(), name="server roles")
         try:
             while True:
                 if follower.done():
                     follower.result()  # raises why the watch ended
+                    return
                 self._wake.clear()
                 timeout = await self._pass()
                 waiter = asyncio.create_task(self._wake.wait())
                 await asyncio.wait([waiter, follower], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            for task in (keeper, feeder):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             follower.cancel()
+            stream.close()  # a read pending in gRPC ends now, not at the next progress notification
             with contextlib.suppress(asyncio.CancelledError, StoreUnavailable, Compacted):
                 await follower
 

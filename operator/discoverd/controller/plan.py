@@ -63,7 +63,7 @@ from discoverd.schema import documents
 from discoverd.schema.documents import Phase
 from discoverd.schema.rollouts import RolloutConfig, RolloutPhase, RolloutStatus, max_unavailable_count
 
-__all__ = ["Decision", "Member", "Report", "Write", "plan"]
+__all__ = ["Decision", "Member", "Report", "Write", "plan", "settled"]
 
 
 @dataclass(frozen=True)
@@ -292,6 +292,25 @@ def _unavailable(p: _Pass, ids: Iterable[str], updated: set[str], healthy: set[s
         if not p.running_everywhere(m) or (i in updated and i not in healthy):
             count += 1
     return count
+
+
+def settled(config: RolloutConfig, status: RolloutStatus | None) -> bool:
+    """True when `plan` decides nothing whatever the instances and reports say (the early returns below).
+
+    A rollout that ended (`Succeeded` with no undo asked, `Reverted`, `Failed` with nothing to
+    revert) needs none of its service's instances: the controller reads and watches those only for
+    rollouts that are not settled (controller/scope.py). A new config (another `to_version` or
+    restart token), an undo or a revert to do unsettles it.
+    """
+    if status is None or status.to_version != config.to_version or status.restart_token != config.restart_token:
+        return False
+    if status.phase is RolloutPhase.REVERTED:
+        return True
+    if status.phase is RolloutPhase.SUCCEEDED:
+        return not config.undo
+    if status.phase is RolloutPhase.FAILED:
+        return not config.undo and (not config.auto_revert or config.restart_token is not None)
+    return False
 
 
 def plan(

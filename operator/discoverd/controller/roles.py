@@ -8,9 +8,10 @@ listed instance. Assignments change, so the role has to follow:
 - `diff(wanted, have)` is the decision, pure: what to grant (missing, or with
   another access) and what to revoke (held, no longer wanted), grants first so
   that nothing the agent still needs is ever missing in between.
-- `Roles` is the controller's part. `load` and `observe` keep, from the
-  controller's own snapshot and watch of the prefix, each server's listed
-  instances and its status keys, and mark the servers whose server document or
+- `Roles` is the controller's part. `load` and `observe` keep, from a read
+  and watch of `servers/` of its own (`follow`, only while etcd auth is on:
+  the rollouts need no fleet-wide view, see controller/scope.py), each
+  server's listed instances and its status keys, and mark the servers whose server document or
   status keys changed; `step` brings the role of each marked server in step,
   and every `RESYNC` seconds reads from etcd which servers have a user and what
   their roles hold, then checks every one (what someone else changed is put
@@ -33,12 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from discoverd import logs
+from discoverd import logs, runtime
 from discoverd.errors import PermissionDenied, StoreUnavailable
 from discoverd.schema import keys
 from discoverd.store import auth, watch
@@ -81,6 +83,11 @@ def diff(wanted: Sequence[auth.Grant], have: Mapping[Range, auth.Access]) -> Cha
     grant = tuple(g for r, g in by_range.items() if have.get(r) is not g.access)
     revoke = tuple(sorted(r for r in have if r not in by_range))
     return Changes(grant, revoke)
+
+
+def _roles_need(key: bytes, value: bytes) -> bool:
+    """Of `servers/`: server documents and instance status keys (not agent status)."""
+    return key.endswith(b"/config/details") or b"/status/instances/" in key
 
 
 def _server_of(parsed: keys.Key | None) -> str | None:
@@ -165,6 +172,40 @@ class Roles:
         if listed is None:
             return None
         return auth.server_grants(self.prefix, server, listed, self.reported.get(server, ()))
+
+    async def follow(self) -> None:
+        """Feed `load` and `observe` from a read and a watch of `servers/` while etcd auth is on.
+
+        With auth off nothing is read (it asks again every `resync_every` seconds): this is the
+        controller's only fleet-wide watch, and it exists only when there are roles to keep.
+        Server documents and instance status keys are decoded, nothing else under `servers/`.
+        """
+        while not await self._auth_on():
+            await asyncio.sleep(self.resync_every)  # roles.run says once that auth is off
+        feed = runtime.Resync("server roles")
+        await feed.run(functools.partial(self._cycle, feed))
+
+    async def _auth_on(self) -> bool:
+        try:
+            return await auth.enabled(self.store.client)
+        except (StoreUnavailable, PermissionDenied):
+            return False
+
+    async def _cycle(self, feed: runtime.Resync) -> None:
+        head = (keys.normalize_prefix(self.prefix) + "/servers/").encode()
+        end = keys.prefix_range_end(head)
+        async with watch.Stream(self.store, where=_roles_need) as stream:
+            snapshot = await self.store.read([(head, end)], where=_roles_need)
+            self.load(snapshot.entries.values())
+            feed.synced()
+            log.info(
+                "Read servers for their roles", extra=logs.kv(revision=snapshot.revision, keys=len(snapshot.entries))
+            )
+            stream.add(head, end, snapshot.revision + 1)
+            async for watch_id, events in stream.responses():
+                feed.heard()
+                if watch_id != watch.PROGRESS and events:
+                    self.observe(events)
 
     # acting
 

@@ -1,9 +1,12 @@
-"""What the controller knows of etcd: every entry under the prefix, turned into `plan`'s inputs.
+"""What the controller knows of etcd, turned into `plan`'s inputs.
 
-`loop` keeps `World.entries` current from a snapshot and the watch; `rollout`
-and `members` read one service's rollout and instances out of it, joining each
-instance with the servers that list it, whether their agents are online (and
-their servers drained), and what those agents report.
+`scope` keeps `World.entries` current from a read and the watch, holding only
+what rollouts need: every rollout config and status, and for the services in
+`covered` (those whose rollout is not settled) their instance documents, the
+server documents listing them, those servers' agent status and reports.
+`rollout` and `members` read one service's rollout and instances out of it,
+joining each instance with the servers that list it, whether their agents are
+online (and their servers drained), and what those agents report.
 
 Agent reports are untrusted: a status document that does not validate (one
 over its caps, say) is skipped as if absent, and logged once per key and
@@ -44,6 +47,20 @@ class World:
         self.revision = 0
         self._refused: dict[str, int] = {}
         """Invalid agent reports already logged: key -> mod_revision."""
+        self.covered: frozenset[str] | None = None
+        """Services whose instances and reports `entries` holds (None: every service, all was loaded)."""
+
+    def covers(self, service: str) -> bool:
+        """Whether `members(service)` is complete (else its rollout waits until `scope` has read them)."""
+        return self.covered is None or service in self.covered
+
+    def unsettled(self) -> frozenset[str]:
+        """Services with a valid rollout config that `plan` may still act on (`plan.settled`)."""
+        return frozenset(
+            r.service
+            for r in self.rollouts()
+            if isinstance(r.config.document, rollouts.RolloutConfig) and not plan.settled(r.config.document, r.status)
+        )
 
     def load(self, snapshot: Snapshot) -> None:
         self.entries = dict(snapshot.entries)
@@ -64,7 +81,11 @@ class World:
         Safe against older events still on their way: every key written was guarded by the
         revision this cache held for it, so nothing older than `revision` is pending for it."""
         for key, value in writes:
-            self.entries[key] = decode(prefix, key, value, revision)
+            entry = decode(prefix, key, value, revision)
+            p = entry.parsed
+            if p is not None and p.kind is keys.Kind.INSTANCE and not self.covers(p.service):
+                continue  # its rollout settled meanwhile: no longer held
+            self.entries[key] = entry
 
     def rollout(self, service: str) -> Rollout | None:
         return next((r for r in self.rollouts() if r.service == service), None)

@@ -15,7 +15,7 @@ one message is asked for again with half the limit.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,19 +128,34 @@ class Store:
         start = (under or self.prefix + "/").encode()
         return await self.read([(start, keys.prefix_range_end(start))])
 
-    async def read(self, ranges: Iterable[tuple[bytes, bytes]], revision: int = 0) -> Snapshot:
+    async def read(
+        self,
+        ranges: Iterable[tuple[bytes, bytes]],
+        revision: int = 0,
+        *,
+        where: Callable[[bytes, bytes], bool] | None = None,
+    ) -> Snapshot:
         """Every key in `ranges` at one revision (`revision`, or etcd's current one when 0).
 
-        A range is `(key, range_end)` as in etcd: `range_end` b"" means the key alone.
+        A range is `(key, range_end)` as in etcd: `range_end` b"" means the key alone. `where`:
+        keep only the keys it accepts, judged on the raw key and value before anything is decoded
+        (called in key order).
         """
         entries: dict[str, Entry] = {}
         for start, end in ranges:
-            revision = await self._read_range(start, end, revision, entries)
+            revision = await self._read_range(start, end, revision, entries, where)
         if not revision:
             revision = await self.revision()
         return Snapshot(revision, entries)
 
-    async def _read_range(self, start: bytes, end: bytes, revision: int, into: dict[str, Entry]) -> int:
+    async def _read_range(
+        self,
+        start: bytes,
+        end: bytes,
+        revision: int,
+        into: dict[str, Entry],
+        where: Callable[[bytes, bytes], bool] | None = None,
+    ) -> int:
         c = self.client
         limit = _FIRST_PAGE
         while True:
@@ -155,9 +170,10 @@ class Store:
             revision = revision or int(response.header.revision)
             size = 0
             for kv in response.kvs:
-                entry = decode_kv(self.prefix, kv)
-                into[entry.key] = entry
                 size += len(kv.key) + len(kv.value)
+                if where is None or where(kv.key, kv.value):
+                    entry = decode_kv(self.prefix, kv)
+                    into[entry.key] = entry
             if not end or not response.more or not response.kvs:
                 return revision
             start = response.kvs[-1].key + b"\0"
@@ -173,6 +189,17 @@ class Store:
             if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 return None
             raise
+
+    async def first_key(self, start: bytes, end: bytes, revision: int = 0) -> tuple[bytes | None, int]:
+        """The first key in `[start, end)` at `revision` (etcd's current one when 0), or None; and that revision.
+
+        One small request, keys only, whatever the range holds: a skip scan walks a range by what its
+        keys start with (one service after another) without reading what lies between.
+        """
+        c = self.client
+        request = rpc.RangeRequest(key=start, range_end=end, limit=1, keys_only=True, revision=revision)
+        response = await client_.call(c, lambda: c.kvstub.Range(request, timeout=c._timeout, metadata=c.metadata))
+        return (bytes(response.kvs[0].key) if response.kvs else None), revision or int(response.header.revision)
 
     async def revision(self) -> int:
         """etcd's current revision (a cheap probe that etcd answers)."""

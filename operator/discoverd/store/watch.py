@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -68,8 +68,17 @@ Event = Put | Delete | Progress
 class Stream:
     """One gRPC Watch stream with any number of watchers; `async with Stream(store) as s:`."""
 
-    def __init__(self, store: Store, *, progress_every: float = 5.0, stall_after: float = 10.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        progress_every: float = 5.0,
+        stall_after: float = 10.0,
+        where: Callable[[bytes, bytes], bool] | None = None,
+    ) -> None:
         self.store = store
+        self.where = where
+        """Puts it refuses (given the raw key and value) are dropped before decoding (deletes always pass)."""
         self.progress_every = progress_every
         self.stall_after = stall_after
         self._requests: list[Any] = []
@@ -102,6 +111,15 @@ class Stream:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
+        if self._call is not None:
+            self._call.cancel()
+
+    def close(self) -> None:
+        """End the gRPC call now, so that a `responses()` read in another task ends at once.
+
+        Cancelling that task alone is not enough: a read pending in gRPC may not see the
+        cancellation until the stream answers (a progress notification, seconds later).
+        """
         if self._call is not None:
             self._call.cancel()
 
@@ -183,7 +201,12 @@ class Stream:
                 self._fragments.setdefault(watch_id, []).extend(response.events)
                 continue
             events = [*self._fragments.pop(watch_id, []), *response.events]
-            yield watch_id, [self._event(e) for e in events]
+            yield watch_id, [self._event(e) for e in events if self._wanted(e)]
+
+    def _wanted(self, event: Any) -> bool:
+        return (
+            self.where is None or event.type == rpc.Event.EventType.DELETE or self.where(event.kv.key, event.kv.value)
+        )
 
     def _event(self, event: Any) -> Event:
         if event.type == rpc.Event.EventType.DELETE:
