@@ -177,6 +177,9 @@ def _release_values(node: Node, etcd_ports: list[int], annotation: str) -> list[
         # Node identity: the agent asks the host-network operator on this same node (no Service proxy).
         "nodeIdentity.port": str(etcd_ports[2]),
         "nodeIdentity.operatorURL": f"https://127.0.0.1:{etcd_ports[2]}",
+        "operator.metrics.port": str(etcd_ports[3]),
+        "agent.metrics.port": str(etcd_ports[4]),
+        "agent.api.port": str(etcd_ports[5]),
         # No Service proxy on this node: the operator reaches the API server on loopback.
         "operator.hostNetwork": "true",
         "operator.extraEnv[0].name": "KUBERNETES_SERVICE_HOST",
@@ -204,7 +207,10 @@ class Release:
 
 @pytest.fixture(scope="module")
 def release(node: Node) -> Iterator[Release]:
-    ports = _free_ports(3)  # etcd's client and peer ports, the operator's node-identity port
+    # etcd's client and peer ports, the operator's node-identity port, the operator's and the agent's
+    # metrics ports and the agent's log API: all on this machine's network (host-network pods), so
+    # none of the chart's fixed defaults, which a test running beside this one may hold.
+    ports = _free_ports(6)
     started = time.monotonic()
     args = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--create-namespace"]
     node.run(node.helm, *args, *_release_values(node, ports, "1"), "--wait", "--timeout", "5m", timeout=400)
