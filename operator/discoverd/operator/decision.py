@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pydantic
@@ -60,7 +60,6 @@ __all__ = [
     "digest",
     "etcd_side",
     "key_of_spec",
-    "object_side",
     "spec_of",
     "value_of",
 ]
@@ -142,7 +141,7 @@ class EtcdSide:
 
 @dataclass(frozen=True)
 class ObjectSide:
-    """One custom resource as the API server has it."""
+    """One custom resource as the API server has it (`objects.Object.side`)."""
 
     name: str
     digest: str | None
@@ -152,7 +151,6 @@ class ObjectSide:
     synced_digest: str | None
     deleting: bool = False
     error: str | None = None
-    spec: dict[str, Any] = field(default_factory=dict)
 
     @property
     def synced(self) -> bool:
@@ -172,29 +170,6 @@ def etcd_side(key: keys.Key, entry_revision: int, doc: documents.Document | None
         return EtcdSide(entry_revision, spec, digest(key.kind, spec), doc)
     except InvalidDocument as problem:
         return EtcdSide(entry_revision, None, None, doc, error=str(problem))
-
-
-def object_side(kind: keys.Kind, body: dict[str, Any], key: keys.Key, prefix: str) -> ObjectSide:
-    """Read a custom resource's body; annotations for another key count as absent."""
-    metadata = body.get("metadata", {})
-    annotations = metadata.get("annotations") or {}
-    spec = body.get("spec") or {}
-    try:
-        current: str | None = digest(kind, spec)
-        error = None
-    except InvalidDocument as problem:
-        current, error = None, str(problem)
-    ours = annotations.get(ANNOTATION_KEY) == key.build(prefix)
-    revision_text = annotations.get(ANNOTATION_REVISION, "") if ours else ""
-    return ObjectSide(
-        name=metadata.get("name", ""),
-        digest=current,
-        revision=int(revision_text) if revision_text.isdigit() else None,
-        synced_digest=annotations.get(ANNOTATION_DIGEST) if ours else None,
-        deleting=bool(metadata.get("deletionTimestamp")),
-        error=error,
-        spec=spec,
-    )
 
 
 # Decisions ----------------------------------------------------------------------------------

@@ -25,10 +25,11 @@ __all__ = ["on_change", "on_delete", "on_event"]
 async def _sync(body: kopf.Body, memo: Any, *, deleting: bool) -> decision.Decision | None:
     r: reconciler.Reconciler = memo["reconciler"]
     kind = resources.resource(body["kind"]).kind
-    r.observe(kind, dict(body))
+    given = dict(body)
+    r.observe(kind, given)
     try:
-        key = r.key_of(kind, dict(body))
-        outcome = await r.sync_key(key, name=body.metadata.name, handler=True)
+        key = r.key_of(kind, given)
+        outcome = await r.sync_key(key, name=body.metadata.name, handler=True, given=given)
     except (InvalidDocument, reconciler.Duplicate) as error:
         if deleting:
             return None  # never mirrored: nothing in etcd to delete

@@ -22,7 +22,7 @@ def body(name: str, rv: int, service: str = "web", instance: str = "i1", **meta:
 
 
 def names(index: objects.Index, key: keys.Key) -> list[str]:
-    return [b["metadata"]["name"] for b in index.matching(key)]
+    return [o.name for o in index.matching(key)]
 
 
 def test_objects_are_found_by_the_key_their_spec_names() -> None:
