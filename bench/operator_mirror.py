@@ -42,6 +42,7 @@ from typing import Any
 
 import common
 from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
 
 from discoverd.config import EtcdOptions
 from discoverd.operator import decision, kube, startup
@@ -125,6 +126,9 @@ class Watcher:
         self.events: list[tuple[float, str, str, str]] = []  # (time, what, type, name)
         self.added: dict[str, float] = {}
         self._stop = threading.Event()
+        self._rv: dict[str, str] = {}
+        self.expired = 0
+        """Watches restarted after their resourceVersion was compacted (events meanwhile are not counted)."""
         self._threads = [
             threading.Thread(target=self._run, args=(what,), daemon=True, name=f"watch-{what}")
             for what in [*(resources.resource(k).plural for k in KINDS), "events"]
@@ -149,19 +153,32 @@ class Watcher:
         lister, rv = self._list(what)
         while not self._stop.is_set():
             w = watch.Watch()  # type: ignore[no-untyped-call]
-            for event in w.stream(  # type: ignore[no-untyped-call]
-                lister, resource_version=rv, timeout_seconds=2, allow_watch_bookmarks=False
-            ):
-                obj = event["object"]
-                meta = obj["metadata"] if isinstance(obj, dict) else obj.metadata.to_dict()
-                rv = meta.get("resource_version") or meta.get("resourceVersion") or rv
-                now = time.monotonic()
-                with self.lock:
-                    self.events.append((now, what, event["type"], meta["name"]))
-                    if event["type"] == "ADDED" and what != "events":
-                        self.added.setdefault(meta["name"], now)
-                if self._stop.is_set():
-                    w.stop()  # type: ignore[no-untyped-call]
+            try:
+                self._stream(w, what, lister, rv)
+            except ApiException as error:
+                if error.status != 410:
+                    raise
+                # a quiet watch's resourceVersion got compacted (after ~5 min): start again from now
+                self.expired += 1
+                lister, rv = self._list(what)
+                continue
+            rv = self._rv.get(what, rv)
+
+    def _stream(self, w: Any, what: str, lister: Any, rv: str) -> None:
+        for event in w.stream(  # type: ignore[no-untyped-call]
+            lister, resource_version=rv, timeout_seconds=2, allow_watch_bookmarks=False
+        ):
+            obj = event["object"]
+            meta = obj["metadata"] if isinstance(obj, dict) else obj.metadata.to_dict()
+            rv = meta.get("resource_version") or meta.get("resourceVersion") or rv
+            self._rv[what] = rv
+            now = time.monotonic()
+            with self.lock:
+                self.events.append((now, what, event["type"], meta["name"]))
+                if event["type"] == "ADDED" and what != "events":
+                    self.added.setdefault(meta["name"], now)
+            if self._stop.is_set():
+                w.stop()  # type: ignore[no-untyped-call]
 
     def start(self) -> Watcher:
         for t in self._threads:

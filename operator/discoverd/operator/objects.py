@@ -39,7 +39,7 @@ from discoverd.errors import InvalidDocument
 from discoverd.operator import decision, status
 from discoverd.schema import keys, resources
 
-__all__ = ["Index", "Object", "status_fingerprint"]
+__all__ = ["Index", "Known", "Object", "status_fingerprint"]
 
 
 def _number(text: Any) -> int | None:
@@ -53,6 +53,15 @@ def status_fingerprint(kind: keys.Kind, value: dict[str, Any]) -> bytes:
     """A short hash of a status as `status.normalized` leaves it: equal for statuses that compare equal."""
     text = json.dumps(status.normalized(kind, value), sort_keys=True, separators=(",", ":"))
     return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """A spec we just wrote, with the key it names and its digest (from the etcd side of a decision)."""
+
+    spec: dict[str, Any]
+    key: keys.Key
+    digest: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,15 +90,20 @@ class Object:
     observed_generation: int | None
 
     @classmethod
-    def of(cls, kind: keys.Kind, body: dict[str, Any], previous: Object | None = None) -> Object:
+    def of(
+        cls, kind: keys.Kind, body: dict[str, Any], previous: Object | None = None, known: Known | None = None
+    ) -> Object:
         """The record of `body`; the spec's key and digest are taken from `previous` when its generation
-        is the same (the spec is unchanged), the status fingerprint when its resourceVersion is."""
+        is the same (the spec is unchanged), or from `known` when the spec is the one it names (what we
+        just wrote); the status fingerprint from `previous` when the resourceVersion is the same."""
         metadata = body.get("metadata") or {}
         annotations = metadata.get("annotations")
         generation = _number(metadata.get("generation"))
         rv = str(metadata.get("resourceVersion") or "")
         if previous is not None and generation is not None and previous.generation == generation:
             key, digest, error = previous.key, previous.digest, previous.error
+        elif known is not None and body.get("spec") == known.spec:
+            key, digest, error = known.key, known.digest, None
         else:
             key, digest, error = _digested(kind, body.get("spec") or {})
         value = body.get("status") or {}
@@ -186,9 +200,9 @@ class Index:
                 self._unlink(kind, name)
         self._loaded.add(kind)
 
-    def observe(self, kind: keys.Kind, body: dict[str, Any]) -> Object | None:
-        """An object as the API server returned or announced it; older versions are ignored.
-        The record kept (None without a name)."""
+    def observe(self, kind: keys.Kind, body: dict[str, Any], known: Known | None = None) -> Object | None:
+        """An object as the API server returned or announced it (`known`: the spec we wrote it with);
+        older versions are ignored. The record kept (None without a name)."""
         name = (body.get("metadata") or {}).get("name")
         if not name:
             return None
@@ -200,7 +214,7 @@ class Index:
             new_rv, old_rv = _number(rv), old.revision
             if new_rv is not None and old_rv is not None and new_rv < old_rv:
                 return old
-        obj = Object.of(kind, body, old)
+        obj = Object.of(kind, body, old, known)
         self._unlink(kind, name)
         self._store(obj)
         return obj

@@ -170,10 +170,16 @@ class Reconciler:
         config = not isinstance(seen, _StatusOnly)
         built = key.build(self.prefix)
         try:
-            again = False
+            again = created = False
             if not isinstance(seen, _StatusOnly):
-                again = (await self.sync_key(key, seen=seen)).retry
-            await self.sync_status(key)
+                outcome = await self.sync_key(key, seen=seen)
+                again, created = outcome.retry, isinstance(outcome.decision, decision.Create)
+            if created:
+                # A new object's status goes behind the keys queued meanwhile: in a burst of new keys
+                # (a fleet added, a first start) every object exists first, then the statuses follow.
+                self.enqueue(key, config=False)
+            else:
+                await self.sync_status(key)
         except (DiscoverdError, ApiException, kube.NotFound, Duplicate) as error:
             delay = self.retry(key, config=config)
             logger.warning(
@@ -306,7 +312,7 @@ class Reconciler:
             case decision.Create(spec=spec, revision=revision, digest=digest):
                 created = await self._create(key, spec, _annotations(built, revision, digest))
                 self.metrics.mirrored.labels("create").inc()
-                obj = self.index.observe(key.kind, created)
+                obj = self.index.observe(key.kind, created, objects.Known(spec, key, digest))
                 logger.info("Created object from etcd", extra=logs.kv(key=built, object=created["metadata"]["name"]))
             case decision.Patch(spec=spec, revision=revision, digest=digest, warning=warning):
                 assert obj is not None
@@ -317,7 +323,8 @@ class Reconciler:
                 else:
                     # Guarded by the version the decision was made on: a user's change the index has not
                     # seen yet fails the patch and is decided again, never overwritten unannounced.
-                    obj = await self._patch(key.kind, obj.name, spec_patch(obj, spec, annotations))
+                    known = objects.Known(spec, key, digest)
+                    obj = await self._patch(key.kind, obj.name, spec_patch(obj, spec, annotations), known)
                     self.metrics.mirrored.labels("patch").inc()
                 if warning:
                     self.metrics.etcd_wins.inc()
@@ -391,7 +398,11 @@ class Reconciler:
         return await self._patch(key.kind, obj.name, {"metadata": {"annotations": annotations}})
 
     async def _patch(
-        self, kind: keys.Kind, name: str, patch: dict[str, Any] | list[dict[str, Any]]
+        self,
+        kind: keys.Kind,
+        name: str,
+        patch: dict[str, Any] | list[dict[str, Any]],
+        known: objects.Known | None = None,
     ) -> objects.Object | None:
         """A merge patch (a dict) or a JSON patch (a list of operations); the record of the result."""
         try:
@@ -407,7 +418,7 @@ class Reconciler:
             if error.status in (409, 422):  # decide again on a newer body
                 raise Conflict(f"{kind.value} {name}", 0, f"{kind.value} {name} changed meanwhile") from None
             raise
-        return self.index.observe(kind, patched)
+        return self.index.observe(kind, patched, known)
 
     async def sync_status(self, key: keys.Key) -> None:
         """Write the object's status if what the agents report, or the generation mirrored, changed it.
