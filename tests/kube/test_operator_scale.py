@@ -117,6 +117,8 @@ async def test_a_spec_from_etcd_replaces_the_spec_whole_unless_the_object_change
         body = await api.get(KIND, "web.i1")
         assert body["spec"] == FROM_ETCD
         assert body["metadata"]["annotations"] == {**(annotations or {}), **ours}
+        with pytest.raises(kube.NotFound):
+            await api.get(KIND, "web.i9")  # read by a list of its name: the Role grants list, not get
         assert (
             after is not None
             and after.synced_revision == "7"

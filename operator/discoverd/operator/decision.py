@@ -59,6 +59,7 @@ __all__ = [
     "decide",
     "digest",
     "etcd_side",
+    "examine",
     "key_of_spec",
     "spec_of",
     "value_of",
@@ -85,7 +86,24 @@ def digest(kind: keys.Kind, spec: dict[str, Any]) -> str:
     """A short hash of the spec's normalized document; InvalidDocument when the spec does not validate
     or holds text Kubernetes cannot store (a lone surrogate would come back as U+FFFD, and the changed
     spec would then be written back to etcd), or when its etcd value would be over the size limit."""
-    validated = _validate_spec(kind, spec)
+    return _digest(kind, _validate_spec(kind, spec))
+
+
+def examine(kind: keys.Kind, spec: dict[str, Any]) -> tuple[keys.Key | None, str | None, str | None]:
+    """The key a spec names, its digest, and why it cannot be mirrored (key None: it does not
+    validate; digest None: it names a key but cannot be mirrored, e.g. over the size limit)."""
+    try:
+        validated = _validate_spec(kind, spec)
+        key = resources.to_document(validated).key
+    except InvalidDocument as problem:
+        return None, None, str(problem)
+    try:
+        return key, _digest(kind, validated), None
+    except InvalidDocument as problem:
+        return key, None, str(problem)
+
+
+def _digest(kind: keys.Kind, validated: resources.Spec) -> str:
     try:  # the etcd value, encoded once: for its text and for its size
         _check_size(kind, documents.dumps(resources.to_document(validated).document))
     except UnicodeEncodeError as error:

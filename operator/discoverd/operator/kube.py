@@ -19,7 +19,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -106,9 +106,15 @@ class Api:
                 return
 
     async def get(self, kind: keys.Kind, name: str) -> dict[str, Any]:
-        """One object (NotFound when it is gone)."""
-        body: dict[str, Any] = await self._call(self.custom.get_namespaced_custom_object, *self._where(kind), name)
-        return body
+        """One object (NotFound when it is gone), by a list of its name: the Role grants `list`, not `get`."""
+        result = await self._call(
+            self.custom.list_namespaced_custom_object, *self._where(kind), field_selector=f"metadata.name={name}"
+        )
+        for body in result.get("items", []):
+            body.setdefault("kind", resources.resource(kind).name)
+            body.setdefault("apiVersion", resources.API_VERSION)
+            return cast(dict[str, Any], body)
+        raise NotFound(f"{kind.value} {name}")
 
     async def create(self, kind: keys.Kind, body: dict[str, Any]) -> dict[str, Any]:
         self.writes += 1

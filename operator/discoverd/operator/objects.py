@@ -35,7 +35,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from discoverd.errors import InvalidDocument
 from discoverd.operator import decision, status
 from discoverd.schema import keys, resources
 
@@ -105,7 +104,7 @@ class Object:
         elif known is not None and body.get("spec") == known.spec:
             key, digest, error = known.key, known.digest, None
         else:
-            key, digest, error = _digested(kind, body.get("spec") or {})
+            key, digest, error = decision.examine(kind, body.get("spec") or {})
         value = body.get("status") or {}
         if previous is not None and previous.resource_version == rv and rv:
             fingerprint = previous.status
@@ -155,14 +154,6 @@ class Object:
             "kind": self.kind.value,
             "metadata": {"name": self.name, "uid": self.uid, "resourceVersion": self.resource_version},
         }
-
-
-def _digested(kind: keys.Kind, spec: dict[str, Any]) -> tuple[keys.Key | None, str | None, str | None]:
-    """The key a spec names and its digest, or the reason it is invalid."""
-    try:
-        return decision.key_of_spec(kind, spec), decision.digest(kind, spec), None
-    except InvalidDocument as problem:
-        return None, None, str(problem)
 
 
 _EMPTY = {kind: status_fingerprint(kind, {}) for kind in resources.RESOURCES}

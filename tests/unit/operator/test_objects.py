@@ -173,3 +173,14 @@ def test_a_new_generation_is_digested_again_and_a_known_version_is_kept() -> Non
     assert moved.digest != first.digest and index.matching(WEB_I1) == []
     status_only = index.observe(KIND, {**body("x", 3, instance="i2", generation=2), "status": {"restarts": 4}})
     assert status_only is not None and status_only.digest == moved.digest and status_only.status != moved.status
+
+
+def test_a_spec_over_the_size_limit_is_indexed_under_its_key_with_the_reason() -> None:
+    """It names a key (so the handler finds it and refuses it, naming the limit) but has no digest."""
+    index = objects.Index()
+    big = body("web.i1", 1)
+    big["spec"]["runScript"] = {"command": "./web", "env": {f"BIG{i}": "a" * 110 * 1024 for i in range(10)}}
+    obj = index.observe(KIND, big)
+    assert obj is not None and obj.key == WEB_I1 and obj.digest is None
+    assert obj.error is not None and "over the limit of 1048576 bytes" in obj.error
+    assert names(index, WEB_I1) == ["web.i1"]
