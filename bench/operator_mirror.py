@@ -12,7 +12,11 @@ One run, side by side, on the test control plane (a real kube-apiserver):
    namespace) gives the operator's rate;
 3. the operator's peak RSS with N objects, then a quiet period (`--quiet`
    seconds, 60 by default) in which every watch event on the three kinds and
-   on Events counts as an API write (there should be none).
+   on Events counts as an API write (there should be none);
+4. memory per object: the operator's RSS with N objects minus its RSS just
+   before the batch (no object yet), over N; and the same for a second
+   operator started with the N objects already there (`--restart`, on by
+   default): what a restarted operator keeps, without the mirror's transients.
 
     .venv/bin/python bench/operator_mirror.py            # 5,000 objects, 60 s quiet
     .venv/bin/python bench/operator_mirror.py --quick    # 500 objects, 10 s quiet
@@ -38,6 +42,7 @@ from typing import Any
 
 import common
 from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
 
 from discoverd.config import EtcdOptions
 from discoverd.operator import decision, kube, startup
@@ -121,6 +126,9 @@ class Watcher:
         self.events: list[tuple[float, str, str, str]] = []  # (time, what, type, name)
         self.added: dict[str, float] = {}
         self._stop = threading.Event()
+        self._rv: dict[str, str] = {}
+        self.expired = 0
+        """Watches restarted after their resourceVersion was compacted (events meanwhile are not counted)."""
         self._threads = [
             threading.Thread(target=self._run, args=(what,), daemon=True, name=f"watch-{what}")
             for what in [*(resources.resource(k).plural for k in KINDS), "events"]
@@ -145,19 +153,32 @@ class Watcher:
         lister, rv = self._list(what)
         while not self._stop.is_set():
             w = watch.Watch()  # type: ignore[no-untyped-call]
-            for event in w.stream(  # type: ignore[no-untyped-call]
-                lister, resource_version=rv, timeout_seconds=2, allow_watch_bookmarks=False
-            ):
-                obj = event["object"]
-                meta = obj["metadata"] if isinstance(obj, dict) else obj.metadata.to_dict()
-                rv = meta.get("resource_version") or meta.get("resourceVersion") or rv
-                now = time.monotonic()
-                with self.lock:
-                    self.events.append((now, what, event["type"], meta["name"]))
-                    if event["type"] == "ADDED" and what != "events":
-                        self.added.setdefault(meta["name"], now)
-                if self._stop.is_set():
-                    w.stop()  # type: ignore[no-untyped-call]
+            try:
+                self._stream(w, what, lister, rv)
+            except ApiException as error:
+                if error.status != 410:
+                    raise
+                # a quiet watch's resourceVersion got compacted (after ~5 min): start again from now
+                self.expired += 1
+                lister, rv = self._list(what)
+                continue
+            rv = self._rv.get(what, rv)
+
+    def _stream(self, w: Any, what: str, lister: Any, rv: str) -> None:
+        for event in w.stream(  # type: ignore[no-untyped-call]
+            lister, resource_version=rv, timeout_seconds=2, allow_watch_bookmarks=False
+        ):
+            obj = event["object"]
+            meta = obj["metadata"] if isinstance(obj, dict) else obj.metadata.to_dict()
+            rv = meta.get("resource_version") or meta.get("resourceVersion") or rv
+            self._rv[what] = rv
+            now = time.monotonic()
+            with self.lock:
+                self.events.append((now, what, event["type"], meta["name"]))
+                if event["type"] == "ADDED" and what != "events":
+                    self.added.setdefault(meta["name"], now)
+            if self._stop.is_set():
+                w.stop()  # type: ignore[no-untyped-call]
 
     def start(self) -> Watcher:
         for t in self._threads:
@@ -190,6 +211,23 @@ async def write_batch(endpoint: str, docs: dict[keys.Key, documents.Instance]) -
         await store.close()
 
 
+def wait_idle(pid: int, timeout: float, window: float = 2.0) -> None:
+    """Until `pid` used under 5 % of a core over `window` seconds (its queue drained)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        before = common.cpu_seconds(pid)
+        time.sleep(window)
+        if common.cpu_seconds(pid) - before < 0.05 * window:
+            return
+    raise TimeoutError(f"pid {pid} still busy after {timeout:g} s")
+
+
+def api_writes(log: str) -> int:
+    """The API writes an operator counted (its stop line), -1 without one."""
+    found = re.findall(r"api_writes=(\d+)", log)
+    return int(found[-1]) if found else -1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=5000, help="documents in the batch (default 5000)")
@@ -208,6 +246,9 @@ def main() -> int:
         help="record the operator with py-spy (collapsed stacks, in the kept scratch directory)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory (logs, profile)")
+    parser.add_argument(
+        "--no-restart", dest="restart", action="store_false", help="skip the restart with N objects (step 4)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.count, args.quiet = 500, 10.0
@@ -245,7 +286,8 @@ def main() -> int:
             env = {**cp.env(), "KUBECONFIG": str(cp.kubeconfig)}
             argv = [str(common.DISCOVERD), "--etcd-endpoints", etcd.endpoint, "--prefix", PREFIX]
             argv += ["operator", "--namespace", MIRROR_NS]
-            op = common.Child(argv, tmp / "operator.log", env=env).start()
+            op_argv = argv
+            op = common.Child(op_argv, tmp / "operator.log", env=env).start()
             profiler: common.Child | None = None
             watcher = Watcher(cp, MIRROR_NS).start()
             try:
@@ -258,6 +300,8 @@ def main() -> int:
                     profiler = common.Child(argv, tmp / "py-spy.log")
                     profiler.start()
                     time.sleep(1)  # attached
+                wait_idle(op_pid, args.timeout)
+                rss_idle = common.rss_mib(op_pid)
                 with common.Sampler(op_pid) as rss:
                     cpu0 = common.cpu_seconds(op_pid)
                     api_cpu0 = common.cpu_seconds(apiserver)
@@ -304,6 +348,20 @@ def main() -> int:
             stopped = re.findall(r"Stopped operator.*", op.log_text())
             notes.append(f"operator: {stopped[-1] if stopped else 'no stop line'}")
 
+            # 4. a restarted operator with the N objects there: its start-up and what it keeps
+            restart: tuple[float, float, float, int] | None = None
+            if args.restart:
+                again = common.Child(op_argv, tmp / "operator-restart.log", env=env).start()
+                try:
+                    with common.Sampler(again.pid) as rss2:
+                        began = time.monotonic()
+                        again.wait_for_log("Resynced etcd and Kubernetes", timeout=args.timeout)
+                        wait_idle(again.pid, args.timeout)
+                        restart = (rss2.last, rss2.peak, time.monotonic() - began, 0)
+                finally:
+                    again.stop()
+                restart = (*restart[:3], api_writes(again.log_text())) if restart else None
+
     op_rate = args.count / op_seconds if op_seconds else None
     n = args.count
     common.emit(BENCH, "raw_create_rate", raw_rate, "objects/s", note=f"{n} objects, {args.concurrency} threads")
@@ -332,6 +390,18 @@ def main() -> int:
     common.emit(BENCH, "operator_cpu_during_mirror", cpu_mirror, "s")
     common.emit(BENCH, "operator_rss", rss_with, "MiB", target="<= 300 MiB", note=f"with {n} objects")
     common.emit(BENCH, "operator_rss_peak", peak, "MiB")
+    common.emit(BENCH, "operator_rss_idle", rss_idle, "MiB", note="just before the batch: no object yet")
+    per_object = (rss_with - rss_idle) * 1024 / n
+    common.emit(BENCH, "operator_kib_per_object", per_object, "KiB", note="(RSS with N - RSS before) / N")
+    if restart is not None:
+        rss_restart, peak_restart, seconds_restart, writes_restart = restart
+        common.emit(BENCH, "restart_rss", rss_restart, "MiB", note=f"a new operator, {n} objects there, idle")
+        common.emit(BENCH, "restart_rss_peak", peak_restart, "MiB")
+        common.emit(
+            BENCH, "restart_kib_per_object", (rss_restart - rss_idle) * 1024 / n, "KiB", note="(restart RSS - idle) / N"
+        )
+        common.emit(BENCH, "restart_time_to_idle", seconds_restart, "s", note="start -> resynced and CPU idle")
+        common.emit(BENCH, "restart_api_writes", writes_restart, "writes", 0, target="0")
     common.emit(BENCH, "quiet_api_writes", len(quiet_events), "writes", 0, target="0", note=f"{args.quiet:g} s quiet")
     common.emit(BENCH, "quiet_cpu", 100 * quiet_cpu / args.quiet, "% of one core")
     if args.profile:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pydantic
@@ -59,8 +59,8 @@ __all__ = [
     "decide",
     "digest",
     "etcd_side",
+    "examine",
     "key_of_spec",
-    "object_side",
     "spec_of",
     "value_of",
 ]
@@ -86,7 +86,24 @@ def digest(kind: keys.Kind, spec: dict[str, Any]) -> str:
     """A short hash of the spec's normalized document; InvalidDocument when the spec does not validate
     or holds text Kubernetes cannot store (a lone surrogate would come back as U+FFFD, and the changed
     spec would then be written back to etcd), or when its etcd value would be over the size limit."""
-    validated = _validate_spec(kind, spec)
+    return _digest(kind, _validate_spec(kind, spec))
+
+
+def examine(kind: keys.Kind, spec: dict[str, Any]) -> tuple[keys.Key | None, str | None, str | None]:
+    """The key a spec names, its digest, and why it cannot be mirrored (key None: it does not
+    validate; digest None: it names a key but cannot be mirrored, e.g. over the size limit)."""
+    try:
+        validated = _validate_spec(kind, spec)
+        key = resources.to_document(validated).key
+    except InvalidDocument as problem:
+        return None, None, str(problem)
+    try:
+        return key, _digest(kind, validated), None
+    except InvalidDocument as problem:
+        return key, None, str(problem)
+
+
+def _digest(kind: keys.Kind, validated: resources.Spec) -> str:
     try:  # the etcd value, encoded once: for its text and for its size
         _check_size(kind, documents.dumps(resources.to_document(validated).document))
     except UnicodeEncodeError as error:
@@ -142,7 +159,7 @@ class EtcdSide:
 
 @dataclass(frozen=True)
 class ObjectSide:
-    """One custom resource as the API server has it."""
+    """One custom resource as the API server has it (`objects.Object.side`)."""
 
     name: str
     digest: str | None
@@ -152,7 +169,6 @@ class ObjectSide:
     synced_digest: str | None
     deleting: bool = False
     error: str | None = None
-    spec: dict[str, Any] = field(default_factory=dict)
 
     @property
     def synced(self) -> bool:
@@ -172,29 +188,6 @@ def etcd_side(key: keys.Key, entry_revision: int, doc: documents.Document | None
         return EtcdSide(entry_revision, spec, digest(key.kind, spec), doc)
     except InvalidDocument as problem:
         return EtcdSide(entry_revision, None, None, doc, error=str(problem))
-
-
-def object_side(kind: keys.Kind, body: dict[str, Any], key: keys.Key, prefix: str) -> ObjectSide:
-    """Read a custom resource's body; annotations for another key count as absent."""
-    metadata = body.get("metadata", {})
-    annotations = metadata.get("annotations") or {}
-    spec = body.get("spec") or {}
-    try:
-        current: str | None = digest(kind, spec)
-        error = None
-    except InvalidDocument as problem:
-        current, error = None, str(problem)
-    ours = annotations.get(ANNOTATION_KEY) == key.build(prefix)
-    revision_text = annotations.get(ANNOTATION_REVISION, "") if ours else ""
-    return ObjectSide(
-        name=metadata.get("name", ""),
-        digest=current,
-        revision=int(revision_text) if revision_text.isdigit() else None,
-        synced_digest=annotations.get(ANNOTATION_DIGEST) if ours else None,
-        deleting=bool(metadata.get("deletionTimestamp")),
-        error=error,
-        spec=spec,
-    )
 
 
 # Decisions ----------------------------------------------------------------------------------

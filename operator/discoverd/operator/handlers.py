@@ -25,10 +25,11 @@ __all__ = ["on_change", "on_delete", "on_event"]
 async def _sync(body: kopf.Body, memo: Any, *, deleting: bool) -> decision.Decision | None:
     r: reconciler.Reconciler = memo["reconciler"]
     kind = resources.resource(body["kind"]).kind
-    r.observe(kind, dict(body))
+    given = dict(body)
+    r.observe(kind, given)
     try:
-        key = r.key_of(kind, dict(body))
-        outcome = await r.sync_key(key, name=body.metadata.name, handler=True)
+        key = r.key_of(kind, given)
+        outcome = await r.sync_key(key, name=body.metadata.name, handler=True, given=given)
     except (InvalidDocument, reconciler.Duplicate) as error:
         if deleting:
             return None  # never mirrored: nothing in etcd to delete
@@ -45,7 +46,13 @@ async def _sync(body: kopf.Body, memo: Any, *, deleting: bool) -> decision.Decis
 
 
 async def on_change(body: kopf.Body, memo: Any, logger: logging.Logger | logging.LoggerAdapter[Any], **_: Any) -> None:
-    """Created, changed (spec) or found at start-up: write it to etcd, or reset it to etcd's value."""
+    """Created or changed (spec), also while the operator was away: write it to etcd, or reset it to etcd's value.
+
+    No resume handler: at start-up the resync (`etcd_to_k8s.resync`) queues the key of every object
+    with the value etcd had, so an object nobody changed needs no handler. One would read its key
+    from etcd, once per object at once: 20,000 reads timed out on a loaded machine, and each
+    failure was a Kopf progress annotation written on the object (bench/operator_mirror.py).
+    """
     chosen = await _sync(body, memo, deleting=False)
     if isinstance(chosen, decision.Refuse):
         raise kopf.PermanentError(chosen.reason)
@@ -81,6 +88,5 @@ for _resource in resources.RESOURCES.values():
     _where = (resources.GROUP, resources.VERSION, _resource.plural)
     kopf.on.create(*_where, registry=startup.registry, id="mirror")(on_change)
     kopf.on.update(*_where, registry=startup.registry, id="mirror", field="spec")(on_change)
-    kopf.on.resume(*_where, registry=startup.registry, id="mirror")(on_change)
     kopf.on.delete(*_where, registry=startup.registry, id="mirror")(on_delete)
     kopf.on.event(*_where, registry=startup.registry, id="index")(on_event)

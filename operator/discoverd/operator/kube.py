@@ -18,7 +18,8 @@ import datetime as dt
 import functools
 import logging
 import time
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, cast
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
@@ -26,13 +27,17 @@ from kubernetes.client.exceptions import ApiException
 from discoverd import metrics
 from discoverd.schema import keys, resources
 
-__all__ = ["CONCURRENCY", "Api", "NotFound", "load_config"]
+__all__ = ["CONCURRENCY", "PAGE", "Api", "NotFound", "load_config"]
 
 logger = logging.getLogger(__name__)
 
 CONCURRENCY = 16
 """API calls in flight at once. Measured with bench/operator_mirror.py: a plain client's create
 rate on the test kube-apiserver stops growing past about this many (2 cores)."""
+
+
+PAGE = 500
+"""Objects per page of a list (`limit`): the operator never holds one response of every object."""
 
 
 class NotFound(Exception):
@@ -81,15 +86,35 @@ class Api:
     def _where(self, kind: keys.Kind) -> tuple[str, str, str, str]:
         return resources.GROUP, resources.VERSION, self.namespace, resources.resource(kind).plural
 
-    async def list(self, kind: keys.Kind) -> tuple[list[dict[str, Any]], int | None]:
-        """Every object of `kind`, and the list's resourceVersion (None if not a number)."""
-        result = await self._call(self.custom.list_namespaced_custom_object, *self._where(kind))
-        items: list[dict[str, Any]] = result.get("items", [])
-        try:
-            revision: int | None = int(result.get("metadata", {}).get("resourceVersion", ""))
-        except ValueError:
-            revision = None
-        return items, revision
+    async def pages(self, kind: keys.Kind, limit: int = PAGE) -> AsyncIterator[tuple[list[dict[str, Any]], int | None]]:
+        """Every object of `kind` in pages of `limit` (one consistent list, as `kubectl get --chunk-size`),
+        each with the list's resourceVersion (None if not a number), so a caller keeps one page at a time."""
+        token = ""
+        while True:
+            extra = {"_continue": token} if token else {}
+            result = await self._call(
+                self.custom.list_namespaced_custom_object, *self._where(kind), limit=limit, **extra
+            )
+            metadata = result.get("metadata") or {}
+            try:
+                revision: int | None = int(metadata.get("resourceVersion", ""))
+            except ValueError:
+                revision = None
+            yield result.get("items", []), revision
+            token = metadata.get("continue") or ""
+            if not token:
+                return
+
+    async def get(self, kind: keys.Kind, name: str) -> dict[str, Any]:
+        """One object (NotFound when it is gone), by a list of its name: the Role grants `list`, not `get`."""
+        result = await self._call(
+            self.custom.list_namespaced_custom_object, *self._where(kind), field_selector=f"metadata.name={name}"
+        )
+        for body in result.get("items", []):
+            body.setdefault("kind", resources.resource(kind).name)
+            body.setdefault("apiVersion", resources.API_VERSION)
+            return cast(dict[str, Any], body)
+        raise NotFound(f"{kind.value} {name}")
 
     async def create(self, kind: keys.Kind, body: dict[str, Any]) -> dict[str, Any]:
         self.writes += 1
@@ -107,6 +132,18 @@ class Api:
             name,
             patch,
             _content_type="application/merge-patch+json",
+        )
+        return patched
+
+    async def patch_json(self, kind: keys.Kind, name: str, operations: list[dict[str, Any]]) -> dict[str, Any]:
+        """A JSON patch (RFC 6902): replaces a whole field without knowing its old value."""
+        self.writes += 1
+        patched: dict[str, Any] = await self._call(
+            self.custom.patch_namespaced_custom_object,
+            *self._where(kind),
+            name,
+            operations,
+            _content_type="application/json-patch+json",
         )
         return patched
 

@@ -15,35 +15,157 @@ A body never replaces a newer one of the same object (resourceVersions are
 compared as etcd revisions, which is what the API server uses). The index can
 lag a user's change by the watch delay; so could the list it replaces, and
 every etcd write stays guarded by the key's mod_revision.
+
+The index keeps an `Object` per object, never its body: what the mirror
+decides on (the spec's digest and the key it names, the three sync
+annotations, the deletion mark), what guards and reports a write (name, uid,
+resourceVersion, generation) and a fingerprint of the status. A body
+(managedFields, Kopf's annotations, the spec and status as nested dicts) is
+about 10 KiB in Python; an `Object` under 1 KiB (bench/README.md, figure 4).
+The spec is digested once per generation (the API server bumps it on every
+spec change and on nothing else), the status once per resourceVersion.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
-from discoverd.errors import InvalidDocument
-from discoverd.operator import decision
-from discoverd.schema import keys
+from discoverd.operator import decision, status
+from discoverd.schema import keys, resources
 
-__all__ = ["Index"]
+__all__ = ["Index", "Known", "Object", "status_fingerprint"]
 
 
-def _revision(body: dict[str, Any]) -> int | None:
+def _number(text: Any) -> int | None:
     try:
-        return int(body.get("metadata", {}).get("resourceVersion", ""))
-    except ValueError:
+        return int(text)
+    except (TypeError, ValueError):
         return None
+
+
+def status_fingerprint(kind: keys.Kind, value: dict[str, Any]) -> bytes:
+    """A short hash of a status as `status.normalized` leaves it: equal for statuses that compare equal."""
+    text = json.dumps(status.normalized(kind, value), sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """A spec we just wrote, with the key it names and its digest (from the etcd side of a decision)."""
+
+    spec: dict[str, Any]
+    key: keys.Key
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class Object:
+    """What the mirror keeps of one object (see the module docstring)."""
+
+    kind: keys.Kind
+    name: str
+    uid: str
+    resource_version: str
+    generation: int | None
+    created: str
+    """creationTimestamp: the oldest of several objects naming one key is the one mirrored."""
+    deleting: bool
+    annotated: bool
+    """It has an annotations map (a JSON patch adds our annotations to it, or makes it)."""
+    key: keys.Key | None
+    """The etcd key its spec names; None when the spec does not validate (see `error`)."""
+    digest: str | None
+    error: str | None
+    synced_key: str | None
+    synced_revision: str | None
+    synced_digest: str | None
+    status: bytes
+    """`status_fingerprint` of its status."""
+    observed_generation: int | None
+
+    @classmethod
+    def of(
+        cls, kind: keys.Kind, body: dict[str, Any], previous: Object | None = None, known: Known | None = None
+    ) -> Object:
+        """The record of `body`; the spec's key and digest are taken from `previous` when its generation
+        is the same (the spec is unchanged), or from `known` when the spec is the one it names (what we
+        just wrote); the status fingerprint from `previous` when the resourceVersion is the same."""
+        metadata = body.get("metadata") or {}
+        annotations = metadata.get("annotations")
+        generation = _number(metadata.get("generation"))
+        rv = str(metadata.get("resourceVersion") or "")
+        if previous is not None and generation is not None and previous.generation == generation:
+            key, digest, error = previous.key, previous.digest, previous.error
+        elif known is not None and body.get("spec") == known.spec:
+            key, digest, error = known.key, known.digest, None
+        else:
+            key, digest, error = decision.examine(kind, body.get("spec") or {})
+        value = body.get("status") or {}
+        if previous is not None and previous.resource_version == rv and rv:
+            fingerprint = previous.status
+        else:
+            fingerprint = _EMPTY[kind] if not value else status_fingerprint(kind, value)
+        synced_digest = (annotations or {}).get(decision.ANNOTATION_DIGEST)
+        return cls(
+            kind=kind,
+            name=str(metadata.get("name") or ""),
+            uid=str(metadata.get("uid") or ""),
+            resource_version=rv,
+            generation=generation,
+            created=str(metadata.get("creationTimestamp") or ""),
+            deleting=bool(metadata.get("deletionTimestamp")),
+            annotated=annotations is not None,
+            key=key,
+            digest=digest,
+            error=error,
+            synced_key=(annotations or {}).get(decision.ANNOTATION_KEY),
+            synced_revision=(annotations or {}).get(decision.ANNOTATION_REVISION),
+            synced_digest=digest if synced_digest == digest else synced_digest,  # one string, not two
+            status=fingerprint,
+            observed_generation=_number(value.get("observedGeneration")) if isinstance(value, dict) else None,
+        )
+
+    @property
+    def revision(self) -> int | None:
+        """The resourceVersion as a number (the API server's etcd revision), None if it is not one."""
+        return _number(self.resource_version) if self.resource_version else None
+
+    def side(self, key: keys.Key, prefix: str) -> decision.ObjectSide:
+        """The object as `decision.decide` sees it for `key`; annotations for another key count as absent."""
+        ours = self.synced_key == key.build(prefix)
+        revision_text = (self.synced_revision or "") if ours else ""
+        return decision.ObjectSide(
+            name=self.name,
+            digest=self.digest,
+            revision=int(revision_text) if revision_text.isdigit() else None,
+            synced_digest=self.synced_digest if ours else None,
+            deleting=self.deleting,
+            error=self.error,
+        )
+
+    def ref(self) -> dict[str, Any]:
+        """Enough of a body to name the object in an Event (`kube.Api.warn`)."""
+        return {
+            "kind": self.kind.value,
+            "metadata": {"name": self.name, "uid": self.uid, "resourceVersion": self.resource_version},
+        }
+
+
+_EMPTY = {kind: status_fingerprint(kind, {}) for kind in resources.RESOURCES}
 
 
 class Index:
     """Objects of one namespace by kind and name, and the names naming each etcd key."""
 
     def __init__(self) -> None:
-        self._bodies: dict[keys.Kind, dict[str, dict[str, Any]]] = {}
-        self._key: dict[tuple[keys.Kind, str], keys.Key] = {}
-        self._names: defaultdict[keys.Key, set[str]] = defaultdict(set)
+        self._objects: dict[keys.Kind, dict[str, Object]] = {}
+        self._names: dict[keys.Key, tuple[str, ...]] = {}
+        """The names of the objects naming each key: one in a fleet, more only for duplicates."""
         self._loaded: set[keys.Kind] = set()
         self._loading: defaultdict[keys.Kind, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -59,59 +181,65 @@ class Index:
         listed = {body["metadata"]["name"] for body in bodies}
         for body in bodies:
             self.observe(kind, body)
-        for name, body in list(self._bodies.get(kind, {}).items()):
-            seen = _revision(body)
+        self.loaded_list(kind, listed, revision)
+
+    def loaded_list(self, kind: keys.Kind, listed: set[str], revision: int | None) -> None:
+        """A list of `kind` at `revision` named `listed` (each already observed): forget what it lacks."""
+        for name, obj in list(self._objects.get(kind, {}).items()):
+            seen = obj.revision
             if name not in listed and (revision is None or seen is None or seen <= revision):
                 self._unlink(kind, name)
         self._loaded.add(kind)
 
-    def observe(self, kind: keys.Kind, body: dict[str, Any]) -> None:
-        """An object as the API server returned or announced it; older versions are ignored."""
-        name = body.get("metadata", {}).get("name")
+    def observe(self, kind: keys.Kind, body: dict[str, Any], known: Known | None = None) -> Object | None:
+        """An object as the API server returned or announced it (`known`: the spec we wrote it with);
+        older versions are ignored. The record kept (None without a name)."""
+        name = (body.get("metadata") or {}).get("name")
         if not name:
-            return
-        old = self._bodies.get(kind, {}).get(name)
+            return None
+        old = self._objects.get(kind, {}).get(name)
         if old is not None:
-            new_rv, old_rv = _revision(body), _revision(old)
+            rv = str(body["metadata"].get("resourceVersion") or "")
+            if rv and rv == old.resource_version:
+                return old  # this very version is known (our write's result, then its watch event)
+            new_rv, old_rv = _number(rv), old.revision
             if new_rv is not None and old_rv is not None and new_rv < old_rv:
-                return
-        key = self._key.get((kind, name)) if old is not None and old.get("spec") == body.get("spec") else None
+                return old
+        obj = Object.of(kind, body, old, known)
         self._unlink(kind, name)
-        self._store(kind, body, key)
+        self._store(obj)
+        return obj
+
+    def get(self, kind: keys.Kind, name: str) -> Object | None:
+        return self._objects.get(kind, {}).get(name)
 
     def forget(self, kind: keys.Kind, name: str) -> None:
         """The object is gone."""
         self._unlink(kind, name)
 
-    def matching(self, key: keys.Key) -> list[dict[str, Any]]:
+    def matching(self, key: keys.Key) -> list[Object]:
         """Every object whose spec names `key`."""
-        bodies = self._bodies.get(key.kind, {})
-        return [bodies[name] for name in sorted(self._names.get(key, ())) if name in bodies]
+        objects = self._objects.get(key.kind, {})
+        return [objects[name] for name in sorted(self._names.get(key, ())) if name in objects]
 
     def named_keys(self) -> set[keys.Key]:
         """The keys the objects name."""
         return set(self._names)
 
     def __len__(self) -> int:
-        return sum(len(b) for b in self._bodies.values())
+        return sum(len(b) for b in self._objects.values())
 
-    def _store(self, kind: keys.Kind, body: dict[str, Any], key: keys.Key | None = None) -> None:
-        """Index `body` under `key` (worked out from its spec unless the spec is unchanged)."""
-        name = body["metadata"]["name"]
-        self._bodies.setdefault(kind, {})[name] = body
-        if key is None:
-            try:
-                key = decision.key_of_spec(kind, body.get("spec") or {})
-            except InvalidDocument:
-                return
-        self._key[(kind, name)] = key
-        self._names[key].add(name)
+    def _store(self, obj: Object) -> None:
+        self._objects.setdefault(obj.kind, {})[obj.name] = obj
+        if obj.key is not None:
+            self._names[obj.key] = (*self._names.get(obj.key, ()), obj.name)
 
     def _unlink(self, kind: keys.Kind, name: str) -> None:
-        self._bodies.get(kind, {}).pop(name, None)
-        key = self._key.pop((kind, name), None)
-        if key is not None:
-            names = self._names[key]
-            names.discard(name)
-            if not names:
-                del self._names[key]
+        obj = self._objects.get(kind, {}).pop(name, None)
+        if obj is None or obj.key is None:
+            return
+        names = tuple(n for n in self._names.get(obj.key, ()) if n != name)
+        if names:
+            self._names[obj.key] = names
+        else:
+            self._names.pop(obj.key, None)

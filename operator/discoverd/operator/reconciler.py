@@ -15,6 +15,10 @@ A key that fails is retried with back-off per key; an unexpected exception
 object as a Warning event, and retried with back-off like any other failure:
 it never stops the other keys. Objects are found through `objects.Index`
 (no list per key); every body the API server returns is fed back into it.
+The index keeps a small record per object, not its body: a spec that etcd
+replaces is replaced whole (a JSON patch, guarded by the resourceVersion the
+decision was made on), and the rare write of a user's spec to etcd reads the
+object first unless the handler that called was given it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from discoverd import logs, metrics, runtime
-from discoverd.errors import Conflict, DiscoverdError, InvalidDocument
+from discoverd.errors import Conflict, DiscoverdError
 from discoverd.operator import decision, kube, objects, startup, status, workqueue
 from discoverd.schema import keys, names, resources
 from discoverd.store import documents
@@ -47,7 +51,7 @@ class Duplicate(Exception):
 @dataclass(frozen=True)
 class Outcome:
     decision: decision.Decision
-    body: dict[str, Any] | None
+    obj: objects.Object | None
     retry: bool = False
     """Look at the key again later (with back-off): an object is being deleted meanwhile."""
 
@@ -98,6 +102,26 @@ def _annotations(key: str, revision: int, digest: str) -> dict[str, str]:
     }
 
 
+def _pointer(*path: str) -> str:
+    """A JSON pointer (RFC 6901) to `path`."""
+    return "".join("/" + part.replace("~", "~0").replace("/", "~1") for part in path)
+
+
+def spec_patch(obj: objects.Object, spec: dict[str, Any], annotations: dict[str, str]) -> list[dict[str, Any]]:
+    """The JSON patch that sets the object's whole spec and our annotations, if it is still at the
+    resourceVersion the decision was made on (a user's change meanwhile fails it with 409)."""
+    operations: list[dict[str, Any]] = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": obj.resource_version},
+        {"op": "add", "path": "/spec", "value": spec},
+    ]
+    if not obj.annotated:
+        return [*operations, {"op": "add", "path": "/metadata/annotations", "value": annotations}]
+    return [
+        *operations,
+        *({"op": "add", "path": _pointer("metadata", "annotations", k), "value": v} for k, v in annotations.items()),
+    ]
+
+
 class Reconciler:
     """One prefix in etcd mirrored into one namespace, key by key."""
 
@@ -146,10 +170,16 @@ class Reconciler:
         config = not isinstance(seen, _StatusOnly)
         built = key.build(self.prefix)
         try:
-            again = False
+            again = created = False
             if not isinstance(seen, _StatusOnly):
-                again = (await self.sync_key(key, seen=seen)).retry
-            await self.sync_status(key)
+                outcome = await self.sync_key(key, seen=seen)
+                again, created = outcome.retry, isinstance(outcome.decision, decision.Create)
+            if created:
+                # A new object's status goes behind the keys queued meanwhile: in a burst of new keys
+                # (a fleet added, a first start) every object exists first, then the statuses follow.
+                self.enqueue(key, config=False)
+            else:
+                await self.sync_status(key)
         except (DiscoverdError, ApiException, kube.NotFound, Duplicate) as error:
             delay = self.retry(key, config=config)
             logger.warning(
@@ -174,7 +204,7 @@ class Reconciler:
             if matching:
                 message = f"mirroring {built} failed: {type(error).__name__}: {error}"
                 try:
-                    await self.api.warn(matching[0], "MirrorFailed", message)
+                    await self.api.warn(matching[0].ref(), "MirrorFailed", message)
                 except Exception as failed:  # the report must not fail the worker
                     logger.warning("Failed to post event: %s", failed, extra=logs.kv(key=built))
         else:
@@ -185,10 +215,19 @@ class Reconciler:
         return decision.key_of_spec(kind, body.get("spec") or {})
 
     async def load(self, kind: keys.Kind) -> None:
-        """(Re)load the index of `kind` from one list."""
+        """(Re)load the index of `kind` from one list, a page at a time."""
         async with self.index.lock(kind):
-            items, revision = await self.api.list(kind)
-            self.index.load(kind, items, revision)
+            await self._list(kind)
+
+    async def _list(self, kind: keys.Kind) -> None:
+        listed: set[str] = set()
+        revision: int | None = None
+        async for page, at in self.api.pages(kind):
+            revision = at
+            for body in page:
+                if self.index.observe(kind, body) is not None:
+                    listed.add(body["metadata"]["name"])
+        self.index.loaded_list(kind, listed, revision)
 
     def observe(self, kind: keys.Kind, body: dict[str, Any] | None, name: str | None = None) -> None:
         """A body the API server returned (None: the object named `name` is gone)."""
@@ -197,22 +236,19 @@ class Reconciler:
         elif name is not None:
             self.index.forget(kind, name)
 
-    async def find(self, key: keys.Key) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    async def find(self, key: keys.Key) -> tuple[objects.Object | None, list[objects.Object]]:
         """The object mirroring `key`, and any other objects naming it (duplicates)."""
         if not self.index.loaded(key.kind):
             async with self.index.lock(key.kind):
                 if not self.index.loaded(key.kind):
-                    items, revision = await self.api.list(key.kind)
-                    self.index.load(key.kind, items, revision)
+                    await self._list(key.kind)
         matching = self.index.matching(key)
         if not matching:
             return None, []
         built = key.build(self.prefix)
 
-        def rank(body: dict[str, Any]) -> tuple[int, str, str]:
-            meta = body["metadata"]
-            ours = (meta.get("annotations") or {}).get(decision.ANNOTATION_KEY) == built
-            return (0 if ours else 1, meta.get("creationTimestamp", ""), meta["name"])
+        def rank(obj: objects.Object) -> tuple[int, str, str]:
+            return (0 if obj.synced_key == built else 1, obj.created, obj.name)
 
         matching.sort(key=rank)
         return matching[0], matching[1:]
@@ -224,8 +260,10 @@ class Reconciler:
         name: str | None = None,
         handler: bool = False,
         seen: documents.Entry | Unread | None = UNREAD,
+        given: dict[str, Any] | None = None,
     ) -> Outcome:
-        """Make the object and the etcd key agree. `name`: the object a handler was called for.
+        """Make the object and the etcd key agree. `name`: the object a handler was called for,
+        `given`: its body (spares reading it should its spec be written to etcd).
 
         From the etcd side (`handler` False) an object being deleted is left to its
         finalizer's handler and looked at again later. `seen` is the key as a watch
@@ -235,72 +273,76 @@ class Reconciler:
         """
         async with self._locks.hold(key):
             for _ in range(_ATTEMPTS):
-                body, duplicates = await self.find(key)
-                named = name is not None and any(d["metadata"]["name"] == name for d in duplicates)
-                if body is not None and named:
-                    raise Duplicate(f"{key.build(self.prefix)} is already mirrored by {body['metadata']['name']}")
-                if name is not None and (body is None or body["metadata"]["name"] != name):
+                obj, duplicates = await self.find(key)
+                named = name is not None and any(d.name == name for d in duplicates)
+                if obj is not None and named:
+                    raise Duplicate(f"{key.build(self.prefix)} is already mirrored by {obj.name}")
+                if name is not None and (obj is None or obj.name != name):
                     return Outcome(decision.Skip("the object is gone"), None)
-                if body is not None and body["metadata"].get("deletionTimestamp") and not handler:
-                    return Outcome(decision.Skip("being deleted"), body, retry=True)
+                if obj is not None and obj.deleting and not handler:
+                    return Outcome(decision.Skip("being deleted"), obj, retry=True)
                 if isinstance(seen, Unread):
                     entry = await self.store.get(key.build(self.prefix))
                 else:
                     entry, seen = seen, UNREAD
-                chosen = self._decide(key, body, entry)
+                chosen = self._decide(key, obj, entry)
                 try:
-                    body = await self._act(key, body, chosen, entry)
+                    obj = await self._act(key, obj, chosen, entry, given)
                 except Conflict:
                     continue
-                return Outcome(chosen, body, retry=isinstance(chosen, decision.Release))
+                return Outcome(chosen, obj, retry=isinstance(chosen, decision.Release))
             raise Conflict(key.build(self.prefix), 0, "the key kept changing while being mirrored")
 
-    def _decide(self, key: keys.Key, body: dict[str, Any] | None, entry: documents.Entry | None) -> decision.Decision:
+    def _decide(self, key: keys.Key, obj: objects.Object | None, entry: documents.Entry | None) -> decision.Decision:
         built = key.build(self.prefix)
         etcd = None if entry is None else decision.etcd_side(key, entry.mod_revision, entry.document, _error(entry))
-        obj = None if body is None else decision.object_side(key.kind, body, key, self.prefix)
-        return decision.decide(obj, etcd, built)
+        return decision.decide(None if obj is None else obj.side(key, self.prefix), etcd, built)
 
     async def _act(
-        self, key: keys.Key, body: dict[str, Any] | None, chosen: decision.Decision, entry: documents.Entry | None
-    ) -> dict[str, Any] | None:
+        self,
+        key: keys.Key,
+        obj: objects.Object | None,
+        chosen: decision.Decision,
+        entry: documents.Entry | None,
+        given: dict[str, Any] | None = None,
+    ) -> objects.Object | None:
         built = key.build(self.prefix)
-        context = logs.kv(key=built, object=(body or {}).get("metadata", {}).get("name"))
+        context = logs.kv(key=built, object=None if obj is None else obj.name)
         match chosen:
             case decision.Create(spec=spec, revision=revision, digest=digest):
-                body = await self._create(key, spec, _annotations(built, revision, digest))
+                created = await self._create(key, spec, _annotations(built, revision, digest))
                 self.metrics.mirrored.labels("create").inc()
-                self.observe(key.kind, body)
-                logger.info("Created object from etcd", extra=logs.kv(key=built, object=body["metadata"]["name"]))
+                obj = self.index.observe(key.kind, created, objects.Known(spec, key, digest))
+                logger.info("Created object from etcd", extra=logs.kv(key=built, object=created["metadata"]["name"]))
             case decision.Patch(spec=spec, revision=revision, digest=digest, warning=warning):
-                assert body is not None
-                patch: dict[str, Any] = {"metadata": {"annotations": _annotations(built, revision, digest)}}
-                if spec is not None:
-                    patch["spec"] = merge_patch(body.get("spec") or {}, spec)
+                assert obj is not None
+                annotations = _annotations(built, revision, digest)
+                decided_on = obj
+                if spec is None:
+                    obj = await self._patch(key.kind, obj.name, {"metadata": {"annotations": annotations}})
+                else:
                     # Guarded by the version the decision was made on: a user's change the index has not
-                    # seen yet fails the patch (409) and is decided again, never overwritten unannounced.
-                    patch["metadata"]["resourceVersion"] = body["metadata"].get("resourceVersion")
-                decided_on, body = body, await self._patch(key.kind, body["metadata"]["name"], patch)
-                if spec is not None:
+                    # seen yet fails the patch and is decided again, never overwritten unannounced.
+                    known = objects.Known(spec, key, digest)
+                    obj = await self._patch(key.kind, obj.name, spec_patch(obj, spec, annotations), known)
                     self.metrics.mirrored.labels("patch").inc()
                 if warning:
                     self.metrics.etcd_wins.inc()
-                    await self.api.warn(decided_on, "EtcdWins", warning)
+                    await self.api.warn(decided_on.ref(), "EtcdWins", warning)
                     logger.warning("Reset object to etcd's value", extra=context)
             case decision.DeleteObject(warning=warning):
-                assert body is not None
+                assert obj is not None
                 if warning:
                     self.metrics.etcd_wins.inc()
-                    await self.api.warn(body, "EtcdWins", warning)
-                name = body["metadata"]["name"]
-                body = await self.api.delete(key.kind, name)
+                    await self.api.warn(obj.ref(), "EtcdWins", warning)
+                left = await self.api.delete(key.kind, obj.name)
                 self.metrics.mirrored.labels("delete_object").inc()
-                self.observe(key.kind, body, name)
+                self.observe(key.kind, left, obj.name)
                 logger.info("Deleted object: its etcd key is gone", extra=context)
-                body = None
+                obj = None
             case decision.WriteKey(expect=expect):
-                assert body is not None
-                body = await self._write(key, body, expect, entry)
+                assert obj is not None
+                obj = await self._write(key, obj, expect, entry, given)
                 self.metrics.mirrored.labels("write_key").inc()
                 logger.info("Wrote object to etcd", extra=context)
             case decision.DeleteKey(expect=expect):
@@ -309,15 +351,15 @@ class Reconciler:
                 self.metrics.mirrored.labels("delete_key").inc()
                 logger.info("Deleted etcd key: its object was deleted", extra=context)
             case decision.Release(warning=warning):
-                if warning and body is not None:
+                if warning and obj is not None:
                     self.metrics.etcd_wins.inc()
-                    await self.api.warn(body, "EtcdWins", warning)
-            case decision.Skip(reason=reason, warn=True) if body is not None:
-                await self.api.warn(body, "InvalidDocument", reason)
+                    await self.api.warn(obj.ref(), "EtcdWins", warning)
+            case decision.Skip(reason=reason, warn=True) if obj is not None:
+                await self.api.warn(obj.ref(), "InvalidDocument", reason)
                 logger.warning("Left object as it is: %s", reason, extra=context)
             case decision.Skip(reason=reason) if reason:
                 logger.debug("Skipped: %s", reason, extra=context)
-        return body
+        return obj
 
     async def _create(self, key: keys.Key, spec: dict[str, Any], annotations: dict[str, str]) -> dict[str, Any]:
         body = {
@@ -329,56 +371,78 @@ class Reconciler:
         return await self.api.create(key.kind, startup.as_handled(body))
 
     async def _write(
-        self, key: keys.Key, body: dict[str, Any], expect: int, entry: documents.Entry | None
-    ) -> dict[str, Any]:
+        self,
+        key: keys.Key,
+        obj: objects.Object,
+        expect: int,
+        entry: documents.Entry | None,
+        given: dict[str, Any] | None,
+    ) -> objects.Object | None:
+        """Write the object's spec to etcd: the spec of `given` if it is the version decided on, else
+        the object's as read now (a newer one than decided on is decided again)."""
         kind = key.kind
+        body = given
+        if body is None or str((body.get("metadata") or {}).get("resourceVersion")) != obj.resource_version:
+            try:
+                body = await self.api.get(kind, obj.name)
+            except kube.NotFound:
+                self.index.forget(kind, obj.name)
+                raise
+            if self.index.observe(kind, body) != obj:
+                raise Conflict(f"{kind.value} {obj.name}", 0, f"{kind.value} {obj.name} changed meanwhile")
         spec = body.get("spec") or {}
         value = decision.value_of(kind, spec, entry.document if entry is not None else None)
         revision = await self.store.apply([documents.Write(key.build(self.prefix), value, expect)])
         self.etcd_writes += 1
         annotations = _annotations(key.build(self.prefix), revision, decision.digest(kind, spec))
-        return await self._patch(key.kind, body["metadata"]["name"], {"metadata": {"annotations": annotations}})
+        return await self._patch(key.kind, obj.name, {"metadata": {"annotations": annotations}})
 
-    async def _patch(self, kind: keys.Kind, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    async def _patch(
+        self,
+        kind: keys.Kind,
+        name: str,
+        patch: dict[str, Any] | list[dict[str, Any]],
+        known: objects.Known | None = None,
+    ) -> objects.Object | None:
+        """A merge patch (a dict) or a JSON patch (a list of operations); the record of the result."""
         try:
-            patched = await self.api.patch(kind, name, patch)
+            if isinstance(patch, list):
+                patched = await self.api.patch_json(kind, name, patch)
+            else:
+                patched = await self.api.patch(kind, name, patch)
         except kube.NotFound:
             self.index.forget(kind, name)
             raise
         except ApiException as error:
-            if error.status == 409:  # a guarded patch lost: decide again on a newer body
+            # 409: a guarded patch lost; 422: a JSON patch's test of the resourceVersion failed
+            if error.status in (409, 422):  # decide again on a newer body
                 raise Conflict(f"{kind.value} {name}", 0, f"{kind.value} {name} changed meanwhile") from None
             raise
-        self.observe(kind, patched)
-        return patched
+        return self.index.observe(kind, patched, known)
 
     async def sync_status(self, key: keys.Key) -> None:
-        """Write the object's status if what the agents report, or the generation mirrored, changed it."""
-        body, _ = await self.find(key)
-        if body is None or body["metadata"].get("deletionTimestamp"):
+        """Write the object's status if what the agents report, or the generation mirrored, changed it.
+
+        Whatever happened meanwhile, one write brings it to the latest: a burst of reports for one key
+        while its last write is in flight is one more write (the queue holds the key once), not one each.
+        """
+        obj, _ = await self.find(key)
+        if obj is None or obj.deleting:
             return
-        current = status.normalized(key.kind, body.get("status"))
-        wanted = {**self.view.status_for(key), "observedGeneration": current.get("observedGeneration")}
-        if _mirrored(key, body, self.prefix):
-            wanted["observedGeneration"] = body["metadata"].get("generation")
-        if current != wanted:
-            name = body["metadata"]["name"]
+        wanted = {**self.view.status_for(key), "observedGeneration": obj.observed_generation}
+        if _mirrored(key, obj, self.prefix):
+            wanted["observedGeneration"] = obj.generation
+        if objects.status_fingerprint(key.kind, wanted) != obj.status:
             try:
-                self.observe(key.kind, await self.api.patch_status(key.kind, name, wanted))
+                self.observe(key.kind, await self.api.patch_status(key.kind, obj.name, wanted))
             except kube.NotFound:
-                self.index.forget(key.kind, name)
+                self.index.forget(key.kind, obj.name)
                 raise
 
 
-def _mirrored(key: keys.Key, body: dict[str, Any], prefix: str) -> bool:
+def _mirrored(key: keys.Key, obj: objects.Object, prefix: str) -> bool:
     """The object's current spec is the one last synced with etcd (its digest annotation says so)."""
-    annotations = body["metadata"].get("annotations") or {}
-    if annotations.get(decision.ANNOTATION_KEY) != key.build(prefix):
-        return False
-    try:
-        return decision.digest(key.kind, body.get("spec") or {}) == annotations.get(decision.ANNOTATION_DIGEST)
-    except InvalidDocument:
-        return False
+    return obj.synced_key == key.build(prefix) and obj.digest is not None and obj.digest == obj.synced_digest
 
 
 def _error(entry: documents.Entry) -> str | None:

@@ -2,7 +2,9 @@
 
 Kopf keeps a finalizer, its progress and the last handled configuration on
 each object; all of them are named under `discoverd.io` so nothing of
-Kopf's defaults (`kopf.zalando.org`) appears on our objects. The operator
+Kopf's defaults (`kopf.zalando.org`) appears on our objects. The last handled
+configuration is a hash of the spec (`SpecDiffBase`): the handlers react to
+spec changes only and never read Kopf's `old`, `new` or `diff`. The operator
 runs standalone (one replica, `strategy: Recreate`: Kopf's peering is not
 leader election) and with cluster scanning off, so it needs no cluster-wide
 rights (docs/kubernetes.md lists the RBAC).
@@ -11,25 +13,91 @@ rights (docs/kubernetes.md lists the RBAC).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import kopf
 
 from discoverd.schema import resources
 
-__all__ = ["DIFFBASE", "FINALIZER", "as_handled", "configure", "in_cluster_server", "login", "registry"]
+__all__ = [
+    "DIFFBASE",
+    "FINALIZER",
+    "LEGACY_DIFFBASE",
+    "SpecDiffBase",
+    "as_handled",
+    "configure",
+    "in_cluster_server",
+    "login",
+    "registry",
+    "spec_hash",
+]
 
 FINALIZER = f"{resources.GROUP}/mirror"
-DIFFBASE = kopf.AnnotationsDiffBaseStorage(prefix=resources.GROUP, key="last-handled-configuration")
+PAGE = 500
+"""Objects per page of Kopf's lists (as `kube.PAGE` for the mirror's)."""
+LEGACY_DIFFBASE = f"{resources.GROUP}/last-handled-configuration"
+"""Kopf's own diff base (a JSON copy of the spec, labels and annotations), on objects of older operators."""
+
+
+def spec_hash(spec: Any) -> str:
+    """A short hash of a spec as the API server returned it (no spec and an empty one are alike)."""
+    text = json.dumps(spec or {}, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+class SpecDiffBase(kopf.AnnotationsDiffBaseStorage):
+    """Kopf's last handled configuration as a hash of the spec, in `discoverd.io/handled-spec`.
+
+    Kopf's own storage keeps a JSON copy of the spec, labels and annotations on every
+    object (twice: the annotation's text, and the copy Kopf's change detection makes
+    of each body it sees). The handlers need to know only whether the spec changed
+    since it was last handled (`on.update(field="spec")`; they never read `old`, `new`
+    or `diff`), which a hash of the spec tells as well; labels and annotations are
+    no longer part of it, so changing them calls no handler and writes nothing.
+    An object handled by an operator before this one (`LEGACY_DIFFBASE`) is compared
+    by the hash of the spec in that annotation, so an upgrade calls no handler; the
+    old annotation is dropped the next time Kopf stores this one.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(prefix=resources.GROUP, key="handled-spec")
+
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
+        return cast(kopf.BodyEssence, {"spec": spec_hash(body.get("spec"))})
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        annotations = body.metadata.annotations
+        for full_key in self.make_keys(self.key, body=body):
+            if value := annotations.get(full_key):
+                return cast(kopf.BodyEssence, {"spec": value.strip()})
+        try:
+            legacy = json.loads(annotations.get(LEGACY_DIFFBASE) or "null")
+        except ValueError:
+            return None
+        if not isinstance(legacy, dict):
+            return None
+        return cast(kopf.BodyEssence, {"spec": spec_hash(legacy.get("spec"))})
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        for full_key in self.make_keys(self.key, body=body):
+            patch.metadata.annotations[full_key] = str(essence.get("spec", ""))
+        if LEGACY_DIFFBASE in body.metadata.annotations:
+            patch.metadata.annotations[LEGACY_DIFFBASE] = None
+        self._store_marker(prefix=self.prefix, patch=patch, body=body)
+
+
+DIFFBASE = SpecDiffBase()
 registry = kopf.OperatorRegistry()
 
 
 def as_handled(body: dict[str, Any]) -> dict[str, Any]:
     """`body` as Kopf leaves a new object once its creation is handled: our finalizer, the last
-    handled configuration (made by Kopf's own storage) and Kopf's marker.
+    handled configuration (made by the diff-base storage Kopf uses) and Kopf's marker.
 
     The mirror creates its objects this way. Otherwise Kopf patches each one twice
     right after the create (the finalizer, then the configuration), only to call
@@ -38,26 +106,19 @@ def as_handled(body: dict[str, Any]) -> dict[str, Any]:
     object differ (the API server changed the spec), Kopf sees a change and
     handles it as usual.
 
-    The annotations are made by Kopf's own diff-base storage (`DIFFBASE.store`,
-    which also adds Kopf's `kopf-managed` marker); only the finalizer is added by
-    hand, and the order (marker first, because it changes what Kopf's essence
-    leaves out) is Kopf's internal behaviour. This is the one place that knows
-    it: `test_created_objects_look_handled_to_kopf` runs Kopf's own change
-    detection on the result and fails when Kopf changes its format.
+    The annotations are made by the diff-base storage (`DIFFBASE.store`, which also
+    adds Kopf's `kopf-managed` marker); only the finalizer is added by hand, which
+    is Kopf's internal behaviour. This is the one place that knows it:
+    `test_created_objects_look_handled_to_kopf` runs Kopf's own change detection on
+    the result and fails when Kopf changes its format.
     """
     metadata = dict(body.get("metadata") or {})
     metadata["finalizers"] = [*(metadata.get("finalizers") or []), FINALIZER]
     handled = {**body, "metadata": metadata}
-    # Kopf's marker first (from a pass over an empty body): it changes what the essence leaves out.
-    marker = kopf.Patch()
-    DIFFBASE.store(
-        body=kopf.Body(cast(kopf.RawBody, {"kind": body.get("kind"), "metadata": {}})), patch=marker, essence={}
-    )
-    metadata["annotations"] = {**(metadata.get("annotations") or {}), **marker["metadata"]["annotations"]}
-    raw = cast(kopf.RawBody, handled)
     patch = kopf.Patch()
-    DIFFBASE.store(body=kopf.Body(raw), patch=patch, essence=DIFFBASE.build(body=kopf.Body(raw)))
-    metadata["annotations"].update(patch["metadata"]["annotations"])
+    empty = kopf.Body(cast(kopf.RawBody, {"kind": body.get("kind"), "metadata": {}}))
+    DIFFBASE.store(body=empty, patch=patch, essence=DIFFBASE.build(body=kopf.Body(cast(kopf.RawBody, handled))))
+    metadata["annotations"] = {**(metadata.get("annotations") or {}), **patch["metadata"]["annotations"]}
     return handled
 
 
@@ -115,3 +176,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.connect_timeout = 30
     # A user's change reaches etcd within a second: retry temporary failures quickly.
     settings.execution.max_workers = 8
+    # Fleet scale: Kopf lists in pages (by default one response of every object, held until all are
+    # dispatched), and a worker per object (holding its last body) ends 1 s after its last event,
+    # not 5 s: at start-up every object has one at once (bench/operator_mirror.py, restart).
+    settings.watching.chunk_size = PAGE
+    settings.queueing.idle_timeout = 1.0

@@ -26,6 +26,8 @@ from discoverd.schema import documents, keys, resource_status, resources, rollou
 __all__ = ["View", "affected", "normalized"]
 
 _ORDER = list(documents.Phase)
+_UNREAD = {keys.Kind.INSTANCE, keys.Kind.VERSION}
+"""Configuration documents no status is built from (instances are the bulk of a fleet): not kept."""
 
 
 def normalized(kind: keys.Kind, status: dict[str, Any] | None) -> dict[str, Any]:
@@ -83,7 +85,8 @@ class View:
             self._versions.setdefault(key.service, set()).discard(key)
         if doc is None:
             return
-        self.documents[key] = doc
+        if key.kind not in _UNREAD:
+            self.documents[key] = doc
         if isinstance(doc, documents.InstanceStatus):
             for group in self._groups(key):
                 self._by.setdefault(group, {})[key] = doc

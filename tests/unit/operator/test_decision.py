@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from discoverd.errors import InvalidDocument
-from discoverd.operator import decision
+from discoverd.operator import decision, objects
 from discoverd.schema import documents, keys, untrusted
 
 KEY = keys.Key(keys.Kind.VERSION, service="web", version="1.0")
@@ -25,9 +25,7 @@ def etcd(revision: int, spec: dict[str, Any] = SPEC) -> decision.EtcdSide:
 def obj(
     spec: dict[str, Any] = SPEC, revision: int | None = 5, synced: str | None = D, deleting: bool = False
 ) -> decision.ObjectSide:
-    return decision.ObjectSide(
-        "web.1.0", decision.digest(keys.Kind.VERSION, spec), revision, synced, deleting, spec=spec
-    )
+    return decision.ObjectSide("web.1.0", decision.digest(keys.Kind.VERSION, spec), revision, synced, deleting)
 
 
 CASES = [
@@ -154,7 +152,7 @@ def test_object_side_ignores_annotations_of_another_key() -> None:
         },
         "spec": SPEC,
     }
-    side = decision.object_side(keys.Kind.VERSION, body, KEY, "/p")
+    side = objects.Object.of(keys.Kind.VERSION, body).side(KEY, "/p")
     assert not side.synced and side.changed and side.digest == D
 
 
@@ -170,7 +168,7 @@ def test_object_side_reads_its_annotations() -> None:
         },
         "spec": SPEC,
     }
-    side = decision.object_side(keys.Kind.VERSION, body, KEY, "/p")
+    side = objects.Object.of(keys.Kind.VERSION, body).side(KEY, "/p")
     assert side.synced and not side.changed and side.revision == 3
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import kopf
@@ -22,7 +23,7 @@ def body(name: str, rv: int, service: str = "web", instance: str = "i1", **meta:
 
 
 def names(index: objects.Index, key: keys.Key) -> list[str]:
-    return [b["metadata"]["name"] for b in index.matching(key)]
+    return [o.name for o in index.matching(key)]
 
 
 def test_objects_are_found_by_the_key_their_spec_names() -> None:
@@ -113,3 +114,73 @@ def test_created_objects_look_handled_to_kopf() -> None:
     assert _kopf_cause(stored, initial=True) is causes.Reason.RESUME  # at start-up, as for any handled object
     changed = {**stored, "spec": {**stored["spec"], "serviceVersion": "2.0"}}
     assert _kopf_cause(changed, initial=False) is causes.Reason.UPDATE  # a user's change is still seen
+
+
+def test_labels_and_annotations_changed_by_a_user_call_no_handler() -> None:
+    """Kopf's diff base is the spec alone: a label or annotation change is no cause (and no write)."""
+    from kopf._core.intents import causes
+
+    created = startup.as_handled(body("web.i1", 1))
+    stored = {**created, "metadata": {**created["metadata"], "uid": "u", "generation": 1}}
+    labelled = {
+        **stored,
+        "metadata": {
+            **stored["metadata"],
+            "labels": {"team": "shop"},
+            "annotations": {**stored["metadata"]["annotations"], "note": "x"},
+        },
+    }
+    assert _kopf_cause(labelled, initial=False) is causes.Reason.NOOP
+
+
+def test_objects_handled_by_an_older_operator_call_no_handler_after_an_upgrade() -> None:
+    """Objects carrying Kopf's full copy of the spec (`last-handled-configuration`) are compared by it."""
+    from kopf._core.intents import causes
+
+    old = body("web.i1", 1, uid="u", generation=1, finalizers=[startup.FINALIZER])
+    essence = {"spec": old["spec"], "metadata": {"annotations": {"discoverd.io/key": "/p/k"}}}
+    old["metadata"]["annotations"] = {
+        startup.LEGACY_DIFFBASE: json.dumps(essence) + "\n",
+        "discoverd.io/kopf-managed": "yes",
+    }
+    assert _kopf_cause(old, initial=False) is causes.Reason.NOOP
+    changed = {**old, "spec": {**old["spec"], "serviceVersion": "2.0"}}
+    assert _kopf_cause(changed, initial=False) is causes.Reason.UPDATE
+    patch = kopf.Patch()
+    startup.DIFFBASE.store(
+        body=kopf.Body(changed), patch=patch, essence=startup.DIFFBASE.build(body=kopf.Body(changed))
+    )  # type: ignore[arg-type]
+    assert patch["metadata"]["annotations"][startup.LEGACY_DIFFBASE] is None  # the old copy goes once handled
+
+
+def test_created_objects_carry_a_hash_of_the_spec_not_a_copy() -> None:
+    annotations = startup.as_handled(body("web.i1", 1))["metadata"]["annotations"]
+    assert startup.LEGACY_DIFFBASE not in annotations
+    assert annotations == {
+        "discoverd.io/handled-spec": startup.spec_hash(body("web.i1", 1)["spec"]),
+        "discoverd.io/kopf-managed": "yes",
+    }
+    assert len(annotations["discoverd.io/handled-spec"]) == 24
+
+
+def test_a_new_generation_is_digested_again_and_a_known_version_is_kept() -> None:
+    index = objects.Index()
+    first = index.observe(KIND, body("x", 1, generation=1))
+    assert first is not None and first.key == WEB_I1 and first.digest
+    assert index.observe(KIND, body("x", 1, generation=1)) is first  # the watch echo of our own write
+    moved = index.observe(KIND, body("x", 2, instance="i2", generation=2))
+    assert moved is not None and moved.key == keys.Key(KIND, service="web", instance="i2")
+    assert moved.digest != first.digest and index.matching(WEB_I1) == []
+    status_only = index.observe(KIND, {**body("x", 3, instance="i2", generation=2), "status": {"restarts": 4}})
+    assert status_only is not None and status_only.digest == moved.digest and status_only.status != moved.status
+
+
+def test_a_spec_over_the_size_limit_is_indexed_under_its_key_with_the_reason() -> None:
+    """It names a key (so the handler finds it and refuses it, naming the limit) but has no digest."""
+    index = objects.Index()
+    big = body("web.i1", 1)
+    big["spec"]["runScript"] = {"command": "./web", "env": {f"BIG{i}": "a" * 110 * 1024 for i in range(10)}}
+    obj = index.observe(KIND, big)
+    assert obj is not None and obj.key == WEB_I1 and obj.digest is None
+    assert obj.error is not None and "over the limit of 1048576 bytes" in obj.error
+    assert names(index, WEB_I1) == ["web.i1"]
