@@ -8,45 +8,29 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from discoverd.config import EtcdOptions
-from discoverd.embedded_etcd import EtcdServer, find_binary
+from discoverd.embedded_etcd import EtcdServer
 from discoverd.errors import StoreUnavailable
 from discoverd.schema import documents, keys, logaccess
-from discoverd.store import client, leases
+from discoverd.store import leases
 from discoverd.store.documents import Store
 from support import cgroups as test_cgroups
+from support import etcd_auth
 from support.cli import discoverd
+from support.etcd_auth import ROOT_PASSWORD, add_server, env_of, store_as
 from support.wait import wait_until
 
 DISCOVERD = str(Path(sys.executable).parent / "discoverd")
-ROOT_PASSWORD = "s3cret"
 
 
 @pytest.fixture(scope="module")
 def auth_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    etcd = EtcdServer(tmp_path_factory.mktemp("auth-etcd") / "data").start()
-    etcdctl = str(Path(find_binary()).with_name("etcdctl"))
-    try:
-        for args in (["user", "add", f"root:{ROOT_PASSWORD}"], ["auth", "enable"]):
-            subprocess.run([etcdctl, f"--endpoints={etcd.endpoint}", *args], check=True, capture_output=True)
+    with etcd_auth.auth_etcd(tmp_path_factory.mktemp("auth-etcd") / "data") as etcd:
         yield etcd
-    finally:
-        etcd.stop()
-
-
-def env_of(etcd: EtcdServer, prefix: str, user: str, password: str) -> dict[str, str]:
-    return {
-        "DISCOVERD_ETCD_ENDPOINTS": etcd.endpoint,
-        "DISCOVERD_PREFIX": prefix,
-        "DISCOVERD_ETCD_USER": user,
-        "DISCOVERD_ETCD_PASSWORD": password,
-        "DISCOVERD_ETCD_ALLOW_PLAINTEXT_PASSWORD": "true",  # a loopback etcd without TLS
-    }
 
 
 @pytest.fixture
@@ -56,15 +40,6 @@ def root(auth_etcd: EtcdServer, prefix: str) -> dict[str, str]:
     assert result.returncode == 0, result.stderr
     assert f"role {prefix}/admin: readwrite {prefix}/" in result.stdout
     return env
-
-
-def add_server(root: dict[str, str], server_id: str) -> dict[str, str]:
-    """The credentials `auth add-server` prints, as the environment they are meant for."""
-    result = discoverd("auth", "add-server", server_id, env=root)
-    assert result.returncode == 0, result.stderr
-    lines = dict(line.split("=", 1) for line in result.stdout.splitlines())
-    assert set(lines) == {"DISCOVERD_ETCD_USER", "DISCOVERD_ETCD_PASSWORD"}
-    return {**root, **lines}
 
 
 def apply_config(root: dict[str, str], instances: dict[str, list[str]]) -> None:
@@ -87,22 +62,6 @@ def apply_config(root: dict[str, str], instances: dict[str, list[str]]) -> None:
     text = "".join("---\n" + json.dumps({"apiVersion": "discoverd.io/v1alpha1", **d}) + "\n" for d in docs)
     result = discoverd("apply", "-f", "-", input=text, env=root)
     assert result.returncode == 0, result.stderr
-
-
-@contextlib.asynccontextmanager
-async def store_as(env: dict[str, str]) -> AsyncIterator[Store]:
-    options = EtcdOptions(
-        endpoints=env["DISCOVERD_ETCD_ENDPOINTS"],
-        prefix=env["DISCOVERD_PREFIX"],
-        user=env["DISCOVERD_ETCD_USER"],
-        password=env["DISCOVERD_ETCD_PASSWORD"],
-        allow_plaintext_password=True,
-    )
-    store = Store(await client.connect(options))
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def test_bootstrap_is_idempotent_and_a_server_user_is_created_once(root: dict[str, str], prefix: str) -> None:
