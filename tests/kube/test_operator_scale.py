@@ -19,6 +19,7 @@ from kubernetes import client
 from discoverd.errors import Conflict
 from discoverd.operator import decision, kube, objects, reconciler
 from discoverd.schema import documents, keys, resources
+from discoverd.store import documents as documents_store
 from kube.controlplane import ControlPlane
 from kube.operator_fixtures import Operator, crds, operator
 from kube.test_operator import INSTANCE, _get
@@ -153,3 +154,28 @@ def test_a_restarted_operator_calls_no_handler_and_writes_nothing_for_objects_no
     time.sleep(3)  # the queued keys reconciled
     assert versions() == before
     assert operator.log_text().count("Handler 'mirror'") == handled  # no handler ran for them
+
+
+async def test_a_stale_absent_key_never_deletes_an_object_whose_key_exists(
+    control_plane: ControlPlane,
+    crds: list[str],
+    kube_api: client.ApiClient,
+    namespace: str,
+    store: documents_store.Store,
+    prefix: str,
+) -> None:
+    """A resync or watch that saw the key absent, delivered after the key was written (by the object's own
+    create handler, on a restart), is read again before the object is deleted: the object stays."""
+    api = kube.Api(kube_api, namespace)
+    r = reconciler.Reconciler(store, api)
+    key = keys.Key(KIND, service="web", instance="i1")
+    try:
+        await store.put(key.build(prefix), documents.Instance.model_validate(INSTANCE))
+        created = await r.sync_key(key)  # etcd -> a new object, recording the key's revision
+        assert isinstance(created.decision, decision.Create) and created.obj is not None
+        outcome = await r.sync_key(key, seen=None)  # "the key is gone", as seen before it was written
+        assert not isinstance(outcome.decision, decision.DeleteObject), outcome.decision
+        assert (await api.get(KIND, created.obj.name))["spec"]["id"] == "i1"
+        assert await store.get(key.build(prefix)) is not None
+    finally:
+        api.close()

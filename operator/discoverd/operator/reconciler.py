@@ -281,11 +281,17 @@ class Reconciler:
                     return Outcome(decision.Skip("the object is gone"), None)
                 if obj is not None and obj.deleting and not handler:
                     return Outcome(decision.Skip("being deleted"), obj, retry=True)
+                hint = not isinstance(seen, Unread)
                 if isinstance(seen, Unread):
                     entry = await self.store.get(key.build(self.prefix))
                 else:
                     entry, seen = seen, UNREAD
                 chosen = self._decide(key, obj, entry)
+                if hint and isinstance(chosen, decision.DeleteObject):
+                    # Deleting an object is never guarded by etcd's revision: a key the resync or a
+                    # watch saw absent may have been written since (by this object's own create
+                    # handler), so read it again before acting on its absence.
+                    continue
                 try:
                     obj = await self._act(key, obj, chosen, entry, given)
                 except Conflict:
