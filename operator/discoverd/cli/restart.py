@@ -24,12 +24,10 @@ from discoverd.cli import rollout as rollout_cli
 from discoverd.config import EtcdOptions
 from discoverd.errors import Conflict
 from discoverd.schema import documents, keys, rollouts
-from discoverd.store import client
-from discoverd.store.documents import Store, Write
+from discoverd.store import client, rollout_requests
+from discoverd.store.documents import Store
 
 __all__ = ["new_token", "restart"]
-
-_ACTIVE = (rollouts.RolloutPhase.PROGRESSING, rollouts.RolloutPhase.PAUSED)
 
 
 def new_token(now: dt.datetime | None = None) -> str:
@@ -51,7 +49,7 @@ async def _active(store: Store, prefix: str, service: str) -> rollouts.RolloutSt
     entry = await store.get(keys.rollout_status(prefix, service))
     if entry is None or not isinstance(entry.document, rollouts.RolloutStatus):
         return None
-    return entry.document if entry.document.phase in _ACTIVE else None
+    return entry.document if entry.document.phase in rollout_requests.ACTIVE else None
 
 
 def _busy(service: str, status: rollouts.RolloutStatus) -> main.Failure:
@@ -100,13 +98,10 @@ async def _service(options: EtcdOptions, service: str, fields: dict[str, Any]) -
         if (status := await _active(store, prefix, service)) is not None:
             raise _busy(service, status)
         config = documents.validate(rollouts.RolloutConfig, config_key, {**fields, "to_version": version})
-        writes = [Write(config_key, documents.dumps(config), old_config.mod_revision if old_config else 0)]
-        if old_status is not None:
-            writes.append(Write(status_key, None, old_status.mod_revision))
         try:
-            await store.apply(writes)
-        except Conflict:
-            raise main.fail(f"the rollout of {service!r} changed meanwhile; run the command again") from None
+            await rollout_requests.replace(store, config, old_config, old_status)
+        except rollout_requests.Refused as refused:
+            raise main.fail(str(refused)) from None
         count = sum(versions.values())
         return (
             f"Started a restart of {service!r} ({count} instances, at most {config.max_unavailable} at a time); "

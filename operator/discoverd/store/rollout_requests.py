@@ -20,7 +20,7 @@ from discoverd.errors import Conflict, DiscoverdError
 from discoverd.schema import documents, keys, rollouts
 from discoverd.store.documents import Entry, Store, Write
 
-__all__ = ["ACTIVE", "CHANGES", "Refused", "change", "config", "start", "status_of"]
+__all__ = ["ACTIVE", "CHANGES", "Refused", "change", "config", "replace", "start", "status_of"]
 
 ACTIVE = (rollouts.RolloutPhase.PROGRESSING, rollouts.RolloutPhase.PAUSED)
 """Phases of a rollout still under way: another cannot start, pause and resume apply."""
@@ -70,6 +70,17 @@ async def start(store: Store, config: rollouts.RolloutConfig) -> str:
             f"a rollout of {service!r} to {status.to_version} is {status.phase.value.lower()}; "
             f"wait for it or run `discoverd rollout undo {service}` first"
         )
+    await replace(store, config, old_config, old_status)
+    return f"Started a rollout of {service!r} to version {config.to_version} ({len(instances.entries)} instances)."
+
+
+async def replace(
+    store: Store, config: rollouts.RolloutConfig, old_config: Entry | None, old_status: Entry | None
+) -> None:
+    """Write `config` over `old_config` and delete `old_status`, in one transaction guarded by both
+    revisions (the controller then starts afresh, even for the same target); Refused if either changed."""
+    service = config.name
+    config_key, status_key = keys.rollout_config(store.prefix, service), keys.rollout_status(store.prefix, service)
     writes = [Write(config_key, documents.dumps(config), old_config.mod_revision if old_config else 0)]
     if old_status is not None:
         writes.append(Write(status_key, None, old_status.mod_revision))
@@ -77,7 +88,6 @@ async def start(store: Store, config: rollouts.RolloutConfig) -> str:
         await store.apply(writes)
     except Conflict:
         raise Refused(f"the rollout of {service!r} changed meanwhile; run the command again") from None
-    return f"Started a rollout of {service!r} to version {config.to_version} ({len(instances.entries)} instances)."
 
 
 async def change(store: Store, service: str, what: str) -> str:
