@@ -40,6 +40,8 @@ signal.signal(signal.SIGTERM, term)
 while True:
     time.sleep(3600)
 """
+# Takes half a second to stop: each restarted instance is down long enough for the 100 ms Sampler to see it.
+SLOW_STOP = "import signal,sys,time\nsignal.signal(signal.SIGTERM, lambda *_: (time.sleep(0.5), sys.exit(0)))\nwhile True: time.sleep(3600)"
 STUBBORN = "import signal,time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nwhile True: time.sleep(3600)"
 
 
@@ -97,7 +99,7 @@ def marker(fleet: Fleet, service: str, version: str) -> dict[str, str]:
 
 
 def test_restart_replaces_every_process_in_batches_and_keeps_the_version(fleet: Fleet) -> None:
-    ids = deploy(fleet, "rs", 2)
+    ids = deploy(fleet, "rs", 2, SLOW_STOP)
     bystanders = deploy(fleet, "calm", 1)
     before, calm_before = processes(fleet, "rs", ids), processes(fleet, "calm", bystanders)
     installed = marker(fleet, "rs", "1.0")
