@@ -59,7 +59,7 @@ from discoverd.config import EtcdOptions
 from discoverd.errors import Compacted, StoreUnavailable
 from discoverd.schema import keys
 from discoverd.store import client, watch
-from discoverd.store.documents import Store, Write
+from discoverd.store.typed import Store, Write
 
 BENCH = "controller_scale"
 SERVICES = 20

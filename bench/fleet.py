@@ -347,7 +347,7 @@ def identity(state_dir: Path, service: str, instance: str) -> tuple[int, int] | 
     """(pid, start time) of the run process the agent recorded, if that very process is alive."""
     from discoverd.agent import observe
 
-    path = state_dir / "records" / service / f"{instance}.json"  # the saved InstanceState (format 2)
+    path = state_dir / "records" / service / f"{instance}.json"  # the saved InstanceRecord (format 2)
     try:
         p = json.loads(path.read_text())["state"].get("process")
     except (OSError, ValueError, KeyError):

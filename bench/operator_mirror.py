@@ -48,7 +48,7 @@ from discoverd.config import EtcdOptions
 from discoverd.operator import decision, kube, startup
 from discoverd.schema import documents, keys, names, resources
 from discoverd.store import client as etcd_client
-from discoverd.store import documents as store_documents
+from discoverd.store import typed
 
 BENCH = "operator_mirror"
 PREFIX = "/bench"
@@ -201,9 +201,9 @@ class Watcher:
 
 async def write_batch(endpoint: str, docs: dict[keys.Key, documents.Instance]) -> tuple[float, int]:
     """All documents in one etcd transaction; (time just before it was sent, revision)."""
-    store = store_documents.Store(await etcd_client.connect(EtcdOptions(endpoints=[endpoint], prefix=PREFIX)))
+    store = typed.Store(await etcd_client.connect(EtcdOptions(endpoints=[endpoint], prefix=PREFIX)))
     try:
-        writes = [store_documents.Write(k.build(PREFIX), documents.dumps(d)) for k, d in docs.items()]
+        writes = [typed.Write(k.build(PREFIX), documents.dumps(d)) for k, d in docs.items()]
         sent = time.monotonic()
         revision = await store.apply(writes)
         return sent, revision

@@ -39,7 +39,7 @@ from discoverd.controller import roles
 from discoverd.embedded_etcd import find_binary
 from discoverd.schema import keys
 from discoverd.store import auth, client, watch
-from discoverd.store.documents import Store, Write, decode
+from discoverd.store.typed import Store, Write, decode
 
 BENCH = "roles"
 PREFIX = "/bench"

@@ -11,7 +11,7 @@ from hypothesis import settings
 
 from discoverd import embedded_etcd
 from discoverd.config import EtcdOptions
-from discoverd.store import client, documents
+from discoverd.store import client, typed
 from support.etcd import RawEtcd
 
 # Timing is not what property tests check; a busy 2-core CI machine must not fail them.
@@ -55,8 +55,8 @@ def raw_etcd(etcd_server: embedded_etcd.EtcdServer) -> RawEtcd:
 
 
 @pytest.fixture
-async def store(etcd_options: EtcdOptions) -> AsyncIterator[documents.Store]:
-    s = documents.Store(await client.connect(etcd_options))
+async def store(etcd_options: EtcdOptions) -> AsyncIterator[typed.Store]:
+    s = typed.Store(await client.connect(etcd_options))
     try:
         yield s
     finally:

@@ -42,7 +42,7 @@ from discoverd import logs
 from discoverd.errors import DiscoverdError, StoreUnavailable
 from discoverd.schema import documents, keys, logaccess
 from discoverd.store import leases
-from discoverd.store.documents import Store, Write
+from discoverd.store.typed import Store, Write
 
 __all__ = [
     "CertificateMismatch",

@@ -47,7 +47,7 @@ from discoverd.errors import StoreUnavailable
 from discoverd.schema import documents, keys
 from discoverd.schema import identity as wire
 from discoverd.store import client
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 from kube import controlplane
 from support import cgroups as test_cgroups
 from support.wait import wait_until

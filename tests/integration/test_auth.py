@@ -17,7 +17,7 @@ from discoverd.embedded_etcd import EtcdServer
 from discoverd.errors import StoreUnavailable
 from discoverd.schema import documents, keys, logaccess
 from discoverd.store import leases
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 from support import cgroups as test_cgroups
 from support import etcd_auth
 from support.cli import discoverd

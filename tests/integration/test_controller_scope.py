@@ -17,7 +17,7 @@ from typing import Any
 
 from discoverd.controller import loop
 from discoverd.schema import keys
-from discoverd.store.documents import Store, Write
+from discoverd.store.typed import Store, Write
 from support.etcd import RawEtcd
 
 NOW = "2026-01-01T00:00:00+00:00"

@@ -12,7 +12,7 @@ from discoverd.embedded_etcd import EtcdServer
 from discoverd.errors import Compacted, Conflict, StoreUnavailable
 from discoverd.schema import documents, keys
 from discoverd.store import client, leases, watch
-from discoverd.store.documents import Store, Write
+from discoverd.store.typed import Store, Write
 from support.etcd import RawEtcd
 
 SEED_VERSION = {

@@ -12,7 +12,7 @@ from discoverd import embedded_etcd
 from discoverd.config import EtcdOptions
 from discoverd.schema import keys
 from discoverd.store import client, watch
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 from support.etcd import RawEtcd
 
 BIG = 1024 * 1024 - 512  # near 1 MiB: etcd takes requests up to 1.5 MiB

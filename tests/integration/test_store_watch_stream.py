@@ -12,7 +12,7 @@ from discoverd.embedded_etcd import EtcdServer
 from discoverd.errors import Compacted
 from discoverd.schema import keys
 from discoverd.store import client, watch
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 from support.etcd import RawEtcd
 
 

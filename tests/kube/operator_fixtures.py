@@ -23,8 +23,7 @@ import pytest
 
 from discoverd.config import EtcdOptions
 from discoverd.schema import documents
-from discoverd.store import client, leases
-from discoverd.store import documents as store_documents
+from discoverd.store import client, leases, typed
 from kube.controlplane import REPO, ControlPlane
 from support.http import free_port
 from support.wait import wait_until
@@ -141,10 +140,10 @@ def put_with_lease(options: EtcdOptions, items: dict[str, documents.Document], t
     """Write status documents attached to a new lease, as an agent does; returns a function revoking it."""
 
     async def put() -> int:
-        store = store_documents.Store(await client.connect(options))
+        store = typed.Store(await client.connect(options))
         try:
             lease = await leases.grant(store, ttl)
-            await store.apply([store_documents.Write(k, documents.dumps(d), lease=lease) for k, d in items.items()])
+            await store.apply([typed.Write(k, documents.dumps(d), lease=lease) for k, d in items.items()])
             return lease
         finally:
             await store.close()
@@ -153,7 +152,7 @@ def put_with_lease(options: EtcdOptions, items: dict[str, documents.Document], t
 
     def revoke() -> None:
         async def go() -> None:
-            store = store_documents.Store(await client.connect(options))
+            store = typed.Store(await client.connect(options))
             try:
                 await leases.revoke(store, lease_id)
             finally:

@@ -19,7 +19,7 @@ from kubernetes import client
 from discoverd.errors import Conflict
 from discoverd.operator import decision, kube, objects, reconciler
 from discoverd.schema import documents, keys, resources
-from discoverd.store import documents as documents_store
+from discoverd.store import typed
 from kube.controlplane import ControlPlane
 from kube.operator_fixtures import Operator, crds, operator
 from kube.test_operator import INSTANCE, _get
@@ -161,7 +161,7 @@ async def test_a_stale_absent_key_never_deletes_an_object_whose_key_exists(
     crds: list[str],
     kube_api: client.ApiClient,
     namespace: str,
-    store: documents_store.Store,
+    store: typed.Store,
     prefix: str,
 ) -> None:
     """A resync or watch that saw the key absent, delivered after the key was written (by the object's own

@@ -10,7 +10,7 @@ from pathlib import Path
 from discoverd.config import EtcdOptions
 from discoverd.embedded_etcd import EtcdServer, find_binary
 from discoverd.store import client
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 from support.cli import discoverd
 
 __all__ = ["ROOT_PASSWORD", "add_server", "auth_etcd", "bootstrap", "env_of", "store_as"]

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from discoverd.errors import InvalidDocument
 from discoverd.schema import documents, keys, manifests, rollouts, untrusted
-from discoverd.store import documents as store_documents
+from discoverd.store import typed
 
 P = "/discoverd"
 VERSION_KEY = "/discoverd/services/web/versions/1.0/config/details"
@@ -537,7 +537,7 @@ def test_arbitrary_keys_parse_to_a_key_none_or_an_invalid_document(key: str) -> 
 
 @given(any_keys, st.binary(max_size=100) | json_values(scalars).map(lambda v: encode(v, False)))
 def test_the_store_decodes_any_key_and_value_into_an_entry(key: str, raw: bytes) -> None:
-    entry = store_documents.decode(P, key, raw, mod_revision=1)
+    entry = typed.decode(P, key, raw, mod_revision=1)
     assert (entry.document is None) or (entry.error is None)
     if entry.error is not None:
         str(entry.error).encode("utf-8")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from discoverd.errors import InvalidDocument
 from discoverd.schema import documents, keys, rollouts
-from discoverd.store.documents import decode
+from discoverd.store.typed import decode
 
 P = "/discoverd"
 CONFIG_KEY = "/discoverd/services/web/rollout/config/details"

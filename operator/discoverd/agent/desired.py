@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from discoverd.agent import model
 from discoverd.schema import documents, keys
-from discoverd.store.documents import Entry
+from discoverd.store.typed import Entry
 
 __all__ = ["Desired", "drain_of", "listed", "merge_run", "resolve"]
 

@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 from discoverd import logs
 from discoverd.agent import artifacts as artifacts_
+from discoverd.agent import invocation, model, plan, processes, prune, supervisor
 from discoverd.agent import layout as layout_
-from discoverd.agent import model, plan, prune, steps, supervisor
 from discoverd.metrics import AgentMetrics
 
 __all__ = ["Executor"]
@@ -32,7 +32,7 @@ class Executor:
     def __init__(
         self,
         layout: layout_.Layout,
-        ctx: steps.Context,
+        ctx: invocation.Context,
         notify: Callable[[], None],
         metrics: AgentMetrics | None = None,
         artifacts: artifacts_.Artifacts | None = None,
@@ -48,7 +48,7 @@ class Executor:
         self.tasks: dict[model.Ref, asyncio.Task[None]] = {}
         self._locks: defaultdict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._rng = random.Random()
-        self._sweeper = steps.Sweeper()
+        self._sweeper = processes.Sweeper()
 
     def _supervisor(self, ref: model.Ref) -> supervisor.Supervisor:
         sup = self.supervisors.get(ref)
@@ -79,7 +79,7 @@ class Executor:
             if not sup.adopt():
                 del self.supervisors[ref]
 
-    def states(self) -> dict[model.Ref, model.InstanceState]:
+    def states(self) -> dict[model.Ref, model.InstanceRecord]:
         """Every known instance's state, with its service's install markers (read once per service)."""
         installed: dict[str, frozenset[tuple[str, str]]] = {}
         states = {}

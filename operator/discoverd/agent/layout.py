@@ -5,7 +5,7 @@
     <state>/versions/<service>/<version>/.discoverd-installed   marker: hash of the version document
     <state>/instances/<service>/<id>/                 cwd of the run script
     <state>/logs/<service>/<id>/<step>.log            output of every step (0600; directories 0700)
-    <state>/records/<service>/<id>.json               the instance's saved `model.InstanceState` (0600)
+    <state>/records/<service>/<id>.json               the instance's saved `model.InstanceRecord` (0600)
 
 Records and logs live outside every directory a script runs in, so a run
 script cannot forge the pid the next agent adopts (agents before format 2 kept
@@ -157,12 +157,12 @@ class Layout:
     def remove_version(self, service: str, version: str) -> None:
         shutil.rmtree(self.version_dir(service, version), ignore_errors=True)
 
-    # records: the whole InstanceState
+    # records: the whole InstanceRecord
 
-    def save(self, state: model.InstanceState) -> None:
+    def save(self, state: model.InstanceRecord) -> None:
         _write(self.record_path(state.ref), model.Saved(state=state).model_dump_json().encode())
 
-    def load(self, ref: model.Ref) -> model.InstanceState | None:
+    def load(self, ref: model.Ref) -> model.InstanceRecord | None:
         """The saved state of `ref` (migrating a record of an older agent), or None when there is none usable."""
 
         def kv(**more: object) -> dict[str, object]:

@@ -7,7 +7,7 @@ and, when it grew, appends `<size> <unix time>` to an index beside it
 (`<log>.idx`, 0600). A line ending at offset `e` was first seen at the time
 of the first entry whose size is at least `e`: an upper bound, late by at
 most the interval; a line newer than the last entry gets the log's mtime.
-When a log shrinks it was rotated (`steps.rotate`: copied to `<log>.1`, then
+When a log shrinks it was rotated (`scriptlogs.rotate`: copied to `<log>.1`, then
 emptied): the index moves along to `<log>.1.idx` (older ones shift up, as the
 copies do) and a new one starts.
 
@@ -57,7 +57,7 @@ def open_regular(path: Path, flags: int = os.O_RDONLY) -> int | None:
 
 
 def rotated(path: Path, n: int) -> Path:
-    """The `n`th rotated copy of a log (`steps.rotate` names them `<path>.<n>`; 0 is the live log)."""
+    """The `n`th rotated copy of a log (`scriptlogs.rotate` names them `<path>.<n>`; 0 is the live log)."""
     return path if n == 0 else Path(f"{path}.{n}")
 
 

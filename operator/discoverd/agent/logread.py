@@ -1,7 +1,7 @@
 """Read one step log of an instance: its history (rotated copies, then the live log), then follow it.
 
 A log is the live file `<log>` and its rotated copies `<log>.1` (newest) to
-`<log>.<keep>` (`steps.rotate`: copy, then truncate in place). History is
+`<log>.<keep>` (`scriptlogs.rotate`: copy, then truncate in place). History is
 read oldest copy first; `tail` is found by scanning backwards, `since` with
 the index (`logindex`). Following polls the live file every `poll` seconds:
 

@@ -42,7 +42,7 @@ from discoverd import logs
 from discoverd.agent import certificate, logread, model
 from discoverd.errors import InvalidDocument, StoreUnavailable
 from discoverd.schema import documents, keys, logaccess
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 
 __all__ = ["Instances", "Limits", "LogServer", "split_advertise"]
 

@@ -33,7 +33,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from discoverd import logs, metrics, runtime
-from discoverd.agent import artifacts, cgroups, identity, logindex, logserver, model, plan, scope, status, steps
+from discoverd.agent import (
+    artifacts,
+    cgroups,
+    identity,
+    invocation,
+    logindex,
+    logserver,
+    model,
+    plan,
+    scope,
+    scriptlogs,
+    status,
+)
 from discoverd.agent import desired as desired_
 from discoverd.agent import executor as executor_
 from discoverd.agent import layout as layout_
@@ -41,7 +53,7 @@ from discoverd.config import EtcdOptions
 from discoverd.errors import StoreUnavailable
 from discoverd.schema.documents import Phase
 from discoverd.store import connect
-from discoverd.store.documents import Entry, Store
+from discoverd.store.typed import Entry, Store
 
 __all__ = ["Agent", "Options"]
 
@@ -63,7 +75,7 @@ class Options:
     removed_grace: float = model.REMOVED_GRACE
     """Seconds a removed instance's directory (its logs) is kept."""
     placement: cgroups.Placement = cgroups.NONE
-    script_logs: steps.LogLimit = field(default_factory=steps.LogLimit)
+    script_logs: scriptlogs.LogLimit = field(default_factory=scriptlogs.LogLimit)
     metrics_address: str = ""
     """`host:port` of /metrics, /healthz and /readyz; "" serves none."""
     more_metrics: tuple[metrics.CollectorRegistry, ...] = ()
@@ -95,7 +107,7 @@ class Agent:
         self.options = options
         self.on_status = on_status
         self.layout = layout_.Layout(options.state_dir)
-        ctx = steps.Context(
+        ctx = invocation.Context(
             options.server_id, options.host_namespaces, options.host_pid, options.placement, options.script_logs
         )
         self._wake = asyncio.Event()
@@ -228,7 +240,7 @@ class Agent:
             if ref in wanted or state.removed_at is None:  # a removed one has no status key
                 summaries[ref] = status.summarize(wanted.get(ref), state, self.options.backoff_base, drained)
         for ref in wanted.keys() - summaries.keys():
-            blank = model.InstanceState(ref=ref)
+            blank = model.InstanceRecord(ref=ref)
             summaries[ref] = status.summarize(wanted[ref], blank, self.options.backoff_base, drained)
         for ref, summary in summaries.items():
             old = self._summaries.get(ref)

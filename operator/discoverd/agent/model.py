@@ -1,7 +1,7 @@
-"""What the agent knows about one instance: `InstanceState`, saved whole and restored whole.
+"""What the agent knows about one instance: `InstanceRecord`, saved whole and restored whole.
 
 The agent's one type module. `desired` builds `Target`s (or `Broken`), the
-supervisor keeps one frozen `InstanceState` per instance and replaces it when
+supervisor keeps one frozen `InstanceRecord` per instance and replaces it when
 something happens (the event methods below: `started`, `exited`, `stopped`,
 `promoted`, `install_failed`, `health_checked`, ...), `plan` reads the states
 and decides, `status` summarises them, `layout` saves them to disk. The rules
@@ -46,7 +46,7 @@ __all__ = [
     "Drain",
     "Exit",
     "Failure",
-    "InstanceState",
+    "InstanceRecord",
     "Process",
     "Ref",
     "Saved",
@@ -215,7 +215,7 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
-class InstanceState(BaseModel):
+class InstanceRecord(BaseModel):
     """Everything the agent knows about one instance. Frozen: every event makes a new one."""
 
     model_config = ConfigDict(frozen=True)
@@ -270,13 +270,13 @@ class InstanceState(BaseModel):
 
     # events: what happened, as a new state (the supervisor applies them, `plan` reacts)
 
-    def _with(self, now: float, **changes: Any) -> InstanceState:
+    def _with(self, now: float, **changes: Any) -> InstanceRecord:
         return self.model_copy(update={**changes, "updated_at": now})
 
-    def begun(self, step: Step | None, now: float) -> InstanceState:
+    def begun(self, step: Step | None, now: float) -> InstanceRecord:
         return self if step == self.step else self._with(now, step=step)
 
-    def spawning(self, target: Target, pending: Process, now: float) -> InstanceState:
+    def spawning(self, target: Target, pending: Process, now: float) -> InstanceRecord:
         """A start of `target` is about to happen: the run ID is recorded before the process exists."""
         restarted = self.last_exit is not None and self.last_exit.config_hash == target.config_hash
         return self._with(
@@ -287,10 +287,10 @@ class InstanceState(BaseModel):
             restarts=self.restarts + (1 if restarted else 0),
         )
 
-    def started(self, process: Process, now: float) -> InstanceState:
+    def started(self, process: Process, now: float) -> InstanceRecord:
         return self._with(now, process=process, message=f"started version {process.version}")
 
-    def exited(self, code: int | None, now: float, jitter: float, reason: str | None = None) -> InstanceState:
+    def exited(self, code: int | None, now: float, jitter: float, reason: str | None = None) -> InstanceRecord:
         """The run process ended by itself (or could not start): back-off follows."""
         p = self.process
         assert p is not None
@@ -307,12 +307,12 @@ class InstanceState(BaseModel):
             message=f"version {p.version} {why}",
         )
 
-    def stopped(self, reason: str, now: float) -> InstanceState:
+    def stopped(self, reason: str, now: float) -> InstanceRecord:
         """The run process was stopped on purpose (an upgrade, a removal): no back-off."""
         version = self.process.version if self.process else ""
         return self._with(now, process=None, last_exit=None, failures=0, message=f"stopped version {version}: {reason}")
 
-    def promoted(self, target: Target, now: float) -> InstanceState:
+    def promoted(self, target: Target, now: float) -> InstanceRecord:
         previous = self.good
         changed = previous is not None and previous.version != target.version
         rejected = {h: r for h, r in self.rejected.items() if h != target.config_hash}
@@ -324,32 +324,32 @@ class InstanceState(BaseModel):
             message=f"version {target.version} is running",
         )
 
-    def install_failed(self, target: Target, reason: str, now: float) -> InstanceState:
+    def install_failed(self, target: Target, reason: str, now: float) -> InstanceRecord:
         return self._with(now, install_failure=Failure(target.config_hash, target.version, reason, now), message=reason)
 
-    def progressed(self, message: str, now: float) -> InstanceState:
+    def progressed(self, message: str, now: float) -> InstanceRecord:
         """How far a step under way has come (`Downloading 42% ...`), for the status."""
         return self._with(now, message=message)
 
-    def installed_version(self, target: Target, now: float) -> InstanceState:
+    def installed_version(self, target: Target, now: float) -> InstanceRecord:
         return self._with(now, message=f"installed version {target.version}")
 
-    def rejecting(self, config_hash: str, reason: str, now: float) -> InstanceState:
+    def rejecting(self, config_hash: str, reason: str, now: float) -> InstanceRecord:
         failure = self.install_failure
         if failure is not None and failure.config_hash == config_hash:
             failure = None
         return self._with(now, rejected={**self.rejected, config_hash: reason}, install_failure=failure, message=reason)
 
-    def health_checked(self, ok: bool, reason: str, now: float) -> InstanceState:
+    def health_checked(self, ok: bool, reason: str, now: float) -> InstanceRecord:
         if ok:
             return self if self.health_failures == 0 else self._with(now, health_failures=0)
         failures = self.health_failures + 1
         return self._with(now, health_failures=failures, message=f"{reason} ({failures} in a row)")
 
-    def removed(self, now: float) -> InstanceState:
+    def removed(self, now: float) -> InstanceRecord:
         return self._with(now, process=None, step=None, removed_at=now, message="removed from the server")
 
-    def restored(self) -> InstanceState:
+    def restored(self) -> InstanceRecord:
         """As read back after an agent restart: no step is under way any more."""
         return self.model_copy(update={"step": None})
 
@@ -358,7 +358,7 @@ class Saved(BaseModel):
     """The record file: the whole state, with the format it is written in."""
 
     format: Literal[2] = FORMAT
-    state: InstanceState
+    state: InstanceRecord
 
 
 def _v1_target(ref: Ref, data: Any) -> Target | None:
@@ -368,7 +368,7 @@ def _v1_target(ref: Ref, data: Any) -> Target | None:
     return Target(ref, str(data["version"]), version, documents.Script.model_validate(data["run"]))
 
 
-def from_v1(ref: Ref, data: dict[str, Any]) -> InstanceState:
+def from_v1(ref: Ref, data: dict[str, Any]) -> InstanceRecord:
     """The state an agent before format 2 recorded (pid, start time, targets, restarts); ValueError/KeyError if bad."""
     p = data.get("process")
     process = (
@@ -383,7 +383,7 @@ def from_v1(ref: Ref, data: dict[str, Any]) -> InstanceState:
         if p
         else None
     )
-    return InstanceState(
+    return InstanceRecord(
         ref=ref,
         process=process,
         current=_v1_target(ref, data.get("current")),

@@ -1,7 +1,7 @@
 """Decide what each instance needs next: `plan(desired, states, now) -> list[Action]`.
 
 The middle of the agent's flow: `loop` gathers the desired state (from etcd,
-via `desired`) and each instance's `model.InstanceState` (from the
+via `desired`) and each instance's `model.InstanceRecord` (from the
 `executor`), calls `plan`, and hands the actions to the `executor`. The only
 module that decides. Pure: no I/O, no clock (`now` is passed in, wall-clock
 seconds), no randomness (back-off jitter is drawn by the supervisor when a
@@ -134,7 +134,7 @@ class Wait:
 Action = Install | Start | Stop | Promote | Reject | Remove | Forget | Wait
 
 
-def effective_target(want: model.Target | model.Broken, s: model.InstanceState) -> model.Target | None:
+def effective_target(want: model.Target | model.Broken, s: model.InstanceRecord) -> model.Target | None:
     """What the instance should run: the wanted target, or the last good one when that is not possible.
 
     A broken document keeps whatever ran before (the last valid configuration),
@@ -151,7 +151,7 @@ def effective_target(want: model.Target | model.Broken, s: model.InstanceState) 
 
 def plan_instance(
     want: model.Target | model.Broken | None,
-    s: model.InstanceState,
+    s: model.InstanceRecord,
     now: float,
     backoff_base: float = model.BACKOFF_BASE,
     removed_grace: float = model.REMOVED_GRACE,
@@ -206,7 +206,7 @@ def plan_instance(
 
 
 def _plan_drained(
-    want: model.Target | model.Broken, s: model.InstanceState, now: float, drain: model.Drain, turn: bool
+    want: model.Target | model.Broken, s: model.InstanceRecord, now: float, drain: model.Drain, turn: bool
 ) -> list[Action]:
     """A desired instance of a drained server: no start, no install; a stop when it is its turn."""
     ref = s.ref
@@ -226,7 +226,7 @@ def _plan_drained(
 
 def plan(
     desired: Mapping[model.Ref, model.Target | model.Broken],
-    states: Mapping[model.Ref, model.InstanceState],
+    states: Mapping[model.Ref, model.InstanceRecord],
     now: float,
     backoff_base: float = model.BACKOFF_BASE,
     removed_grace: float = model.REMOVED_GRACE,
@@ -239,7 +239,7 @@ def plan(
     for ref in sorted(set(desired) | set(states)):
         s = states.get(ref)
         if s is None:
-            s = model.InstanceState(ref=ref)
+            s = model.InstanceRecord(ref=ref)
         want = desired.get(ref)
         if drain is not None and want is not None and s.removed_at is None and s.step is None:
             todo = _plan_drained(want, s, now, drain, turn)

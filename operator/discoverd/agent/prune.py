@@ -7,7 +7,7 @@ Kept, per service:
 
 - every version an instance of this server runs, ran last, or may roll back
   to (its current, its last good configuration, its live process);
-- every instance's previous version (`InstanceState.previous_version`, and the
+- every instance's previous version (`InstanceRecord.previous_version`, and the
   version the instance that just counted as started ran before): a rollback by
   hand or by the rollout controller (`auto_revert`) finds its install there and
   starts at once;
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 def keep(
     service: str,
-    states: Iterable[model.InstanceState],
+    states: Iterable[model.InstanceRecord],
     previous: str | None,
     installed: dict[str, float],
     keep_versions: int = 0,
@@ -59,7 +59,7 @@ def keep(
 def prune(
     layout: layout_.Layout,
     service: str,
-    states: Iterable[model.InstanceState],
+    states: Iterable[model.InstanceRecord],
     previous: str | None,
     busy: Callable[[str], bool],
     keep_versions: int = 0,

@@ -53,7 +53,7 @@ from discoverd.agent import desired, model
 from discoverd.errors import PermissionDenied, StoreUnavailable
 from discoverd.schema import keys
 from discoverd.store import watch
-from discoverd.store.documents import Entry, Store
+from discoverd.store.typed import Entry, Store
 
 __all__ = ["ScopedWatch", "Span", "spans"]
 

@@ -1,7 +1,7 @@
 """Status documents rebuilt from observation and written to etcd under the agent's lease.
 
 Last stage of the agent's flow: after each pass `loop` calls `summarize` for
-every instance (a pure function of the desired state and the instance's `model.InstanceState`) and hands the
+every instance (a pure function of the desired state and the instance's `model.InstanceRecord`) and hands the
 results to the `Writer`. The writer holds one lease (kept alive every third
 of its TTL), writes `status/agent` when it gets a lease, and writes an
 instance's status only when its summary changed, so an idle agent sends
@@ -29,7 +29,7 @@ from discoverd.errors import PermissionDenied, StoreUnavailable
 from discoverd.schema import documents, keys
 from discoverd.schema.documents import Phase
 from discoverd.store import leases
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 
 __all__ = ["Summary", "Writer", "drain_phase", "summarize"]
 
@@ -46,7 +46,7 @@ def _with(base: Summary, **changes: object) -> Summary:
 
 def summarize(
     want: model.Target | model.Broken | None,
-    s: model.InstanceState,
+    s: model.InstanceRecord,
     backoff_base: float = model.BACKOFF_BASE,
     drained: bool = False,
 ) -> Summary:
@@ -60,7 +60,7 @@ def summarize(
 
 
 def _summarize(
-    want: model.Target | model.Broken | None, s: model.InstanceState, backoff_base: float, drained: bool
+    want: model.Target | model.Broken | None, s: model.InstanceRecord, backoff_base: float, drained: bool
 ) -> Summary:
     """The status of one instance, from what is wanted and its state (the rules are `model`'s)."""
     p = s.process

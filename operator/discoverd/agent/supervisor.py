@@ -3,7 +3,7 @@
 `executor` gives each instance a `Supervisor`; `plan` reads its `state` and
 decides. The supervisor acts and reports what happened (a step failed, the
 process exited, a health check failed) as events applied to its
-`model.InstanceState` (the rules of what an event means are there), saved
+`model.InstanceRecord` (the rules of what an event means are there), saved
 whole after every event; it never decides what comes next. It survives agent
 restarts through that saved state: `adopt()` trusts a recorded pid only when
 the process start time matches, then watches it through a pidfd like its own
@@ -26,8 +26,8 @@ from pathlib import Path
 
 from discoverd import logs
 from discoverd.agent import artifacts as artifacts_
+from discoverd.agent import invocation, model, observe, plan, processes, scriptlogs
 from discoverd.agent import layout as layout_
-from discoverd.agent import model, observe, plan, steps
 from discoverd.metrics import AgentMetrics
 
 __all__ = ["Supervisor"]
@@ -48,12 +48,12 @@ class Supervisor:
         self,
         ref: model.Ref,
         layout: layout_.Layout,
-        ctx: steps.Context,
+        ctx: invocation.Context,
         notify: Callable[[], None],
         install_lock: Callable[[str, str], asyncio.Lock],
         on_promote: Callable[[model.Ref, str | None], None],
         rng: random.Random | None = None,
-        sweeper: steps.Sweeper | None = None,
+        sweeper: processes.Sweeper | None = None,
         metrics: AgentMetrics | None = None,
         artifacts: artifacts_.Artifacts | None = None,
     ) -> None:
@@ -66,8 +66,8 @@ class Supervisor:
         self.install_lock = install_lock
         self.on_promote = on_promote
         self.rng = rng or random.Random()
-        self.sweeper = sweeper or steps.Sweeper()
-        self.state = model.InstanceState(ref=ref)
+        self.sweeper = sweeper or processes.Sweeper()
+        self.state = model.InstanceRecord(ref=ref)
         """Everything known about the instance; replaced (never changed) by each event, and saved."""
         self.popen: subprocess.Popen[bytes] | None = None
         self._swept = False
@@ -82,11 +82,11 @@ class Supervisor:
         v = version or (current.version if current else "")
         return logs.kv(service=self.ref.service, instance=self.ref.instance, version=v, **more)
 
-    def snapshot(self, installed: frozenset[tuple[str, str]]) -> model.InstanceState:
+    def snapshot(self, installed: frozenset[tuple[str, str]]) -> model.InstanceRecord:
         """The state for `plan`, with the service's install markers as read from disk this pass."""
         return self.state.model_copy(update={"installed": installed})
 
-    def _apply(self, state: model.InstanceState) -> None:
+    def _apply(self, state: model.InstanceRecord) -> None:
         """Take the state an event produced, and save it whole (before anything else can happen)."""
         if state is not self.state:
             self.state = state
@@ -110,7 +110,7 @@ class Supervisor:
                 return False
             # Files without a record: left by an agent before format 2, which deleted the record on
             # removal and kept the directory forever. Kept for the grace period from now, like a removal.
-            self._apply(model.InstanceState(ref=self.ref).removed(time.time()))
+            self._apply(model.InstanceRecord(ref=self.ref).removed(time.time()))
             log.info("Found files of a removed instance", extra=self._kv())
             return True
         self.state = state
@@ -136,7 +136,7 @@ class Supervisor:
 
         Its leader is the process carrying the run ID that leads its own process group.
         """
-        for pid, started in observe.tagged([steps.run_tag(self.ctx, p.run_id)]).popitem()[1]:
+        for pid, started in observe.tagged([invocation.run_tag(self.ctx, p.run_id)]).popitem()[1]:
             with contextlib.suppress(OSError):
                 if os.getpgid(pid) == pid:
                     log.info("Found unrecorded run", extra=self._kv(p.version, pid=pid, run_id=p.run_id))
@@ -156,7 +156,7 @@ class Supervisor:
                         began = time.monotonic()
                         if not self._swept:
                             await self._sweep()
-                        await steps.clear_cgroup(self.ctx.placement.cgroup(self.ref))  # cgroups: leftovers
+                        await processes.clear_cgroup(self.ctx.placement.cgroup(self.ref))  # cgroups: leftovers
                         self._start(target)
                         if self.metrics is not None:
                             self.metrics.step_seconds.labels("start").observe(time.monotonic() - began)
@@ -210,10 +210,10 @@ class Supervisor:
                 self.notify()
                 log.info(f"Running {name} script", extra=self._kv(version))
                 began = time.monotonic()
-                result = await steps.run_step(
+                result = await processes.run_step(
                     f"the {name} script",
-                    steps.argv_for(script, self.ctx, vdir, vdir),
-                    steps.environment(target, self.ctx, vdir, idir, script.env),
+                    invocation.argv_for(script, self.ctx, vdir, vdir),
+                    invocation.environment(target, self.ctx, vdir, idir, script.env),
                     vdir,
                     self.layout.log_path(self.ref, name),
                     script.timeout_seconds,
@@ -265,7 +265,7 @@ class Supervisor:
 
     async def _sweep(self) -> None:
         """Kill whatever carries this instance's tag: runs an earlier agent started, recorded or not."""
-        killed = await self.sweeper.sweep(steps.instance_tag(self.ctx, self.layout.instance_dir(self.ref)))
+        killed = await self.sweeper.sweep(invocation.instance_tag(self.ctx, self.layout.instance_dir(self.ref)))
         self._swept = True
         if killed:
             log.warning("Killed leftover processes", extra=self._kv(count=killed))
@@ -280,7 +280,7 @@ class Supervisor:
             return
 
         async def sweep() -> None:
-            killed = await self.sweeper.sweep(steps.run_tag(self.ctx, p.run_id))
+            killed = await self.sweeper.sweep(invocation.run_tag(self.ctx, p.run_id))
             if killed:
                 log.warning("Killed leftover processes", extra=self._kv(p.version, pid=p.pid, count=killed))
 
@@ -292,7 +292,7 @@ class Supervisor:
         self._step(model.Step.STARTING)
         vdir = self.layout.version_dir(self.ref.service, target.version)
         idir = self.layout.instance_dir(self.ref)
-        argv = steps.argv_for(target.run, self.ctx, vdir, idir, ref=self.ref, resources=target.document.resources)
+        argv = invocation.argv_for(target.run, self.ctx, vdir, idir, ref=self.ref, resources=target.document.resources)
         started_at = time.time()
         run_id = uuid.uuid4().hex
         # Recorded before it exists: an agent killed between the spawn and the record below leaves
@@ -304,9 +304,9 @@ class Supervisor:
             self.metrics.restarts.inc()
         try:
             self.ctx.placement.prepare(self.ref, target.document.resources)  # cgroups
-            popen = steps.spawn(
+            popen = processes.spawn(
                 argv,
-                {**steps.environment(target, self.ctx, vdir, idir, target.run.env), "DISCOVERD_RUN_ID": run_id},
+                {**invocation.environment(target, self.ctx, vdir, idir, target.run.env), "DISCOVERD_RUN_ID": run_id},
                 idir,
                 self.layout.log_path(self.ref, "run"),
                 self.ctx.logs,
@@ -326,7 +326,7 @@ class Supervisor:
 
     def _watch_process(self, p: model.Process, popen: subprocess.Popen[bytes] | None) -> None:
         async def watch() -> None:
-            async with steps.rotating(self.layout.log_path(self.ref, "run"), self.ctx.logs):
+            async with scriptlogs.rotating(self.layout.log_path(self.ref, "run"), self.ctx.logs):
                 await observe.exited(p.pid)
             code = popen.wait() if popen is not None else None
             if not self._stopping and self.state.process == p:
@@ -347,7 +347,7 @@ class Supervisor:
         self.popen = None
         self._cancel_health()
         if p.pid and ours:
-            steps.kill_group(p.pid)
+            processes.kill_group(p.pid)
         if (cgroup := self.ctx.placement.cgroup(self.ref)) is not None:  # cgroups: what the run left behind
             cgroup.kill()
         self._sweep_run(p)
@@ -369,7 +369,7 @@ class Supervisor:
         self._stopping = True
         self._cancel_health()
         try:
-            await steps.stop_group(
+            await processes.stop_group(
                 p.pid,
                 p.start_time,
                 "SIGKILL" if grace is not None and grace <= 0 else doc.stop_signal if doc else "SIGTERM",
@@ -413,10 +413,10 @@ class Supervisor:
         async def probe() -> None:
             while True:
                 await asyncio.sleep(check.interval)
-                result = await steps.run_step(
+                result = await processes.run_step(
                     "the health check",
-                    steps.argv_for(check, self.ctx, vdir, idir),
-                    steps.environment(target, self.ctx, vdir, idir, check.env),
+                    invocation.argv_for(check, self.ctx, vdir, idir),
+                    invocation.environment(target, self.ctx, vdir, idir, check.env),
                     idir,
                     self.layout.log_path(self.ref, "health"),
                     check.timeout_seconds if check.timeout is not None else check.interval,

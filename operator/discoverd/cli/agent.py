@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from discoverd.agent import artifacts, cgroups, extract, identity, logserver, loop, model, steps
+from discoverd.agent import artifacts, cgroups, extract, identity, logserver, loop, model, scriptlogs
 from discoverd.cli import main
 from discoverd.schema import keys
 
@@ -94,21 +94,21 @@ def _cgroup_root(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.option(
     "--script-log-max-bytes",
     type=click.IntRange(min=1024),
-    default=steps.LogLimit.max_bytes,
+    default=scriptlogs.LogLimit.max_bytes,
     show_default=True,
     help="Size at which a run, step or health log is rotated.",
 )
 @click.option(
     "--script-log-keep",
     type=click.IntRange(min=0),
-    default=steps.LogLimit.keep,
+    default=scriptlogs.LogLimit.keep,
     show_default=True,
     help="Rotated copies kept of each log (<log>.1 is the newest).",
 )
 @click.option(
     "--script-log-check-interval",
     type=click.FloatRange(min=0.05),
-    default=steps.LogLimit.interval,
+    default=scriptlogs.LogLimit.interval,
     hidden=True,
     help="Seconds between checks of a running script's log size (tests shorten it).",
 )
@@ -311,7 +311,7 @@ def agent(
         lease_ttl=lease_ttl,
         backoff_base=backoff_base,
         placement=placement,
-        script_logs=steps.LogLimit(script_log_max_bytes, script_log_keep, script_log_check_interval),
+        script_logs=scriptlogs.LogLimit(script_log_max_bytes, script_log_keep, script_log_check_interval),
         metrics_address=metrics_address,
         artifacts=artifacts.Settings(
             cache_bytes=artifact_cache_mb * 2**20,

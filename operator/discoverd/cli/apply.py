@@ -24,8 +24,7 @@ import click
 from discoverd.cli import main
 from discoverd.errors import InvalidDocument
 from discoverd.schema import documents, manifests
-from discoverd.store import client
-from discoverd.store import documents as store_documents
+from discoverd.store import client, typed
 
 __all__ = ["Change", "apply", "plan_changes", "read_manifests", "validate", "write_changes"]
 
@@ -72,7 +71,7 @@ def _merged(new: documents.Document, old: documents.Document | None) -> document
     return type(new).model_validate({**documents.dump(new), **kept, **unknown})
 
 
-async def plan_changes(store: store_documents.Store, found: list[manifests.Manifest]) -> list[Change]:
+async def plan_changes(store: typed.Store, found: list[manifests.Manifest]) -> list[Change]:
     """What applying `found` would do to etcd now."""
     prefix = store.prefix
     entries = await asyncio.gather(*(store.get(m.mapped.key.build(prefix)) for m in found))
@@ -92,8 +91,8 @@ async def plan_changes(store: store_documents.Store, found: list[manifests.Manif
     return changes
 
 
-async def write_changes(store: store_documents.Store, changes: list[Change]) -> int:
-    writes = [store_documents.Write(c.key, c.new, c.expect) for c in changes if c.action != "unchanged"]
+async def write_changes(store: typed.Store, changes: list[Change]) -> int:
+    writes = [typed.Write(c.key, c.new, c.expect) for c in changes if c.action != "unchanged"]
     return await store.apply(writes)
 
 
@@ -143,7 +142,7 @@ def apply(ctx: click.Context, paths: tuple[str, ...], dry_run: bool) -> None:
     options = main.etcd_options(ctx)
 
     async def run() -> list[Change]:
-        store = store_documents.Store(await client.connect(options))
+        store = typed.Store(await client.connect(options))
         try:
             changes = await plan_changes(store, found)
             if not dry_run:

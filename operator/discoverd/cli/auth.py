@@ -27,7 +27,7 @@ from discoverd.errors import StoreUnavailable
 from discoverd.schema import keys
 from discoverd.store import auth as auth_
 from discoverd.store import client
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 
 __all__ = ["auth"]
 

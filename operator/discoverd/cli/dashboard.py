@@ -21,7 +21,7 @@ from discoverd.config import EtcdOptions
 from discoverd.dashboard import feed as feed_
 from discoverd.dashboard import server
 from discoverd.store import client
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 
 __all__ = ["dashboard"]
 

@@ -24,7 +24,7 @@ from discoverd.config import EtcdOptions
 from discoverd.errors import Conflict
 from discoverd.schema import documents, keys
 from discoverd.store import client
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 
 __all__ = ["drain", "parse_duration", "undrain"]
 

@@ -28,8 +28,7 @@ from discoverd.config import EtcdOptions
 from discoverd.errors import Compacted, StoreUnavailable, printable
 from discoverd.schema import documents, keys, names, resources
 from discoverd.schema import rollouts as rollouts_
-from discoverd.store import client, watch
-from discoverd.store import documents as store_documents
+from discoverd.store import client, typed, watch
 
 __all__ = ["View", "build_view", "get", "read_view", "render"]
 
@@ -50,7 +49,7 @@ class View:
     invalid: list[str] = field(default_factory=list)
 
 
-def build_view(snapshot: store_documents.Snapshot) -> View:
+def build_view(snapshot: typed.Snapshot) -> View:
     view = View(snapshot.revision)
     for entry in snapshot.entries.values():
         if entry.error is not None:
@@ -270,13 +269,13 @@ def render(view: View, what: str, output: str, prefix: str, now: dt.datetime) ->
     return _table(header, rows) if rows else None
 
 
-async def _read(store: store_documents.Store) -> View:
+async def _read(store: typed.Store) -> View:
     return build_view(await store.snapshot())
 
 
 async def read_view(options: EtcdOptions) -> View:
     """Configuration and status under the prefix, read once at one revision."""
-    store = store_documents.Store(await client.connect(options))
+    store = typed.Store(await client.connect(options))
     try:
         return await _read(store)
     finally:
@@ -285,7 +284,7 @@ async def read_view(options: EtcdOptions) -> View:
 
 async def _follow(options: EtcdOptions, what: str, output: str) -> None:
     """Print, then print again whenever what is shown changes (a watch on the prefix), until Ctrl-C."""
-    store = store_documents.Store(await client.connect(options))
+    store = typed.Store(await client.connect(options))
     last: str | None = None
     warned: set[str] = set()
     try:

@@ -25,7 +25,7 @@ from discoverd.errors import StoreUnavailable
 from discoverd.schema import keys
 from discoverd.schema import logaccess as protocol
 from discoverd.store import client
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 
 __all__ = ["logs", "parse_duration"]
 

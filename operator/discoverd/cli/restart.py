@@ -25,7 +25,7 @@ from discoverd.config import EtcdOptions
 from discoverd.errors import Conflict
 from discoverd.schema import documents, keys, rollouts
 from discoverd.store import client, rollout_requests
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 
 __all__ = ["new_token", "restart"]
 

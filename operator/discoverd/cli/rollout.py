@@ -20,7 +20,7 @@ from discoverd.config import EtcdOptions
 from discoverd.errors import Compacted, StoreUnavailable, printable
 from discoverd.schema import documents, keys, rollouts
 from discoverd.store import client, rollout_requests, watch
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 
 __all__ = ["rollout"]
 

@@ -29,7 +29,7 @@ from discoverd.config import EtcdOptions
 from discoverd.controller import loop as controller_loop
 from discoverd.schema import documents, keys
 from discoverd.store import client
-from discoverd.store.documents import Store, Write
+from discoverd.store.typed import Store, Write
 
 __all__ = ["default_state_dir", "sample_documents", "up"]
 

@@ -18,7 +18,7 @@ from discoverd import logs
 from discoverd.errors import Compacted, Conflict, StoreUnavailable
 from discoverd.schema import keys
 from discoverd.store import leases, watch
-from discoverd.store.documents import Store, Write
+from discoverd.store.typed import Store, Write
 
 __all__ = ["campaign", "hold"]
 

@@ -31,7 +31,7 @@ from discoverd.controller import leader, plan, roles, scope, world
 from discoverd.errors import Compacted, Conflict, StoreUnavailable
 from discoverd.schema import documents, keys, rollouts, untrusted
 from discoverd.store import connect, leases, watch
-from discoverd.store.documents import Store, Write
+from discoverd.store.typed import Store, Write
 
 __all__ = ["Controller", "run"]
 

@@ -44,7 +44,7 @@ from discoverd import logs, runtime
 from discoverd.errors import PermissionDenied, StoreUnavailable
 from discoverd.schema import keys
 from discoverd.store import auth, watch
-from discoverd.store.documents import Entry, Store
+from discoverd.store.typed import Entry, Store
 
 __all__ = ["RESYNC", "Changes", "Roles", "diff", "sync_once"]
 

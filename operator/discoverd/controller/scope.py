@@ -52,7 +52,7 @@ from discoverd.controller import world
 from discoverd.errors import InvalidDocument
 from discoverd.schema import documents, keys
 from discoverd.store import watch
-from discoverd.store.documents import Entry, Snapshot, Store
+from discoverd.store.typed import Entry, Snapshot, Store
 
 __all__ = ["Scope"]
 

@@ -24,7 +24,7 @@ from discoverd import logs
 from discoverd.controller import plan
 from discoverd.schema import documents, keys, rollouts
 from discoverd.store import watch
-from discoverd.store.documents import Entry, Snapshot, decode
+from discoverd.store.typed import Entry, Snapshot, decode
 
 __all__ = ["Rollout", "World"]
 

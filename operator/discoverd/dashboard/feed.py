@@ -17,7 +17,7 @@ from collections.abc import Iterable
 
 from discoverd.errors import Compacted, StoreUnavailable
 from discoverd.store import watch
-from discoverd.store.documents import Entry, Store
+from discoverd.store.typed import Entry, Store
 
 __all__ = ["Feed", "Subscription"]
 

@@ -25,7 +25,7 @@ from typing import Any
 from discoverd import logaccess
 from discoverd.errors import StoreUnavailable
 from discoverd.schema import logaccess as protocol
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 
 __all__ = ["MAX_OPEN", "TAIL", "follow"]
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from discoverd.schema import documents, keys, rollouts
 from discoverd.store import rollout_requests
-from discoverd.store.documents import Entry
+from discoverd.store.typed import Entry
 
 __all__ = ["Index", "fleet", "instance", "rollout", "service"]
 

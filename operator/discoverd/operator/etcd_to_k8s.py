@@ -20,7 +20,7 @@ from discoverd import logs
 from discoverd.errors import InvalidDocument, StoreUnavailable
 from discoverd.operator import reconciler, status
 from discoverd.schema import keys, resources
-from discoverd.store import documents, watch
+from discoverd.store import typed, watch
 
 __all__ = ["resync", "run"]
 
@@ -36,7 +36,7 @@ def _utf8(key: str) -> bool:
     return True
 
 
-def _parsed(entry: documents.Entry) -> keys.Key | None:
+def _parsed(entry: typed.Entry) -> keys.Key | None:
     """The entry's key if the mirror looks at it; an invalid one is logged (key and field) and skipped."""
     if not _utf8(entry.key):
         logger.warning("Ignored key: not valid UTF-8", extra=logs.kv(key=ascii(entry.key)))
@@ -57,7 +57,7 @@ async def resync(r: reconciler.Reconciler) -> int:
     """Queue every key and every object; the revision to watch from."""
     snapshot = await r.store.snapshot()
     r.view = status.View()
-    config: dict[keys.Key, documents.Entry] = {}
+    config: dict[keys.Key, typed.Entry] = {}
     for entry in snapshot.entries.values():
         parsed = _parsed(entry)
         if parsed is None:
@@ -80,7 +80,7 @@ def _apply(r: reconciler.Reconciler, batch: list[watch.Event]) -> None:
     for event in batch:
         if isinstance(event, watch.Progress):
             continue
-        entry: documents.Entry | None = None
+        entry: typed.Entry | None = None
         if isinstance(event, watch.Put):
             entry = event.entry
             parsed = _parsed(entry)

@@ -35,7 +35,7 @@ from discoverd import logs, metrics, runtime
 from discoverd.errors import Conflict, DiscoverdError
 from discoverd.operator import decision, kube, objects, startup, status, workqueue
 from discoverd.schema import keys, names, resources
-from discoverd.store import documents
+from discoverd.store import typed
 
 __all__ = ["UNREAD", "Duplicate", "Outcome", "Reconciler", "Unread", "describe", "merge_patch"]
 
@@ -125,7 +125,7 @@ def spec_patch(obj: objects.Object, spec: dict[str, Any], annotations: dict[str,
 class Reconciler:
     """One prefix in etcd mirrored into one namespace, key by key."""
 
-    def __init__(self, store: documents.Store, api: kube.Api, metrics_: metrics.OperatorMetrics | None = None) -> None:
+    def __init__(self, store: typed.Store, api: kube.Api, metrics_: metrics.OperatorMetrics | None = None) -> None:
         self.store = store
         self.api = api
         self.prefix = store.prefix
@@ -137,11 +137,11 @@ class Reconciler:
         self.metrics.queue_depth.set_function(lambda: len(self.queue))
         self.resync = runtime.Resync("operator", on_lost=self.metrics.etcd_reconnects.inc)
         """Readiness (`current`: true from a full resync until the etcd watch is lost) and losses."""
-        self._config: dict[keys.Key, documents.Entry | Unread | None] = {}
+        self._config: dict[keys.Key, typed.Entry | Unread | None] = {}
         """Queued keys whose configuration needs syncing, with the newest value the watch delivered."""
         self._locks: workqueue.KeyLocks[keys.Key] = workqueue.KeyLocks()
 
-    def enqueue(self, key: keys.Key, *, config: bool = True, seen: documents.Entry | Unread | None = UNREAD) -> None:
+    def enqueue(self, key: keys.Key, *, config: bool = True, seen: typed.Entry | Unread | None = UNREAD) -> None:
         """Reconcile `key` soon: its configuration (with `seen`, the value a watch event just delivered,
         None: deleted) and status, or with `config` False only its status."""
         if config:
@@ -259,7 +259,7 @@ class Reconciler:
         *,
         name: str | None = None,
         handler: bool = False,
-        seen: documents.Entry | Unread | None = UNREAD,
+        seen: typed.Entry | Unread | None = UNREAD,
         given: dict[str, Any] | None = None,
     ) -> Outcome:
         """Make the object and the etcd key agree. `name`: the object a handler was called for,
@@ -299,7 +299,7 @@ class Reconciler:
                 return Outcome(chosen, obj, retry=isinstance(chosen, decision.Release))
             raise Conflict(key.build(self.prefix), 0, "the key kept changing while being mirrored")
 
-    def _decide(self, key: keys.Key, obj: objects.Object | None, entry: documents.Entry | None) -> decision.Decision:
+    def _decide(self, key: keys.Key, obj: objects.Object | None, entry: typed.Entry | None) -> decision.Decision:
         built = key.build(self.prefix)
         etcd = None if entry is None else decision.etcd_side(key, entry.mod_revision, entry.document, _error(entry))
         return decision.decide(None if obj is None else obj.side(key, self.prefix), etcd, built)
@@ -309,7 +309,7 @@ class Reconciler:
         key: keys.Key,
         obj: objects.Object | None,
         chosen: decision.Decision,
-        entry: documents.Entry | None,
+        entry: typed.Entry | None,
         given: dict[str, Any] | None = None,
     ) -> objects.Object | None:
         built = key.build(self.prefix)
@@ -381,7 +381,7 @@ class Reconciler:
         key: keys.Key,
         obj: objects.Object,
         expect: int,
-        entry: documents.Entry | None,
+        entry: typed.Entry | None,
         given: dict[str, Any] | None,
     ) -> objects.Object | None:
         """Write the object's spec to etcd: the spec of `given` if it is the version decided on, else
@@ -398,7 +398,7 @@ class Reconciler:
                 raise Conflict(f"{kind.value} {obj.name}", 0, f"{kind.value} {obj.name} changed meanwhile")
         spec = body.get("spec") or {}
         value = decision.value_of(kind, spec, entry.document if entry is not None else None)
-        revision = await self.store.apply([documents.Write(key.build(self.prefix), value, expect)])
+        revision = await self.store.apply([typed.Write(key.build(self.prefix), value, expect)])
         self.etcd_writes += 1
         annotations = _annotations(key.build(self.prefix), revision, decision.digest(kind, spec))
         return await self._patch(key.kind, obj.name, {"metadata": {"annotations": annotations}})
@@ -451,5 +451,5 @@ def _mirrored(key: keys.Key, obj: objects.Object, prefix: str) -> bool:
     return obj.synced_key == key.build(prefix) and obj.digest is not None and obj.digest == obj.synced_digest
 
 
-def _error(entry: documents.Entry) -> str | None:
+def _error(entry: typed.Entry) -> str | None:
     return str(entry.error) if entry.error is not None else None

@@ -38,7 +38,7 @@ from aetcd import rpc
 from discoverd.errors import DiscoverdError, StoreUnavailable
 from discoverd.schema import documents, keys
 from discoverd.store import client as client_
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 
 __all__ = [
     "Access",

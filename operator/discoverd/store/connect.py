@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from discoverd import logs, runtime
 from discoverd.config import EtcdOptions
 from discoverd.errors import StoreUnavailable
-from discoverd.store import client, documents
+from discoverd.store import client, typed
 
 __all__ = ["retrying"]
 
@@ -27,7 +27,7 @@ async def retrying(
     *,
     context: Mapping[str, object] | None = None,
     on_failure: Callable[[StoreUnavailable], None] | None = None,
-) -> documents.Store:
+) -> typed.Store:
     """A store, once etcd answers (retrying with back-off while it does not).
 
     `options` may be a function asked again before each try (the agent's credentials come from the
@@ -37,7 +37,7 @@ async def retrying(
     while True:
         current = options if isinstance(options, EtcdOptions) else await options()
         try:
-            return documents.Store(await client.connect(current))
+            return typed.Store(await client.connect(current))
         except StoreUnavailable as error:
             wait = backoff.next()
             log.warning(

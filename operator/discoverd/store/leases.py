@@ -5,7 +5,7 @@ from __future__ import annotations
 from aetcd import rpc
 
 from discoverd.store import client as client_
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 
 __all__ = ["LeaseExpired", "grant", "keep_alive_once", "revoke"]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from discoverd.errors import Conflict, DiscoverdError
 from discoverd.schema import documents, keys, rollouts
-from discoverd.store.documents import Entry, Store, Write
+from discoverd.store.typed import Entry, Store, Write
 
 __all__ = ["ACTIVE", "CHANGES", "Refused", "change", "config", "replace", "start", "status_of"]
 

@@ -34,7 +34,7 @@ from aetcd import rpc
 from discoverd.errors import Compacted, StoreUnavailable
 from discoverd.schema import keys
 from discoverd.store import client as client_
-from discoverd.store.documents import Entry, Store, decode_kv
+from discoverd.store.typed import Entry, Store, decode_kv
 
 __all__ = ["PROGRESS", "Delete", "Event", "Progress", "Put", "Stream", "watch"]
 

@@ -148,7 +148,7 @@ class Node:
         return self.state_dir / "records" / service / f"{instance}.json"
 
     def record(self, service: str, instance: str) -> dict[str, Any] | None:
-        """The saved `InstanceState` as JSON (`process`, `current`, `rejected`...)."""
+        """The saved `InstanceRecord` as JSON (`process`, `current`, `rejected`...)."""
         with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
             return dict(json.loads(self.record_path(service, instance).read_text())["state"])
         return None

@@ -23,7 +23,7 @@ from discoverd import logaccess
 from discoverd.schema import documents, keys
 from discoverd.schema import logaccess as protocol
 from discoverd.store import leases
-from discoverd.store.documents import Store, Write
+from discoverd.store.typed import Store, Write
 from support.wait import wait_until
 
 DISCOVERD = str(Path(sys.executable).parent / "discoverd")

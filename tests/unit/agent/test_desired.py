@@ -6,7 +6,7 @@ import json
 
 from discoverd.agent import desired, model
 from discoverd.schema import documents
-from discoverd.store.documents import Entry, decode
+from discoverd.store.typed import Entry, decode
 
 P = "/d"
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from discoverd.agent import logindex, logread, steps
+from discoverd.agent import logindex, logread, scriptlogs
 from discoverd.schema import logaccess
 
-LIMIT = steps.LogLimit(max_bytes=1, keep=2)
+LIMIT = scriptlogs.LogLimit(max_bytes=1, keep=2)
 
 
 def write(path: Path, *lines: str) -> None:
@@ -39,11 +39,11 @@ async def read(path: Path, **query: object) -> tuple[list[str], logaccess.End | 
 
 
 def rotated_log(tmp_path: Path) -> Path:
-    """run.log.2: 0-9, run.log.1: 10-19, run.log: 20-24 (as steps.rotate leaves them)."""
+    """run.log.2: 0-9, run.log.1: 10-19, run.log: 20-24 (as scriptlogs.rotate leaves them)."""
     path = tmp_path / "run.log"
     for first in (0, 10):
         write(path, *(f"line {i:02}" for i in range(first, first + 10)))
-        assert steps.rotate(path, steps.LogLimit(max_bytes=1, keep=LIMIT.keep))
+        assert scriptlogs.rotate(path, scriptlogs.LogLimit(max_bytes=1, keep=LIMIT.keep))
     write(path, *(f"line {i:02}" for i in range(20, 25)))
     return path
 
@@ -59,9 +59,9 @@ async def test_everything_is_read_oldest_copy_first(tmp_path: Path) -> None:
 async def test_tail_counts_back_across_the_copies(tmp_path: Path, tail: int) -> None:
     path = tmp_path / "run.log"
     write(path, *(f"a{i}" for i in range(10)))
-    steps.rotate(path, steps.LogLimit(max_bytes=1, keep=2))
+    scriptlogs.rotate(path, scriptlogs.LogLimit(max_bytes=1, keep=2))
     write(path, *(f"b{i}" for i in range(10)))
-    steps.rotate(path, steps.LogLimit(max_bytes=1, keep=2))
+    scriptlogs.rotate(path, scriptlogs.LogLimit(max_bytes=1, keep=2))
     write(path, *(f"c{i}" for i in range(5)))
     everything = [f"{c}{i}" for c, n in (("a", 10), ("b", 10), ("c", 5)) for i in range(n)]
     got, _ = await read(path, tail=tail)
@@ -99,7 +99,7 @@ async def test_follow_reads_on_after_copy_and_truncate_and_resumes_by_position(t
     task = asyncio.create_task(follow())
     await _until(lambda: len(got) == 1)
     write(path, "before rotation")
-    steps.rotate(path, steps.LogLimit(max_bytes=1, keep=2))  # copied to run.log.1 and emptied...
+    scriptlogs.rotate(path, scriptlogs.LogLimit(max_bytes=1, keep=2))  # copied to run.log.1 and emptied...
     write(path, "after")  # ...and written again before the reader looked
     await _until(lambda: len(got) == 3)
     stop.set()
@@ -133,7 +133,7 @@ def test_the_index_dates_each_line_and_moves_with_the_rotation(tmp_path: Path) -
     times = logindex.Times.read(path)
     assert (times.at(2), times.at(4)) == (100.0, 101.0)
     assert times.start_for(100.5) == 2  # "a" was seen before 100.5
-    steps.rotate(path, steps.LogLimit(max_bytes=1, keep=2))
+    scriptlogs.rotate(path, scriptlogs.LogLimit(max_bytes=1, keep=2))
     write(path, "c")
     sampler.sample([path], now=103.0)
     assert logindex.Times.read(logindex.rotated(path, 1)).at(4) == 101.0  # the copy kept its dates
@@ -146,7 +146,7 @@ def test_a_rotation_is_seen_even_when_the_log_grew_back_meanwhile(tmp_path: Path
     sampler = logindex.Sampler(keep=2)
     write(path, "short")
     sampler.sample([path], now=1.0)
-    steps.rotate(path, steps.LogLimit(max_bytes=1, keep=2))
+    scriptlogs.rotate(path, scriptlogs.LogLimit(max_bytes=1, keep=2))
     write(path, "a longer line than before")
     sampler.sample([path], now=2.0)
     assert logindex.Times.read(path).at(5) == 2.0

@@ -1,4 +1,4 @@
-"""model.InstanceState: its events as tables, saved and restored whole by layout, records of earlier agents migrated."""
+"""model.InstanceRecord: its events as tables, saved and restored whole by layout, records of earlier agents migrated."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from discoverd.agent import layout, model, plan, steps, supervisor
-from discoverd.agent.model import Exit, InstanceState, Process, Ref
+from discoverd.agent import invocation, layout, model, plan, supervisor
+from discoverd.agent.model import Exit, InstanceRecord, Process, Ref
 from discoverd.schema import documents
 
 REF = Ref("web", "i1")
@@ -31,8 +31,8 @@ def running(t: model.Target, started_at: float = NOW - 60) -> Process:
     return Process(42, 7, t.config_hash, t.version, started_at, "run-1")
 
 
-def full_state() -> InstanceState:
-    return InstanceState(
+def full_state() -> InstanceRecord:
+    return InstanceRecord(
         ref=REF,
         step=model.Step.STOPPING,
         process=running(V1),
@@ -77,7 +77,7 @@ def test_record_of_an_earlier_agent_is_migrated_out_of_the_instance_directory(tm
     old.write_text(json.dumps({"service": "web", "instance": "i1", "process": process, "current": t, "good": t}))
     assert lay.recorded() == [REF]
     state = lay.load(REF)
-    assert state == InstanceState(ref=REF, process=Process(42, 7, V1.config_hash, "1.0", NOW), current=V1, good=V1)
+    assert state == InstanceRecord(ref=REF, process=Process(42, 7, V1.config_hash, "1.0", NOW), current=V1, good=V1)
     assert not old.exists()
     assert lay.load(REF) == state  # from its new place now
     assert stat.S_IMODE(lay.record_path(REF).stat().st_mode) == 0o600
@@ -92,20 +92,20 @@ def test_unreadable_record_is_ignored(tmp_path: Path, content: str) -> None:
 
 
 def test_exit_before_counting_as_started_is_recorded_as_in_probation() -> None:
-    s = InstanceState(ref=REF, process=running(V2, NOW - 1), current=V2, good=V1).exited(2, NOW, 0.1)
+    s = InstanceRecord(ref=REF, process=running(V2, NOW - 1), current=V2, good=V1).exited(2, NOW, 0.1)
     assert s.process is None and s.failures == 1 and s.jitter == 0.1
     assert s.last_exit == Exit(V2.config_hash, "2.0", 2, NOW, True, "exited with code 2 before it stayed up 5 s")
     assert s.backoff_until(1.0) == pytest.approx(NOW + 0.9)
 
 
 def test_exit_after_ten_minutes_up_resets_the_backoff() -> None:
-    s = InstanceState(ref=REF, process=running(V1, NOW - 700), current=V1, good=V1, failures=6).exited(-9, NOW, 0.0)
+    s = InstanceRecord(ref=REF, process=running(V1, NOW - 700), current=V1, good=V1, failures=6).exited(-9, NOW, 0.0)
     assert s.failures == 1 and s.last_exit is not None and not s.last_exit.in_probation
     assert s.message == "version 1.0 was killed by signal 9"
 
 
 def test_promotion_makes_the_rollback_point_and_lifts_a_rejection() -> None:
-    s = InstanceState(ref=REF, process=running(V2), current=V2, good=V1, rejected={V2.config_hash: "x"})
+    s = InstanceRecord(ref=REF, process=running(V2), current=V2, good=V1, rejected={V2.config_hash: "x"})
     assert s.in_probation(V2.config_hash)
     p = s.promoted(V2, NOW)
     assert (p.good, p.previous_version, p.rejected) == (V2, "1.0", {})
@@ -113,13 +113,13 @@ def test_promotion_makes_the_rollback_point_and_lifts_a_rejection() -> None:
 
 
 def test_restarts_count_only_starts_of_the_configuration_that_exited() -> None:
-    exited = InstanceState(ref=REF, current=V1, last_exit=Exit(V1.config_hash, "1.0", 1, NOW, False, "x"))
+    exited = InstanceRecord(ref=REF, current=V1, last_exit=Exit(V1.config_hash, "1.0", 1, NOW, False, "x"))
     assert exited.spawning(V1, running(V1), NOW).restarts == 1
     assert exited.spawning(V2, running(V2), NOW).restarts == 0
 
 
 def test_rejecting_an_install_failure_consumes_it() -> None:
-    s = InstanceState(ref=REF).install_failed(V2, "the install script exited with code 5", NOW)
+    s = InstanceRecord(ref=REF).install_failed(V2, "the install script exited with code 5", NOW)
     assert s.install_failure is not None
     r = s.rejecting(V2.config_hash, s.install_failure.reason, NOW)
     assert r.install_failure is None and r.rejected == {V2.config_hash: "the install script exited with code 5"}
@@ -127,7 +127,7 @@ def test_rejecting_an_install_failure_consumes_it() -> None:
 
 def test_health_checks_count_failures_in_a_row() -> None:
     checked = target("1.0", health_check={"command": "true", "failure_threshold": 2})
-    s = InstanceState(ref=REF, process=running(checked), current=checked)
+    s = InstanceRecord(ref=REF, process=running(checked), current=checked)
     assert s.health_checked(True, "ok", NOW) is s  # nothing changed, nothing to save
     s = s.health_checked(False, "exit 1", NOW).health_checked(False, "exit 1", NOW)
     assert s.unhealthy(checked) and s.message == "exit 1 (2 in a row)"
@@ -142,9 +142,9 @@ def test_forgetting_a_removed_instance_deletes_its_record_and_directory(tmp_path
 
     async def main() -> None:
         sup = supervisor.Supervisor(
-            REF, lay, steps.Context("n1"), lambda: None, lambda s, v: asyncio.Lock(), lambda r, p: None
+            REF, lay, invocation.Context("n1"), lambda: None, lambda s, v: asyncio.Lock(), lambda r, p: None
         )
-        sup.state = InstanceState(ref=REF, current=V1)
+        sup.state = InstanceRecord(ref=REF, current=V1)
         await sup.execute([plan.Remove(REF)])  # nothing runs: nothing to stop
         assert lay.load(REF) is not None and sup.state.removed_at is not None
         assert run_log.exists()
@@ -162,7 +162,7 @@ def test_files_of_an_instance_an_earlier_agent_removed_are_kept_for_the_grace_pe
     lay.log_path(REF, "run")
     assert lay.instance_dirs() == [REF] and lay.recorded() == []
     sup = supervisor.Supervisor(
-        REF, lay, steps.Context("n1"), lambda: None, lambda s, v: asyncio.Lock(), lambda r, p: None
+        REF, lay, invocation.Context("n1"), lambda: None, lambda s, v: asyncio.Lock(), lambda r, p: None
     )
     assert sup.adopt()
     removed_at = sup.state.removed_at
@@ -171,6 +171,6 @@ def test_files_of_an_instance_an_earlier_agent_removed_are_kept_for_the_grace_pe
         plan.Wait(REF, removed_at + model.REMOVED_GRACE, "keeping its files")
     ]
     other = supervisor.Supervisor(
-        Ref("web", "none"), lay, steps.Context("n1"), lambda: None, lambda s, v: asyncio.Lock(), lambda r, p: None
+        Ref("web", "none"), lay, invocation.Context("n1"), lambda: None, lambda s, v: asyncio.Lock(), lambda r, p: None
     )
     assert not other.adopt()

@@ -1,4 +1,4 @@
-"""plan(desired, states, now) -> actions, as tables over `model.InstanceState`: no etcd, no processes, no clock."""
+"""plan(desired, states, now) -> actions, as tables over `model.InstanceRecord`: no etcd, no processes, no clock."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from discoverd.agent import model, plan
-from discoverd.agent.model import Exit, Failure, InstanceState, Process, Ref, Step
+from discoverd.agent.model import Exit, Failure, InstanceRecord, Process, Ref, Step
 from discoverd.agent.plan import Forget, Install, Promote, Reject, Remove, Start, Stop, Wait
 from discoverd.schema import documents
 
@@ -28,9 +28,9 @@ V2_FIXED = target("2.0", run="./web-fixed")
 CHECKED = target("1.0", health_check={"command": "true", "failure_threshold": 3})
 
 
-def S(**fields: Any) -> InstanceState:
+def S(**fields: Any) -> InstanceRecord:
     """The state of the instance under test."""
-    return InstanceState(ref=REF, **fields)
+    return InstanceRecord(ref=REF, **fields)
 
 
 def installed(*targets: model.Target) -> frozenset[tuple[str, str]]:
@@ -45,7 +45,7 @@ def exited(t: model.Target, at: float = NOW - 0.1, probation: bool = False) -> E
     return Exit(t.config_hash, t.version, 1, at, probation, "exited with code 1")
 
 
-CASES: list[tuple[str, model.Target | model.Broken | None, InstanceState, list[plan.Action]]] = [
+CASES: list[tuple[str, model.Target | model.Broken | None, InstanceRecord, list[plan.Action]]] = [
     ("new instance: install first", V1, S(), [Install(REF, V1)]),
     ("installed: start", V1, S(installed=installed(V1)), [Start(REF, V1)]),
     ("busy: nothing", V1, S(step=Step.INSTALLING), []),
@@ -201,14 +201,14 @@ CASES: list[tuple[str, model.Target | model.Broken | None, InstanceState, list[p
 
 @pytest.mark.parametrize(("want", "state", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_plan_instance(
-    want: model.Target | model.Broken | None, state: InstanceState, expected: list[plan.Action]
+    want: model.Target | model.Broken | None, state: InstanceRecord, expected: list[plan.Action]
 ) -> None:
     assert plan.plan_instance(want, state, NOW) == expected
 
 
 def test_plan_is_per_instance_and_removes_what_is_not_desired() -> None:
     other = Ref("web", "i2")
-    actions = plan.plan({REF: V1}, {other: InstanceState(ref=other)}, NOW)
+    actions = plan.plan({REF: V1}, {other: InstanceRecord(ref=other)}, NOW)
     assert actions == [Install(REF, V1), Remove(other)]
 
 

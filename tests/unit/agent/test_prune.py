@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from discoverd.agent import layout, model, prune
-from discoverd.agent.model import InstanceState, Process, Ref
+from discoverd.agent.model import InstanceRecord, Process, Ref
 from discoverd.schema import documents
 
 
@@ -21,10 +21,10 @@ A, B, OTHER = Ref("web", "a"), Ref("web", "b"), Ref("db", "a")
 ON_DISK = {"1.0": 1.0, "2.0": 2.0, "3.0": 3.0, "4.0": 4.0, "5.0": 5.0}
 
 
-def running(ref: Ref, version: str, previous: str | None = None) -> InstanceState:
+def running(ref: Ref, version: str, previous: str | None = None) -> InstanceRecord:
     t = target(ref, version)
     p = Process(pid=42, start_time=1, config_hash=t.config_hash, version=version, started_at=0.0)
-    return InstanceState(ref=ref, current=t, good=t, process=p, previous_version=previous)
+    return InstanceRecord(ref=ref, current=t, good=t, process=p, previous_version=previous)
 
 
 @pytest.mark.parametrize(
@@ -57,7 +57,9 @@ def running(ref: Ref, version: str, previous: str | None = None) -> InstanceStat
         ),
     ],
 )
-def test_keep(case: str, states: list[InstanceState], previous: str | None, keep_versions: int, kept: set[str]) -> None:
+def test_keep(
+    case: str, states: list[InstanceRecord], previous: str | None, keep_versions: int, kept: set[str]
+) -> None:
     assert prune.keep("web", states, previous, ON_DISK, keep_versions) == kept
 
 

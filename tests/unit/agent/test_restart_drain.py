@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 
 from discoverd.agent import desired, layout, model, plan, status
-from discoverd.agent.model import Drain, InstanceState, Process, Ref, Step
+from discoverd.agent.model import Drain, InstanceRecord, Process, Ref, Step
 from discoverd.agent.plan import Install, Reject, Remove, Start, Stop, Wait
 from discoverd.schema import documents
 from discoverd.schema.documents import DrainPhase, Phase
-from discoverd.store.documents import Entry, decode
+from discoverd.store.typed import Entry, decode
 
 REF = Ref("web", "i1")
 NOW = 1_000_000.0
@@ -41,11 +41,11 @@ def running(t: model.Target, token: str | None = "", started_at: float = NOW - 6
     return Process(42, 7, t.config_hash, t.version, started_at, "run", token)
 
 
-def S(ref: Ref = REF, **fields: Any) -> InstanceState:
-    return InstanceState(ref=ref, **fields)
+def S(ref: Ref = REF, **fields: Any) -> InstanceRecord:
+    return InstanceRecord(ref=ref, **fields)
 
 
-RESTARTS: list[tuple[str, model.Target, InstanceState, list[plan.Action]]] = [
+RESTARTS: list[tuple[str, model.Target, InstanceRecord, list[plan.Action]]] = [
     (
         "same token: nothing",
         V1_A,
@@ -98,7 +98,7 @@ RESTARTS: list[tuple[str, model.Target, InstanceState, list[plan.Action]]] = [
 
 
 @pytest.mark.parametrize(("want", "state", "expected"), [c[1:] for c in RESTARTS], ids=[c[0] for c in RESTARTS])
-def test_restart_token(want: model.Target, state: InstanceState, expected: list[plan.Action]) -> None:
+def test_restart_token(want: model.Target, state: InstanceRecord, expected: list[plan.Action]) -> None:
     assert plan.plan_instance(want, state, NOW) == expected
 
 
@@ -112,12 +112,12 @@ def test_the_token_is_no_part_of_the_configuration() -> None:
 R1, R2, R3 = Ref("db", "d1"), Ref("web", "i1"), Ref("web", "i2")
 
 
-def up(ref: Ref, **fields: Any) -> InstanceState:
+def up(ref: Ref, **fields: Any) -> InstanceRecord:
     t = target(ref=ref)
     return S(ref, process=running(t), current=t, good=t, installed=installed(t), **fields)
 
 
-def down(ref: Ref, **fields: Any) -> InstanceState:
+def down(ref: Ref, **fields: Any) -> InstanceRecord:
     t = target(ref=ref)
     return S(ref, current=t, good=t, installed=installed(t), **fields)
 
@@ -127,7 +127,7 @@ DRAIN = Drain()
 LATE = Drain(deadline=NOW + 30)
 PAST = Drain(deadline=NOW - 1)
 
-DRAINS: list[tuple[str, Drain, dict[Ref, InstanceState], list[plan.Action]]] = [
+DRAINS: list[tuple[str, Drain, dict[Ref, InstanceRecord], list[plan.Action]]] = [
     (
         "the first running instance is stopped, the others wait their turn",
         DRAIN,
@@ -181,7 +181,7 @@ DRAINS: list[tuple[str, Drain, dict[Ref, InstanceState], list[plan.Action]]] = [
 
 
 @pytest.mark.parametrize(("drain", "states", "expected"), [c[1:] for c in DRAINS], ids=[c[0] for c in DRAINS])
-def test_drain(drain: Drain, states: dict[Ref, InstanceState], expected: list[plan.Action]) -> None:
+def test_drain(drain: Drain, states: dict[Ref, InstanceRecord], expected: list[plan.Action]) -> None:
     assert plan.plan(WANT, states, NOW, drain=drain) == expected
 
 

@@ -6,7 +6,7 @@ import stat
 import threading
 from pathlib import Path
 
-from discoverd.agent.steps import LogLimit, rotate
+from discoverd.agent.scriptlogs import LogLimit, rotate
 
 
 def test_rotation_shifts_generations_and_keeps_only_keep_copies(tmp_path: Path) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from discoverd.agent import layout, model, states, status, steps, supervisor
-from discoverd.agent.model import InstanceState
+from discoverd.agent import invocation, layout, model, states, status, supervisor
+from discoverd.agent.model import InstanceRecord
 from discoverd.schema.documents import Phase
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 
 REF = model.Ref("web", "i1")
 NOW = 1_000_000.0
@@ -34,7 +34,7 @@ def proc(t: model.Target) -> model.Process:
 
 
 def test_rolled_back_names_both_versions_and_the_reason() -> None:
-    o = InstanceState(
+    o = InstanceRecord(
         ref=REF, process=proc(V1), current=V1, good=V1, rejected={V2.config_hash: "it exited with code 2"}
     )
     s = status.summarize(V2, o)
@@ -45,18 +45,18 @@ def test_rolled_back_names_both_versions_and_the_reason() -> None:
 
 def test_failed_install_with_nothing_to_go_back_to_is_failed() -> None:
     s = status.summarize(
-        V1, InstanceState(ref=REF, rejected={V1.config_hash: "the install script timed out after 2 s"})
+        V1, InstanceRecord(ref=REF, rejected={V1.config_hash: "the install script timed out after 2 s"})
     )
     assert s.phase is Phase.FAILED and "timed out" in s.message
 
 
 def test_starting_until_counted_then_running() -> None:
-    assert status.summarize(V1, InstanceState(ref=REF, process=proc(V1), current=V1)).phase is Phase.STARTING
-    assert status.summarize(V1, InstanceState(ref=REF, process=proc(V1), current=V1, good=V1)).phase is Phase.RUNNING
+    assert status.summarize(V1, InstanceRecord(ref=REF, process=proc(V1), current=V1)).phase is Phase.STARTING
+    assert status.summarize(V1, InstanceRecord(ref=REF, process=proc(V1), current=V1, good=V1)).phase is Phase.RUNNING
 
 
 def test_unhealthy_shows_while_it_is_being_stopped() -> None:
-    o = InstanceState(
+    o = InstanceRecord(
         ref=REF, step=model.Step.STOPPING, process=proc(CHECKED), current=CHECKED, good=CHECKED, health_failures=2
     )
     assert status.summarize(CHECKED, o).phase is Phase.UNHEALTHY
@@ -64,9 +64,9 @@ def test_unhealthy_shows_while_it_is_being_stopped() -> None:
 
 def test_backoff_after_an_exit_and_broken_documents_fail() -> None:
     exit_ = model.Exit(V1.config_hash, "1.0", 3, NOW, False, "exited with code 3")
-    s = status.summarize(V1, InstanceState(ref=REF, current=V1, last_exit=exit_, failures=2, message="x"))
+    s = status.summarize(V1, InstanceRecord(ref=REF, current=V1, last_exit=exit_, failures=2, message="x"))
     assert (s.phase, s.last_exit_code) == (Phase.BACK_OFF, 3)
-    broken = status.summarize(model.Broken(REF, "key: field 'x': bad"), InstanceState(ref=REF))
+    broken = status.summarize(model.Broken(REF, "key: field 'x': bad"), InstanceRecord(ref=REF))
     assert broken.phase is Phase.FAILED and broken.message == "key: field 'x': bad"
 
 
@@ -85,13 +85,13 @@ def test_jitter_differs_between_instances_that_fail_together(tmp_path: Path) -> 
         sup = supervisor.Supervisor(
             ref,
             layout.Layout(tmp_path),
-            steps.Context("n1"),
+            invocation.Context("n1"),
             lambda: None,
             lambda s, v: None,  # type: ignore[arg-type,return-value]
             lambda r, p: None,
             random.Random(seeds.random()),
         )
-        sup.state = InstanceState(ref=ref, process=model.Process(0, 0, V1.config_hash, "1.0", NOW))
+        sup.state = InstanceRecord(ref=ref, process=model.Process(0, 0, V1.config_hash, "1.0", NOW))
         sup._exited(1, ours=False)
         jitters.append(sup.state.jitter)
         assert sup.state.failures == 1 and sup.state.process is None
@@ -126,10 +126,10 @@ def test_the_agent_cuts_its_messages_to_the_cap_readers_check() -> None:
     from discoverd.schema import documents
 
     long = "the install script said: " + "\x1b[2J" * 100_000
-    s = status.summarize(V1, InstanceState(ref=REF, rejected={V1.config_hash: long}))
+    s = status.summarize(V1, InstanceRecord(ref=REF, rejected={V1.config_hash: long}))
     assert s.phase is Phase.FAILED and s.message.startswith("the install script said: ")
     when = "2026-01-01T00:00:00Z"
     written = documents.InstanceStatus.model_validate({**s.model_dump(), "since": when, "updated_at": when})
     documents.parse(documents.InstanceStatus, "k", documents.dumps(written))  # what every reader does
-    backing_off = InstanceState(ref=REF, message=long, restarts=1)
+    backing_off = InstanceRecord(ref=REF, message=long, restarts=1)
     assert len(status.summarize(V1, backing_off).message.encode()) <= documents.MAX_MESSAGE_BYTES

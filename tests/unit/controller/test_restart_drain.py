@@ -10,7 +10,7 @@ from discoverd.controller import plan, world
 from discoverd.schema import documents, keys
 from discoverd.schema.documents import Phase
 from discoverd.schema.rollouts import RolloutConfig, RolloutPhase, RolloutStatus
-from discoverd.store.documents import Snapshot, decode
+from discoverd.store.typed import Snapshot, decode
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 TOKEN = "2026-01-01T00:00:00.000000Z"

@@ -11,7 +11,7 @@ from discoverd.controller import roles
 from discoverd.schema import keys
 from discoverd.store import auth, watch
 from discoverd.store.auth import Access, Grant
-from discoverd.store.documents import decode
+from discoverd.store.typed import decode
 
 P = "/discoverd"
 R, W, RW = Access.READ, Access.WRITE, Access.READWRITE

@@ -8,7 +8,7 @@ from typing import Any
 from discoverd.controller import world
 from discoverd.schema import documents, keys
 from discoverd.store import watch
-from discoverd.store.documents import Snapshot, decode
+from discoverd.store.typed import Snapshot, decode
 
 P = "/discoverd"
 NOW = "2026-01-01T00:00:00Z"

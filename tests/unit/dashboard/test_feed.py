@@ -7,7 +7,7 @@ from typing import Any
 
 from discoverd.dashboard import feed
 from discoverd.store import watch
-from discoverd.store.documents import decode
+from discoverd.store.typed import decode
 
 P = "/p"
 

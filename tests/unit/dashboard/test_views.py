@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from discoverd.dashboard import views
-from discoverd.store.documents import Entry, decode
+from discoverd.store.typed import Entry, decode
 
 P = "/p"
 T = "2026-01-01T00:00:00+00:00"

@@ -12,7 +12,7 @@ import pytest
 from discoverd.errors import StoreUnavailable
 from discoverd.operator import reconciler
 from discoverd.schema import keys
-from discoverd.store import documents
+from discoverd.store import typed
 from support.wait import async_wait_until
 
 BAD = keys.Key(keys.Kind.INSTANCE, service="web", instance="bad")
@@ -54,7 +54,7 @@ async def test_an_unexpected_failure_is_logged_once_with_its_traceback_and_retri
     r = Recording()
     workers = [asyncio.create_task(r.work()) for _ in range(2)]
     try:
-        r.enqueue(BAD, seen=documents.Entry("/p/bad", b"", 1))
+        r.enqueue(BAD, seen=typed.Entry("/p/bad", b"", 1))
         r.enqueue(FLAKY)
         r.enqueue(GOOD, seen=None)
 

@@ -1,99 +1,45 @@
-"""Run one script: argv, environment, working directory, log file, timeout, process group, nsenter.
+"""Run scripts as processes: bounded steps, run scripts that outlive the agent, stopping, sweeping.
 
-Used by the supervisor for every step. Download, install and health checks
-are bounded steps (`run_step`): an asyncio subprocess in its own session,
-killed with its whole process group (grandchildren too) on timeout. The run
-script is a service, not a child to reap: `spawn` starts it with
-`subprocess.Popen` in its own session with output to a log file (never a pipe
-to the agent), so it keeps running when the agent exits or is killed, and
-asyncio's transports never kill it when they are closed. `stop_group` ends a
-run process: stop signal to its group, grace, SIGKILL to the group.
+Download, install and health checks are bounded steps (`run_step`): an
+asyncio subprocess in its own session, killed with its whole process group
+(grandchildren too) on timeout. The run script is a service, not a child to
+reap: `spawn` starts it with `subprocess.Popen` in its own session with output
+to a log file (never a pipe to the agent), so it keeps running when the agent
+exits or is killed, and asyncio's transports never kill it when they are
+closed. `stop_group` ends a run process: stop signal to its group (or its
+cgroup), grace, SIGKILL; it waits until the process group and the instance's
+cgroup are empty, not only until the leader has exited (nsenter may exit
+first, see `argv`).
 
 A daemon that left the run script's process group (double fork and
 `setsid`) is out of reach of group signals; the `Sweeper` finds what carries
-a tag in its environment (see `observe.tagged`) and kills it: a run's tag
-(`DISCOVERD_RUN_ID`, unique per start) once that run has stopped or exited,
-and an instance's tag (`DISCOVERD_SERVER_ID` and `DISCOVERD_INSTANCE_DIR`)
-before the first start after an agent restart, so nothing of an earlier run
-survives it.
-
-With host namespaces every argv is wrapped in `nsenter --target <pid> --mount
---uts --ipc --net [--pid] --`, so scripts see and change the host. `--pid`
-only when the agent does not share the target's PID namespace already (as it
-does with `hostPID`): entering one makes nsenter fork and wait for the script,
-and a stop signal would end nsenter at once while the script still runs its
-own shutdown. Without `--pid` nsenter execs the script, which keeps nsenter's
-pid. Either way `stop_group` waits until the process group (and the instance's
-cgroup) is empty, not only until its leader has exited.
-
-A run script runs in its instance's cgroup (`cgroups.Placement`, in
-`Context.placement`), joined before it execs; stopping it ends everything in
-that cgroup. Run, step and health logs are created 0600 in the agent's own
-log directory, never through a link, and capped: `LogLimit`, copy-and-truncate
-rotation (see `logfiles`).
+a tag in its environment (see `observe.tagged`, `argv.instance_tag`) and kills
+it: a run's tag (`DISCOVERD_RUN_ID`, unique per start) once that run has
+stopped or exited, and an instance's tag (`DISCOVERD_SERVER_ID` and
+`DISCOVERD_INSTANCE_DIR`) before the first start after an agent restart, so
+nothing of an earlier run survives it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import errno
-import functools
 import logging
 import os
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from discoverd import logs
-from discoverd.agent import cgroups, logfiles, model, observe
-from discoverd.schema import documents
+from discoverd.agent import cgroups, observe, scriptlogs
 
-__all__ = [
-    "Context",
-    "LogLimit",
-    "StepResult",
-    "Sweeper",
-    "argv_for",
-    "clear_cgroup",
-    "environment",
-    "instance_tag",
-    "kill_group",
-    "rotate",
-    "rotating",
-    "run_step",
-    "run_tag",
-    "spawn",
-    "stop_group",
-]
+__all__ = ["StepResult", "Sweeper", "clear_cgroup", "kill_group", "run_step", "spawn", "stop_group"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LogLimit:
-    """How big a run, step or health log may grow before it is rotated, and how many rotated copies stay."""
-
-    max_bytes: int = 10 * 2**20
-    keep: int = 2
-    interval: float = 10.0
-    """Seconds between two checks of a live run script's log (step logs are checked at every step)."""
-
-
-@dataclass(frozen=True)
-class Context:
-    """How this agent runs scripts."""
-
-    server_id: str
-    host_namespaces: bool = False
-    host_pid: int = 1
-    placement: cgroups.Placement = field(default=cgroups.NONE)
-    logs: LogLimit = field(default_factory=LogLimit)
 
 
 @dataclass(frozen=True)
@@ -101,105 +47,6 @@ class StepResult:
     ok: bool
     code: int | None
     reason: str
-
-
-@functools.cache
-def _shares_pid_namespace(pid: int) -> bool:
-    """Whether this process is in the PID namespace of `pid` already (a pod with `hostPID`, or the host)."""
-    try:
-        mine, theirs = os.stat("/proc/self/ns/pid"), os.stat(f"/proc/{pid}/ns/pid")
-    except OSError:
-        return False
-    return (mine.st_dev, mine.st_ino) == (theirs.st_dev, theirs.st_ino)
-
-
-def argv_for(
-    script: documents.Script,
-    ctx: Context,
-    version_dir: Path,
-    cwd: Path,
-    *,
-    ref: model.Ref | None = None,
-    resources: documents.Resources | None = None,
-) -> list[str]:
-    """The argv to exec in `cwd`. A relative command with a '/' (`./web`) is looked up in the version directory first.
-
-    Entering a mount namespace resets the working directory to its root, so nsenter is told
-    to change back to `cwd` (`--wd`); the state directory must have the same path on the host.
-    With `ref` (a run script) the argv also places the process in the instance's cgroup.
-    """
-    command = script.command
-    if "/" in command and not os.path.isabs(command) and (version_dir / command).exists():
-        command = str(version_dir / command)
-    argv = [command, *script.argv]
-    if ref is not None:
-        argv = ctx.placement.wrap_inner(ref, resources, argv)
-    if ctx.host_namespaces:
-        namespaces = ["--mount", "--uts", "--ipc", "--net"]
-        if not _shares_pid_namespace(ctx.host_pid):
-            namespaces.append("--pid")
-        argv = ["nsenter", f"--target={ctx.host_pid}", *namespaces, f"--wd={cwd}", "--", *argv]
-    if ref is not None:
-        argv = ctx.placement.wrap_outer(ref, argv)
-    return argv
-
-
-def environment(
-    target: model.Target, ctx: Context, version_dir: Path, instance_dir: Path, extra: Mapping[str, str] | None
-) -> dict[str, str]:
-    """The agent's environment plus the DISCOVERD_* variables and the script's `env`.
-
-    The agent's own `DISCOVERD_*` settings (etcd endpoints, user, password...)
-    are not passed on: a service never sees the agent's credentials.
-    """
-    env = {name: value for name, value in os.environ.items() if not name.startswith("DISCOVERD_")}
-    env.update(
-        DISCOVERD_SERVICE=target.ref.service,
-        DISCOVERD_VERSION=target.version,
-        DISCOVERD_INSTANCE_ID=target.ref.instance,
-        DISCOVERD_SERVER_ID=ctx.server_id,
-        DISCOVERD_VERSION_DIR=str(version_dir),
-        DISCOVERD_INSTANCE_DIR=str(instance_dir),
-    )
-    env.update(extra or {})
-    return env
-
-
-def rotate(path: Path, limit: LogLimit) -> bool:
-    """Rotate the log `path` if it is over the cap (see `logfiles.rotate`: copy and truncate, no link followed)."""
-    return logfiles.rotate(path, limit.max_bytes, limit.keep)
-
-
-@contextlib.asynccontextmanager
-async def rotating(path: Path, limit: LogLimit) -> AsyncIterator[None]:
-    """While in the block, rotate `path` whenever it outgrows the cap (checked every `limit.interval`)."""
-
-    async def keep() -> None:
-        while True:
-            await asyncio.sleep(limit.interval)
-            try:
-                await asyncio.to_thread(rotate, path, limit)
-            except OSError as error:
-                log.warning("Failed to rotate a log", extra=logs.kv(path=str(path), reason=str(error)))
-
-    task = asyncio.create_task(keep(), name=f"rotate {path}")
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-def _open_log(log_path: Path, argv: list[str], cwd: Path, limit: LogLimit) -> BinaryIO:
-    """Create `cwd`, open the step's log for appending (rotated first if over the cap) and write a header."""
-    cwd.mkdir(parents=True, exist_ok=True)
-    rotate(log_path, limit)
-    log = logfiles.open_append(log_path)
-    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    log.write(f"--- {now} discoverd: running {argv!r} in {cwd}\n".encode())
-    log.flush()
-    return log
 
 
 def kill_group(pgid: int, sig: signal.Signals = signal.SIGKILL) -> None:
@@ -215,12 +62,12 @@ async def run_step(
     cwd: Path,
     log_path: Path,
     timeout: float | None,
-    limit: LogLimit | None = None,
+    limit: scriptlogs.LogLimit | None = None,
 ) -> StepResult:
     """Run a bounded script to its end; on timeout (or cancellation) kill its whole process group."""
-    limit = limit or LogLimit()
+    limit = limit or scriptlogs.LogLimit()
     try:
-        with _open_log(log_path, argv, cwd, limit) as log:
+        with scriptlogs.open_log(log_path, argv, cwd, limit) as log:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
                 cwd=cwd,
@@ -233,7 +80,7 @@ async def run_step(
     except OSError as error:
         return StepResult(False, None, f"{name} could not start {argv[0]!r}: {error.strerror or error}")
     try:
-        async with rotating(log_path, limit):
+        async with scriptlogs.rotating(log_path, limit):
             code = await asyncio.wait_for(proc.wait(), timeout)
     except TimeoutError:
         kill_group(proc.pid)
@@ -269,11 +116,11 @@ def _check_command(argv: list[str], env: Mapping[str, str], cwd: Path) -> None:
 
 
 def spawn(
-    argv: list[str], env: Mapping[str, str], cwd: Path, log_path: Path, limit: LogLimit | None = None
+    argv: list[str], env: Mapping[str, str], cwd: Path, log_path: Path, limit: scriptlogs.LogLimit | None = None
 ) -> subprocess.Popen[bytes]:
     """Start a run script in its own session, output appended to `log_path`; OSError if it cannot start."""
     _check_command(argv, env, cwd)
-    with _open_log(log_path, argv, cwd, limit or LogLimit()) as log:
+    with scriptlogs.open_log(log_path, argv, cwd, limit or scriptlogs.LogLimit()) as log:
         return subprocess.Popen(
             argv,
             cwd=cwd,
@@ -347,18 +194,6 @@ async def clear_cgroup(cgroup: cgroups.Cgroup | None) -> None:
     cgroup.kill()
     if not await cgroup.emptied(10):
         log.warning("Failed to empty a cgroup", extra=logs.kv(cgroup=cgroup.rel, pids=sorted(cgroup.pids())))
-
-
-def instance_tag(ctx: Context, instance_dir: Path) -> observe.Tag:
-    """The environment entries every script of this instance carries (see `environment`)."""
-    return frozenset(
-        {b"DISCOVERD_SERVER_ID=" + os.fsencode(ctx.server_id), b"DISCOVERD_INSTANCE_DIR=" + os.fsencode(instance_dir)}
-    )
-
-
-def run_tag(ctx: Context, run_id: str) -> observe.Tag:
-    """The environment entries of one run of a run script and of everything it started."""
-    return frozenset({b"DISCOVERD_SERVER_ID=" + os.fsencode(ctx.server_id), b"DISCOVERD_RUN_ID=" + run_id.encode()})
 
 
 def _kill_exact(pid: int, start_time: int) -> None:
