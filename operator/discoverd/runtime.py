@@ -65,21 +65,32 @@ JITTER = 0.25
 class Backoff:
     """Doubling waits from `first` to `cap`, each shortened by up to `jitter` at random."""
 
-    def __init__(self, first: float = RETRY_FIRST, cap: float = RETRY_CAP, jitter: float = JITTER) -> None:
+    def __init__(
+        self,
+        first: float = RETRY_FIRST,
+        cap: float = RETRY_CAP,
+        jitter: float = JITTER,
+        rng: random.Random | None = None,
+    ) -> None:
         self.first = first
         self.cap = cap
         self.jitter = min(max(jitter, 0.0), 1.0)
+        self.rng = rng or random.Random()
         self._delay = first
+        self.tries = 0
+        """Waits handed out since the last `reset` (the first failure makes it 1)."""
 
     def next(self) -> float:
         """The wait before the next try (then the one after doubles, up to `cap`)."""
-        wait = self._delay * (1.0 - random.uniform(0.0, self.jitter))
+        wait = self._delay * (1.0 - self.rng.uniform(0.0, self.jitter))
         self._delay = min(self._delay * 2.0, self.cap)
+        self.tries += 1
         return wait
 
     def reset(self) -> None:
         """After a success: the next failure waits `first` again."""
         self._delay = self.first
+        self.tries = 0
 
 
 class Resync:

@@ -13,7 +13,7 @@ directory (`extract`). A digest mismatch or a failed fetch places nothing.
   version or instance asks: one lock per digest, so concurrent asks share one
   download. A blob is hashed again before each use (a damaged one is fetched again).
 - The fetch (aiohttp, no shell): connect and read timeouts per attempt, a total
-  timeout per artifact, retries with exponential back-off and jitter on
+  timeout per artifact, retries with exponential back-off and jitter (`runtime.Backoff`) on
   connection errors, timeouts, 408, 429 and 5xx; a resume with `Range` and
   `If-Range` where the server answered with `Accept-Ranges: bytes` and a
   validator (ETag or Last-Modified), a fresh start otherwise; a size cap,
@@ -46,7 +46,7 @@ from typing import BinaryIO
 
 import aiohttp
 
-from discoverd import logs
+from discoverd import logs, runtime
 from discoverd.agent import extract
 from discoverd.metrics import AgentMetrics
 from discoverd.schema import documents, keys
@@ -314,6 +314,7 @@ class Artifacts:
         # The total timeout starts once a download slot is ours: waiting behind others does not count.
         async with self._slots, asyncio.timeout(s.total_timeout):
             attempt = 0
+            backoff = runtime.Backoff(s.backoff_base, s.backoff_cap, rng=self.rng)
             while True:
                 attempt += 1
                 try:
@@ -321,7 +322,7 @@ class Artifacts:
                 except _Retry as error:
                     if attempt >= s.attempts:
                         raise FetchError(f"artifact {shown(a.url)}: {error} (after {attempt} attempts)") from None
-                    delay = min(s.backoff_cap, s.backoff_base * 2 ** (attempt - 1)) * self.rng.uniform(0.75, 1.0)
+                    delay = backoff.next()
                     log.warning(
                         "Failed to fetch artifact",
                         extra=logs.kv(url=shown(a.url), attempt=attempt, reason=str(error), retry_in=f"{delay:.1f}s"),

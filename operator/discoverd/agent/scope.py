@@ -64,8 +64,8 @@ DENIED_FIRST = 0.2
 """Seconds before reading a refused span again (the controller usually grants it within milliseconds)."""
 DENIED_MAX = 10.0
 """Longest wait between two reads of a refused span."""
-_DENIED_WARN = 3.0
-"""A span refused this long (about 6 s of tries) is worth a warning: nobody seems to grant it."""
+_DENIED_WARN_TRIES = 5
+"""A span refused this many times (about 5 s of tries) is worth a warning: nobody seems to grant it."""
 
 
 @dataclass(frozen=True, order=True)
@@ -126,8 +126,8 @@ class ScopedWatch:
         """Watch events received since the start (a debugging counter, logged with every change)."""
         self.resync = runtime.Resync("agent", on_lost=on_lost, context={"server": server_id})
         """Readiness (`current`: entries follow etcd), losses and the last answer heard."""
-        self.denied: dict[Span, tuple[float, float]] = {}
-        """Spans etcd refused to read -> (monotonic time of the next try, the current back-off)."""
+        self.denied: dict[Span, tuple[float, runtime.Backoff]] = {}
+        """Spans etcd refused to read -> (monotonic time of the next try, its back-off)."""
         self._denied_changed = asyncio.Event()
         self._lock = asyncio.Lock()
         """Held while entries and watches change: by an event batch or by a retry of refused spans."""
@@ -226,25 +226,25 @@ class ScopedWatch:
     def _deny(self, refused: Iterable[Span]) -> None:
         now = time.monotonic()
         for span in refused:
-            _, delay = self.denied.get(span, (0.0, 0.0))
-            delay = min(DENIED_MAX, delay * 2) if delay else DENIED_FIRST
-            if span not in self.denied:  # usual for a moment: the controller grants it as we ask
+            _, backoff = self.denied.get(span, (0.0, runtime.Backoff(DENIED_FIRST, DENIED_MAX)))
+            delay = backoff.next()
+            if backoff.tries == 1:  # usual for a moment: the controller grants it as we ask
                 log.info(
                     "Waiting for permission to read; etcd refused this server's user",
-                    extra=self._kv(key=span.key, retry_in=f"{delay:g}s"),
+                    extra=self._kv(key=span.key, retry_in=f"{delay:.3f}s"),
                 )
-            elif delay >= _DENIED_WARN > delay / 2:
+            elif backoff.tries == _DENIED_WARN_TRIES:
                 log.warning(
                     "Still refused permission to read: is a controller running as etcd's root user? "
                     "(or run `discoverd auth sync`)",
-                    extra=self._kv(key=span.key, retry_in=f"{delay:g}s"),
+                    extra=self._kv(key=span.key, retry_in=f"{delay:.3f}s"),
                 )
-            self.denied[span] = (now + delay, delay)
+            self.denied[span] = (now + delay, backoff)
             self._denied_changed.set()
 
     async def _retry(self, stream: watch.Stream) -> None:
         """Read refused spans again when due; watch each one etcd now lets us read, from that read on."""
-        failures = 0
+        backoff = runtime.Backoff(DENIED_FIRST, DENIED_MAX)
         while True:
             self._denied_changed.clear()
             due = min((t for t, _ in self.denied.values()), default=None)
@@ -254,11 +254,10 @@ class ScopedWatch:
             try:
                 async with self._lock:
                     await self._retry_due(stream)
-                failures = 0
+                backoff.reset()
             except StoreUnavailable as error:  # the watch notices an outage by itself
-                failures += 1
                 log.info("Failed to read refused keys again", extra=self._kv(reason=str(error)))
-                await asyncio.sleep(min(DENIED_MAX, DENIED_FIRST * 2**failures))
+                await asyncio.sleep(backoff.next())
 
     async def _retry_due(self, stream: watch.Stream) -> None:
         now = time.monotonic()
