@@ -34,31 +34,25 @@ from kubernetes import client as kclient
 
 from discoverd.agent import identity as agent_identity
 from discoverd.config import EtcdOptions
-from discoverd.embedded_etcd import EtcdServer, find_binary
+from discoverd.embedded_etcd import EtcdServer
 from discoverd.errors import StoreUnavailable
 from discoverd.operator import identity
 from discoverd.schema import documents, keys
 from discoverd.schema import identity as wire
 from discoverd.store import client as etcd_client
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 from kube.controlplane import ControlPlane
+from support import etcd_auth
 
 T = TypeVar("T")
-ROOT_PASSWORD = "r00t-pw"
 AUDIENCE = "discoverd"
 LABELS = {"app.kubernetes.io/instance": "rel", "app.kubernetes.io/component": "agent"}
 
 
 @pytest.fixture(scope="module")
 def auth_etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    etcd = EtcdServer(tmp_path_factory.mktemp("identity-etcd") / "data").start()
-    etcdctl = str(Path(find_binary()).with_name("etcdctl"))
-    try:
-        for args in (["user", "add", f"root:{ROOT_PASSWORD}"], ["auth", "enable"]):
-            subprocess.run([etcdctl, f"--endpoints={etcd.endpoint}", *args], check=True, capture_output=True)
+    with etcd_auth.auth_etcd(tmp_path_factory.mktemp("identity-etcd") / "data") as etcd:
         yield etcd
-    finally:
-        etcd.stop()
 
 
 @dataclass
@@ -130,7 +124,11 @@ async def endpoint(cluster: Cluster, auth_etcd: EtcdServer, prefix: str, tmp_pat
     cert.private_key_pem.write_to_path(str(key_file))
     ca.cert_pem.write_to_path(str(ca_file))
     root = EtcdOptions(
-        endpoints=auth_etcd.endpoint, prefix=prefix, user="root", password=ROOT_PASSWORD, allow_plaintext_password=True
+        endpoints=auth_etcd.endpoint,
+        prefix=prefix,
+        user="root",
+        password=etcd_auth.ROOT_PASSWORD,
+        allow_plaintext_password=True,
     )
     admin = await etcd_client.connect(root)
     settings = identity.Settings(cluster.namespace, "agent", LABELS, AUDIENCE, ttl=120, min_interval=0)

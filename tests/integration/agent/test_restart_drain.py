@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +18,7 @@ import pytest
 
 from discoverd import embedded_etcd
 from integration.agent.conftest import Node
-from integration.agent.test_rollout import SERVE, SERVERS, Fleet, Sampler
-from support.etcd import RawEtcd
+from integration.agent.test_rollout import SERVE, SERVERS, Fleet, Sampler, running_fleet
 from support.wait import wait_until
 
 # Writes "<event> <id> <monotonic-ish wall time>" lines to a file the test reads: when SIGTERM came, when it exited.
@@ -47,25 +45,8 @@ STUBBORN = "import signal,time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nw
 
 @pytest.fixture(scope="module")
 def fleet(etcd_server: embedded_etcd.EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    root = tmp_path_factory.mktemp("fleet")
-    prefix = f"/t-{uuid.uuid4().hex[:10]}"
-    nodes = []
-    for server_id in SERVERS:
-        (root / server_id).mkdir()
-        nodes.append(
-            Node(RawEtcd(etcd_server.endpoint), etcd_server.endpoint, prefix, root / server_id / "state", server_id)
-        )
-    f = Fleet(etcd_server.endpoint, prefix, root, nodes)
-    try:
-        for n in nodes:
-            n.agent()
-        f.controller()
+    with running_fleet(etcd_server, tmp_path_factory.mktemp("fleet"), controllers=1) as f:
         yield f
-    finally:
-        for c in f.controllers:
-            c.kill()
-        for n in nodes:
-            n.cleanup()
 
 
 def deploy(fleet: Fleet, name: str, per_node: int, code: str = SERVE, *args: str, **version: object) -> list[str]:

@@ -29,7 +29,7 @@ import pytest
 from discoverd import embedded_etcd
 from discoverd.config import EtcdOptions
 from discoverd.store import client, watch
-from discoverd.store.documents import Store
+from discoverd.store.typed import Store
 from integration.agent.conftest import DISCOVERD, Agent, Node
 from support.cli import discoverd
 from support.etcd import RawEtcd
@@ -169,9 +169,9 @@ class Fleet:
         return self.etcd.put(f"{self.prefix}/test/marker", uuid.uuid4().hex)
 
 
-@pytest.fixture(scope="module")
-def fleet(etcd_server: embedded_etcd.EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    root = tmp_path_factory.mktemp("fleet")
+@contextlib.contextmanager
+def running_fleet(etcd_server: embedded_etcd.EtcdServer, root: Path, controllers: int) -> Iterator[Fleet]:
+    """An agent on each of `SERVERS` and `controllers` controllers, under a prefix of their own; all ended after."""
     prefix = f"/t-{uuid.uuid4().hex[:10]}"
     nodes = []
     for server_id in SERVERS:
@@ -183,14 +183,20 @@ def fleet(etcd_server: embedded_etcd.EtcdServer, tmp_path_factory: pytest.TempPa
     try:
         for n in nodes:
             n.agent()
-        f.controller()
-        f.controller()
+        for _ in range(controllers):
+            f.controller()
         yield f
     finally:
         for c in f.controllers:
             c.kill()
         for n in nodes:
             n.cleanup()
+
+
+@pytest.fixture(scope="module")
+def fleet(etcd_server: embedded_etcd.EtcdServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    with running_fleet(etcd_server, tmp_path_factory.mktemp("fleet"), controllers=2) as f:
+        yield f
 
 
 class Sampler:
