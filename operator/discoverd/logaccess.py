@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import pydantic
 
-from discoverd import logs
+from discoverd import logs, runtime
 from discoverd.errors import DiscoverdError, StoreUnavailable
 from discoverd.schema import documents, keys, logaccess
 from discoverd.store import leases
@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 _CONNECT_TIMEOUT = 5.0
 _READ_LIMIT = 1 << 20
 """Longest message line accepted from an agent (a log line is at most MAX_LINE_BYTES, escaped)."""
+_RETRY_FIRST = 0.1
+"""Seconds before following a log again after its agent went away (doubling, `runtime.Backoff`)."""
 _RETRY_MAX = 2.0
 
 Notice = Callable[["Target", str], None]
@@ -300,7 +302,7 @@ class Session:
     async def lines(self, target: Target, query: logaccess.LogQuery) -> AsyncIterator[Line]:
         """`target`'s lines as `query` asks; with `follow`, until the instance is removed."""
         resume: str | None = None
-        delay = 0.1
+        backoff = runtime.Backoff(_RETRY_FIRST, _RETRY_MAX)
         renewed = False
         told = False
         while True:
@@ -312,7 +314,7 @@ class Session:
                 async for message in fetch(address, digest, token, target, asked):
                     if message.line is not None:
                         resume = message.pos or resume
-                        delay = 0.1
+                        backoff.reset()
                         told = False
                         yield Line(target, query.step, message.line, message.at)
                         continue
@@ -347,8 +349,7 @@ class Session:
                 if not told and self.on_retry is not None:
                     self.on_retry(target, str(error))
                     told = True
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX)
+            await asyncio.sleep(backoff.next())
 
 
 async def merged(session: Session, found: list[Target], query: logaccess.LogQuery) -> AsyncIterator[Line | Exception]:

@@ -20,14 +20,13 @@ import asyncio
 import contextlib
 import http.client
 import logging
-import random
 import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from discoverd import logs
+from discoverd import logs, runtime
 from discoverd.errors import DiscoverdError, InvalidDocument
 from discoverd.schema import identity as wire
 
@@ -105,18 +104,18 @@ async def fetch(source: Source) -> wire.Credentials:
 
 async def fetch_with_retry(source: Source) -> wire.Credentials:
     """`fetch` until it succeeds, with back-off (1 s doubling to 60 s, jittered), logging each failure."""
-    delay = _FIRST_RETRY
+    backoff = runtime.Backoff(_FIRST_RETRY, _MAX_RETRY)
     while True:
         try:
             return await fetch(source)
         except (Refused, Unreachable, TimeoutError) as error:
             reason = str(error) or "no answer in time"
+            delay = backoff.next()
             log.warning(
                 "Failed to get node credentials",
-                extra=logs.kv(server=source.server_id, reason=reason, retry_in=f"{delay:g}s"),
+                extra=logs.kv(server=source.server_id, reason=reason, retry_in=f"{delay:.3f}s"),
             )
-        await asyncio.sleep(delay * random.uniform(1.0, 1.25))
-        delay = min(delay * 2, _MAX_RETRY)
+        await asyncio.sleep(delay)
 
 
 class Renewer:

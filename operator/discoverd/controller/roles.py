@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 
 RESYNC = 60.0
 """Seconds between full resyncs (users and roles read from etcd, every server checked)."""
-_RETRY = 5.0
-"""Seconds before trying again after etcd failed a step."""
+_RETRY = runtime.RETRY_CAP
+"""Seconds before trying again after etcd failed a step: the runtime kit's longest retry wait."""
 _PARALLEL = 16
 """Roles read or changed at once during a resync."""
 
