@@ -101,11 +101,14 @@ class Resync:
         name: str,
         *,
         on_lost: Callable[[], None] | None = None,
+        on_failure: Callable[[str, float], None] | None = None,
         backoff: Backoff | None = None,
         context: Mapping[str, object] | None = None,
     ) -> None:
         self.name = name
         self.on_lost = on_lost
+        self.on_failure = on_failure
+        """Told (why, seconds until the next read) each time the store fails, current or not (a page shows it)."""
         self.backoff = backoff or Backoff()
         self.context = dict(context or {})
         self.current = False
@@ -163,6 +166,8 @@ class Resync:
                 self.lose()
                 self.failure = str(error)
                 wait = self.backoff.next()
+                if self.on_failure is not None:
+                    self.on_failure(self.failure, wait)
                 log.warning(
                     "Lost the etcd watch; reading everything again once etcd answers",
                     extra=logs.kv(**self.context, watch=self.name, reason=str(error), retry_in=f"{wait:.3f}s"),

@@ -15,7 +15,7 @@ import socket
 import click
 from aiohttp import web
 
-from discoverd import metrics
+from discoverd import metrics, runtime
 from discoverd.cli import main
 from discoverd.config import EtcdOptions
 from discoverd.dashboard import feed as feed_
@@ -57,7 +57,8 @@ async def _serve(options: EtcdOptions, host: str, port: int, read_only: bool) ->
     store = Store(await client.connect(options))
     await store.revision()  # a clear error now if etcd cannot be reached, before a URL is printed
     feed = feed_.Feed(store)
-    following = asyncio.create_task(feed.run(), name="dashboard-feed")
+    # Supervised like the other components' loops: a value nobody foresaw is logged, and the feed starts again.
+    following = asyncio.create_task(runtime.supervise("dashboard feed", feed.run), name="dashboard-feed")
     reader = f"dashboard {options.user or getpass.getuser()}@{socket.gethostname()}"
     board = server.Dashboard(feed, host=host, read_only=read_only, reader=reader)
     runner = web.AppRunner(board.app(), access_log=None, handle_signals=False)

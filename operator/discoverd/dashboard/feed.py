@@ -1,10 +1,12 @@
 """The dashboard's one etcd watch: every entry under the prefix, kept current, and who to wake on a change.
 
 `Feed.run` reads the prefix once, then follows it with one watch from the
-next revision (`store.watch`), applying each batch to `entries`. A broken,
-stalled or compacted watch is reported in `error` (the page shows it) and
-followed by a fresh read after a back-off, so the page never shows a state
-that silently stopped. Every browser tab holds a `Subscription`; the feed
+next revision (`store.watch`), applying each batch to `entries`: the runtime
+kit's resync-then-watch loop (`runtime.Resync`). An unreachable etcd, or a
+broken or stalled watch, is reported in `error` (the page shows it) and
+followed by a fresh read after a back-off (0.5 s doubling to 10 s); a
+compacted watch is read again at once. The page never shows a state that
+silently stopped. Every browser tab holds a `Subscription`; the feed
 sets it on each change, and the tab renders its page when it next gets to
 it: changes that arrive while a tab is busy collapse into one render.
 """
@@ -12,16 +14,14 @@ it: changes that arrive while a tab is busy collapse into one render.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Iterable
 
-from discoverd.errors import Compacted, StoreUnavailable
+from discoverd import runtime
 from discoverd.store import watch
 from discoverd.store.typed import Entry, Store
 
 __all__ = ["Feed", "Subscription"]
 
-log = logging.getLogger(__name__)
 
 _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 10.0
@@ -61,6 +61,9 @@ class Feed:
         self.error = ""
         """Why the view may be stale (etcd unreachable, the watch broken), or "" while it is current."""
         self._subscriptions: set[Subscription] = set()
+        self.resync = runtime.Resync(
+            "dashboard", on_failure=self._failed, backoff=runtime.Backoff(_BACKOFF_FIRST, _BACKOFF_MAX)
+        )
 
     def subscribe(self) -> Subscription:
         subscription = Subscription()
@@ -89,21 +92,20 @@ class Feed:
 
     async def run(self) -> None:
         """Read, then watch, forever; a failure is shown and retried with back-off."""
-        delay = _BACKOFF_FIRST
-        while True:
-            try:
-                snapshot = await self.store.snapshot()
-                self.entries = {key: e for key, e in snapshot.entries.items() if _shown(e)}
-                self.revision, self.error = snapshot.revision, ""
-                self.loaded.set()
+        await self.resync.run(self._cycle)
+
+    async def _cycle(self) -> None:
+        snapshot = await self.store.snapshot()
+        self.entries = {key: e for key, e in snapshot.entries.items() if _shown(e)}
+        self.revision, self.error = snapshot.revision, ""
+        self.resync.synced()
+        self.loaded.set()
+        self._changed()
+        async for batch in watch.watch(self.store, snapshot.revision + 1):
+            self.resync.heard()
+            if self._apply(batch):
                 self._changed()
-                delay = _BACKOFF_FIRST
-                async for batch in watch.watch(self.store, snapshot.revision + 1):
-                    if self._apply(batch):
-                        self._changed()
-            except (StoreUnavailable, Compacted) as error:
-                log.warning("Lost the etcd watch error=%s retry_in=%.1fs", error, delay)
-                self.error = f"{error}; reading again in {delay:g} s"
-                self._changed()
-                await asyncio.sleep(delay)
-                delay = min(_BACKOFF_MAX, delay * 2)
+
+    def _failed(self, reason: str, wait: float) -> None:
+        self.error = f"{reason}; reading again in {wait:.1f} s"
+        self._changed()
