@@ -75,7 +75,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                 spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
                 argv_prefix = [spy, "record", "-o", str(tmp / "agent.svg"), "--rate", "200", "--"]
             agent = w.start_agent(argv_prefix=argv_prefix)
-            await agent_world.wait_for(
+            await common.wait_for(
                 lambda: status.count("Running") == 1 + args.bystanders, 60, "v0 Running", interval=0.05
             )
             # the baseline: a plain watch on the instance's key in this process
@@ -103,7 +103,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                     running = s.get("version") == v and s.get("phase") == "Running"
                     return running and v in stamps(idir / "starts")
 
-                await agent_world.wait_for(started, 30, f"{version} Running", interval=0.005)
+                await common.wait_for(started, 30, f"{version} Running", interval=0.005)
             await asyncio.sleep(0.2)
             # CPU the agent spent per change (user + system): less sensitive to a loaded machine than latency
             cpu_per_change = 1000 * (common.cpu_seconds(agent.pid) - cpu0) / args.changes

@@ -59,9 +59,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
             status = await w.status_watch()
             agent = w.start_agent()
             log_path = agent.log_path
-            await agent_world.wait_for(
-                lambda: agent_world.agent_events(log_path, "Read configuration"), 60, "agent up", 0.1
-            )
+            await common.wait_for(lambda: agent_world.agent_events(log_path, "Read configuration"), 60, "agent up", 0.1)
             pid = agent.pid
             await asyncio.sleep(args.settle)
             rss0 = common.rss_mib(pid)
@@ -73,7 +71,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                 for s, i in refs
             )
             await w.server(refs[:50])
-            await agent_world.wait_for(lambda: status.count("Running") >= 50, 60, "50 Running", 0.05)
+            await common.wait_for(lambda: status.count("Running") >= 50, 60, "50 Running", 0.05)
             await asyncio.sleep(args.settle)
             cpu50, writes50, rss50 = await idle_window(w, status, pid, args.idle)
 
@@ -92,10 +90,10 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                 def seen(p: int = ident[0]) -> list[dict[str, object]]:
                     return [e for e in agent_world.agent_events(log_path, "Exited instance") if e.get("pid") == p]
 
-                events = await agent_world.wait_for(seen, 10, f"exit {k} noticed", 0.02)
+                events = await common.wait_for(seen, 10, f"exit {k} noticed", 0.02)
                 notice.append(1000 * (float(events[0]["t"]) - t_kill))
                 await asyncio.sleep(args.kill_every)
-            await agent_world.wait_for(lambda: status.count("Running") >= 50, 120, "50 Running again", 0.1)
+            await common.wait_for(lambda: status.count("Running") >= 50, 120, "50 Running again", 0.1)
 
             # 1,000 instances
             await asyncio.sleep(args.settle)
@@ -104,7 +102,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
             await w.server(refs)
             with common.Sampler(pid) as sampler, agent_world.profiled(pid if args.profile else None, profile):
                 try:
-                    await agent_world.wait_for(
+                    await common.wait_for(
                         lambda: status.count("Running") >= args.count, args.timeout, f"{args.count} Running", 0.05
                     )
                     all_running: float | None = (

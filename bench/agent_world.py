@@ -25,7 +25,7 @@ import signal
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ import common
 
 from discoverd.embedded_etcd import EtcdServer
 
-__all__ = ["MARKER", "StatusWatch", "World", "agent_events", "profiled", "sh_run", "top_frames", "wait_for", "world"]
+__all__ = ["MARKER", "StatusWatch", "World", "agent_events", "profiled", "sh_run", "top_frames", "world"]
 
 MARKER = "BENCH_DISCOVERD_RUN"
 
@@ -43,18 +43,6 @@ MARKER = "BENCH_DISCOVERD_RUN"
 def sh_run(code: str, **script: Any) -> dict[str, Any]:
     """A seed Script running `sh -c code` (argv only; the shell is the script's own choice)."""
     return {"command": "sh", "argv": ["-c", code], **script}
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    """Poll `predicate` on the event loop until truthy; TimeoutError naming `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 def agent_events(log_path: Path, msg: str | None = None) -> list[dict[str, Any]]:

@@ -105,7 +105,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, float 
         async with agent_world.world(tmp, etcd) as w:
             status = await w.status_watch()
             agent = w.start_agent()
-            await agent_world.wait_for(
+            await common.wait_for(
                 lambda: agent_world.agent_events(agent.log_path, "Read configuration"), 60, "agent up", 0.1
             )
             listed: list[tuple[str, str]] = []
@@ -135,7 +135,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, dict[str, float 
                         )
 
                     try:
-                        await agent_world.wait_for(done, args.timeout, f"{kind} {version} Running", 0.05)
+                        await common.wait_for(done, args.timeout, f"{kind} {version} Running", 0.05)
                         seconds: float | None = time.monotonic() - t0
                     except TimeoutError:
                         seconds = None

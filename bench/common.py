@@ -14,6 +14,7 @@ Nothing here is imported by the tests, and nothing in bench/ is a test.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from discoverd.embedded_etcd import EtcdServer
+from discoverd.schema import keys
 
 __all__ = [
     "DISCOVERD",
@@ -38,6 +40,7 @@ __all__ = [
     "ControlPlane",
     "Figure",
     "Sampler",
+    "agent_argv",
     "control_plane",
     "cpu_seconds",
     "emit",
@@ -46,8 +49,10 @@ __all__ = [
     "percentile",
     "rss_mib",
     "scratch_dir",
+    "spread",
     "summary",
     "tools_bin_dir",
+    "wait_for",
     "wait_until",
 ]
 
@@ -182,6 +187,18 @@ class Sampler:
         self._thread.join(timeout=5)
 
 
+async def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.01) -> Any:
+    """Poll `predicate` on the event loop until truthy; TimeoutError naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
     """Poll `predicate` until it is truthy; TimeoutError naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -192,6 +209,32 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+# --- a simulated fleet -----------------------------------------------------------------------
+
+
+def spread(
+    prefix: str, service: str, instances: Sequence[str], servers: Sequence[str], version: str = "1.0"
+) -> dict[str, Any]:
+    """Instance documents on `version` and the server documents that list them, round-robin over `servers`."""
+    docs: dict[str, Any] = {}
+    listed: dict[str, list[dict[str, str]]] = {}
+    for n, instance in enumerate(instances):
+        docs[keys.instance_config(prefix, service, instance)] = {"name": service, "service_version": version}
+        listed.setdefault(servers[n % len(servers)], []).append({"name": service, "id": instance})
+    for server, refs in listed.items():
+        docs[keys.server_config(prefix, server)] = {"service_instances": refs}
+    return docs
+
+
+def agent_argv(endpoint: str, prefix: str, server: str, state_dir: Path) -> list[str]:
+    """A real agent for `server` that stops its instances when it exits, no metrics port, no cgroups."""
+    return [
+        *(str(DISCOVERD), "--etcd-endpoints", endpoint, "--prefix", prefix),
+        *("agent", "--metrics-address", "", "--server-id", server),
+        *("--state-dir", str(state_dir), "--stop-instances-on-exit", "--cgroups", "none"),
+    ]
 
 
 # --- processes -------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ from discoverd.config import EtcdOptions
 from discoverd.errors import Compacted, StoreUnavailable
 from discoverd.schema import keys
 from discoverd.store import client, watch
-from discoverd.store.documents import Store, Write
+from discoverd.store.typed import Store, Write
 
 BENCH = "crash_loop"
 SERVICE = "looping"
@@ -54,14 +54,6 @@ async def follow(store: Store, start: int, status: dict[str, dict[str, Any]], ro
                 elif key == rollout_status:
                     rollout.clear()
                     rollout.update(json.loads(event.entry.value), arrived=time.time())
-
-
-async def wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> None:
@@ -89,22 +81,16 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                     "min_healthy_seconds": 0.5,
                 },
             }
-            refs: dict[str, list[dict[str, str]]] = {}
-            for n in range(total):
-                instance = f"i{n}"
-                docs[keys.instance_config(PREFIX, SERVICE, instance)] = {"name": SERVICE, "service_version": "1.0"}
-                refs.setdefault(f"c{n % AGENTS}", []).append({"name": SERVICE, "id": instance})
-            for server, listed in refs.items():
-                docs[keys.server_config(PREFIX, server)] = {"service_instances": listed}
+            servers = [f"c{n}" for n in range(AGENTS)]
+            docs.update(common.spread(PREFIX, SERVICE, [f"i{n}" for n in range(total)], servers))
             revision = await store.apply(Write(k, json.dumps(v).encode()) for k, v in docs.items())
             follower = asyncio.create_task(follow(store, revision + 1, status, rollout))
             base = [str(common.DISCOVERD), "--etcd-endpoints", etcd.endpoint, "--prefix", PREFIX]
-            for server in refs:
-                argv = [*base, "agent", "--metrics-address", "", "--server-id", server]
-                argv += ["--state-dir", str(tmp / server), "--stop-instances-on-exit", "--cgroups", "none"]
+            for server in servers:
+                argv = common.agent_argv(etcd.endpoint, PREFIX, server, tmp / server)
                 children.append(common.Child(argv, tmp / f"{server}.log").start())
             children.append(common.Child([*base, "controller", "--lease-ttl", "5"], tmp / "controller.log").start())
-            await wait(lambda: running_on("1.0") == total, 120, f"{total} instances Running on 1.0")
+            await common.wait_for(lambda: running_on("1.0") == total, 120, f"{total} instances Running on 1.0")
             config = {
                 "name": SERVICE,
                 "to_version": "2.0",
@@ -114,9 +100,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
             }
             t0 = time.time()
             await store.apply([Write(keys.rollout_config(PREFIX, SERVICE), json.dumps(config).encode())])
-            await wait(lambda: rollout.get("phase") == "Reverted", args.deadline + 120, "Reverted")
+            await common.wait_for(lambda: rollout.get("phase") == "Reverted", args.deadline + 120, "Reverted")
             t_reverted = float(rollout["arrived"])
-            await wait(lambda: running_on("1.0") == total, 60, f"{total} Running on 1.0 again")
+            await common.wait_for(lambda: running_on("1.0") == total, 60, f"{total} Running on 1.0 again")
             t_back = time.time()
             note = f"{total} instances, exits 2 s after each start, deadline {args.deadline:g} s"
             common.emit(BENCH, "rollout_start_to_reverted", t_reverted - t0, "s", note=note)

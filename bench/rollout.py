@@ -33,7 +33,6 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from discoverd.config import EtcdOptions
 from discoverd.errors import Compacted, StoreUnavailable
 from discoverd.schema import keys
 from discoverd.store import client, watch
-from discoverd.store.documents import Store, Write
+from discoverd.store.typed import Store, Write
 
 BENCH = "rollout"
 SERVICE = "fleet"
@@ -84,14 +83,6 @@ async def follow(store: Store, start: int, seen: Observed) -> None:
                     seen.rollout = json.loads(value)
             elif isinstance(event, watch.Delete) and "/status/instances/" in event.key:
                 seen.status.pop(event.key.rsplit("/", 1)[1], None)
-
-
-async def wait(predicate: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def _ts(text: str) -> float:
@@ -147,42 +138,24 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                     "min_healthy_seconds": 1,
                 },
             }
-            refs: dict[str, list[dict[str, str]]] = {}
-            for n in range(total):
-                instance = f"i{n:02d}"
-                docs[keys.instance_config(PREFIX, SERVICE, instance)] = {"name": SERVICE, "service_version": "1.0"}
-                refs.setdefault(f"r{n % agents_n}", []).append({"name": SERVICE, "id": instance})
-            for server, listed in refs.items():
-                docs[keys.server_config(PREFIX, server)] = {"service_instances": listed}
+            servers = [f"r{n}" for n in range(agents_n)]
+            docs.update(common.spread(PREFIX, SERVICE, [f"i{n:02d}" for n in range(total)], servers))
             revision = await store.apply(Write(k, json.dumps(v).encode()) for k, v in docs.items())
             follower = asyncio.create_task(follow(store, revision + 1, seen))
             base = [str(common.DISCOVERD), "--etcd-endpoints", etcd.endpoint, "--prefix", PREFIX]
-            for server in refs:
-                state = tmp / server
-                argv = [
-                    *base,
-                    "agent",
-                    "--metrics-address",
-                    "",
-                    "--server-id",
-                    server,
-                    "--state-dir",
-                    str(state),
-                    "--stop-instances-on-exit",
-                    "--cgroups",
-                    "none",
-                ]
+            for server in servers:
+                argv = common.agent_argv(etcd.endpoint, PREFIX, server, tmp / server)
                 children.append(common.Child(argv, tmp / f"{server}.log").start())
             controller = common.Child([*base, "controller", "--lease-ttl", "5"], tmp / "controller.log").start()
             children.append(controller)
-            await wait(lambda: seen.running_on("1.0") == total, 180, f"{total} instances Running on 1.0")
+            await common.wait_for(lambda: seen.running_on("1.0") == total, 180, f"{total} instances Running on 1.0")
             common.log(f"{total} instances Running on 1.0 across {agents_n} agents")
 
             # 1. overhead per step beyond min_healthy_seconds
             m = args.min_healthy
             first = len(seen.writes)
             t0 = await start_rollout(store, "2.0", m, args.max_unavailable)
-            await wait(lambda: (seen.rollout or {}).get("phase") == "Succeeded", 300, "the rollout to 2.0")
+            await common.wait_for(lambda: (seen.rollout or {}).get("phase") == "Succeeded", 300, "the rollout to 2.0")
             t_done = time.time()
             writes = [w for w in seen.writes[first:] if w[3] == "2.0"]
             steps: dict[int, float] = {}
@@ -230,11 +203,11 @@ async def run(args: argparse.Namespace, tmp: Path) -> None:
                         return t
                 return None
 
-            await wait(failed, 120, "the first failure report")
+            await common.wait_for(failed, 120, "the first failure report")
             t_fail = failed()
             assert t_fail is not None
-            await wait(lambda: (seen.rollout or {}).get("phase") == "Reverted", 60, "the revert")
-            await wait(lambda: seen.running_on("2.0") == total, 60, f"{total} Running on 2.0 again")
+            await common.wait_for(lambda: (seen.rollout or {}).get("phase") == "Reverted", 60, "the revert")
+            await common.wait_for(lambda: seen.running_on("2.0") == total, 60, f"{total} Running on 2.0 again")
             t_all = max(t for t, _, r in seen.reports[first_report:] if r.get("phase") == "Running")
             reverts = [w for w in seen.writes[first:] if w[3] == "2.0"]
             changed = {w[2] for w in seen.writes[first:] if w[3] == "3.0"}
