@@ -266,6 +266,14 @@ def _running(node: Node, version: str) -> tuple[int, int] | None:
     return (process.pid, start) if start == process.start_time else None
 
 
+def _written(path: Path) -> bool:
+    """Whether the run script has written `path` (it writes its hostname first, then its pid)."""
+    try:
+        return bool(path.read_text().strip())
+    except FileNotFoundError:
+        return False
+
+
 def _manifests(node: Node) -> str:
     out = node.work / "out"
 
@@ -343,6 +351,8 @@ def test_2_run_script_runs_in_the_hosts_namespaces(node: Node, release: Release)
     pid, _ = wait_until(lambda: _running(node, "1.0"), timeout=180, interval=1, what="the instance running 1.0")
     out = node.work / "out"
     # The file is on the host's filesystem: the agent's container does not mount this directory.
+    # The process is recorded as it starts; its first line writes the files a moment later.
+    wait_until(lambda: _written(out / "pid-1.0"), timeout=30, interval=0.2, what="the run script's first line")
     assert (out / "hostname-1.0").read_text().strip() == socket.gethostname()
     script_pid = int((out / "pid-1.0").read_text())
     # A pid of the host's pid namespace, seen by the agent as the instance's process.
@@ -462,7 +472,9 @@ def test_3_patching_the_instance_version_upgrades_it(node: Node, release: Releas
     )  # fmt: skip
     after = wait_until(lambda: _running(node, "2.0"), timeout=180, interval=1, what="the instance running 2.0")
     assert after != before
-    assert (node.work / "out" / "hostname-2.0").read_text().strip() == socket.gethostname()
+    out = node.work / "out"
+    wait_until(lambda: _written(out / "pid-2.0"), timeout=30, interval=0.2, what="the run script's first line")
+    assert (out / "hostname-2.0").read_text().strip() == socket.gethostname()
     assert _start_time(before[0]) != before[1], "the 1.0 process still runs after the upgrade"
     # The rollout controller (in the operator, as etcd's root from the generated Secret) still leads.
     assert _controller_leader(node, release) is not None
