@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from discoverd.agent import logserver
-from discoverd.cli import logs as logs_cli
+from discoverd.cli import main as cli_main
 from discoverd.errors import InvalidDocument
 from discoverd.schema import documents, keys, logaccess
 
@@ -74,13 +74,13 @@ def test_agent_status_carries_the_api_address_and_certificate_digest() -> None:
     ("text", "seconds"), [("30s", 30), ("5m", 300), ("1h30m", 5400), ("2d", 172800), ("1.5s", 1.5), ("250ms", 0.25)]
 )
 def test_since_takes_kubectl_durations(text: str, seconds: float) -> None:
-    assert logs_cli.parse_duration(text) == seconds
+    assert cli_main.parse_duration(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "5", "m", "5 m", "-5m", "5y", "1h x"])
 def test_since_refuses_what_is_not_a_duration(text: str) -> None:
     with pytest.raises(ValueError, match="is not a duration"):
-        logs_cli.parse_duration(text)
+        cli_main.parse_duration(text)
 
 
 @given(st.text(max_size=80))

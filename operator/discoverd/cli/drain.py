@@ -14,7 +14,6 @@ same field. See docs/operating.md, "Drain".
 from __future__ import annotations
 
 import datetime as dt
-import re
 from typing import Any
 
 import click
@@ -28,16 +27,12 @@ from discoverd.store.typed import Store
 
 __all__ = ["drain", "parse_duration", "undrain"]
 
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _MAX_DEADLINE = 365 * 86400.0
 
 
 def parse_duration(text: str) -> dt.timedelta:
-    """`90s`, `10m`, `1h30m`, `1.5h`, `2d` (Go's form, plus days); ValueError naming the forms."""
-    if not text.strip() or _PART.sub("", text.strip()):
-        raise ValueError(f"{text!r} is not a duration such as 90s, 10m or 1h30m")
-    seconds = sum(float(n) * _UNITS[unit] for n, unit in _PART.findall(text.strip()))
+    """A drain deadline: `main.parse_duration` (surrounding spaces allowed), more than 0, at most 365 days."""
+    seconds = main.parse_duration(text.strip())
     if not 0 < seconds <= _MAX_DEADLINE:
         raise ValueError(f"{text!r} must be more than 0 and at most 365 days")
     return dt.timedelta(seconds=seconds)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import getpass
-import re
 import socket
 import sys
 import time
@@ -27,26 +26,17 @@ from discoverd.schema import logaccess as protocol
 from discoverd.store import client
 from discoverd.store.typed import Store
 
-__all__ = ["logs", "parse_duration"]
+__all__ = ["logs"]
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SERVICE_TAIL = 10
 """Lines per instance without --tail when a whole service is read (kubectl's default with a selector)."""
-
-
-def parse_duration(text: str) -> float:
-    """`90s`, `5m`, `1h30m`, `2d` -> seconds; ValueError otherwise."""
-    if not text or _DURATION.sub("", text):
-        raise ValueError(f"{text!r} is not a duration such as 30s, 5m or 1h30m")
-    return sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(text))
 
 
 def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return parse_duration(value)
+        return main.parse_duration(value)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
 

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import os
+import re
 import stat
 import sys
 from collections.abc import Callable, Coroutine
@@ -29,7 +30,7 @@ from discoverd.config import DEFAULT_ENDPOINT, EtcdOptions
 from discoverd.errors import DiscoverdError
 from discoverd.schema import keys
 
-__all__ = ["cli", "etcd_options", "fail", "hoist_options", "main", "run_async"]
+__all__ = ["cli", "etcd_options", "fail", "hoist_options", "main", "parse_duration", "run_async"]
 
 T = TypeVar("T")
 
@@ -110,6 +111,19 @@ def etcd_options(ctx: click.Context) -> EtcdOptions:
             raise fail(reason) from None
         flag = _FLAGS.get(field, field.replace("_", "-"))
         raise fail(f"--{flag}: {reason}") from None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """`90s`, `10m`, `1h30m`, `1.5h`, `2d`, `500ms` (Go's form, plus days) -> seconds; ValueError naming the forms.
+
+    The one parser of the durations the commands take (`logs --since`, `drain --deadline`)."""
+    if not text or _DURATION.sub("", text):
+        raise ValueError(f"{text!r} is not a duration such as 90s, 10m or 1h30m")
+    return sum(float(n) * _UNITS[unit] for n, unit in _DURATION.findall(text))
 
 
 def metrics_address(ctx: click.Context, param: click.Parameter, value: str) -> str:
