@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import re
 
 import pytest
@@ -129,6 +130,14 @@ def test_back_off_doubles_to_its_cap_with_jitter_and_starts_over_after_reset() -
     assert 0.75 <= b.next() <= 1.0
 
 
+def test_back_off_counts_its_tries_and_takes_a_seeded_rng() -> None:
+    a, b = (runtime.Backoff(first=1.0, cap=8.0, rng=random.Random(7)) for _ in range(2))
+    assert [a.next() for _ in range(4)] == [b.next() for _ in range(4)], "the same seed, the same waits"
+    assert a.tries == 4
+    a.reset()
+    assert a.tries == 0 and 0.75 <= a.next() <= 1.0 and a.tries == 1
+
+
 def test_every_component_waits_the_same_for_etcd() -> None:
     b = runtime.Backoff()
     assert (b.first, b.cap, b.jitter) == (runtime.RETRY_FIRST, runtime.RETRY_CAP, runtime.JITTER) == (0.5, 5.0, 0.25)
@@ -136,7 +145,13 @@ def test_every_component_waits_the_same_for_etcd() -> None:
 
 async def test_resync_reads_again_after_compaction_at_once_and_after_an_outage_with_back_off() -> None:
     lost: list[bool] = []
-    r = runtime.Resync("test", on_lost=lambda: lost.append(True), backoff=runtime.Backoff(first=0.05, cap=0.05))
+    failures: list[tuple[str, float]] = []
+    r = runtime.Resync(
+        "test",
+        on_lost=lambda: lost.append(True),
+        on_failure=lambda why, wait: failures.append((why, wait)),
+        backoff=runtime.Backoff(first=0.05, cap=0.05),
+    )
     cycles = 0
     followed = asyncio.Event()
     seen: list[tuple[bool, str | None]] = []
@@ -166,6 +181,10 @@ async def test_resync_reads_again_after_compaction_at_once_and_after_an_outage_w
     assert cycles == 3
     assert seen == [(False, None), (False, None), (False, "etcd at 127.0.0.1:1 is unreachable")]
     assert lost == [True], "a loss is counted once, when a current watch is lost"
+    assert [why for why, _ in failures] == ["etcd at 127.0.0.1:1 is unreachable"], (
+        "told of the outage, not of compaction"
+    )
+    assert 0.05 * 0.75 <= failures[0][1] <= 0.05, "with the wait before the next read"
     assert r.lost == 1 and r.current and r.failure is None and r.last_heard is not None
     assert loop.time() - started >= 0.05 * 0.75, "the outage was waited out with the back-off"
 
