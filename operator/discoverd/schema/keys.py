@@ -16,6 +16,7 @@ Key layout (DESIGN section 1 and 2), relative to the prefix:
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 
 from discoverd.errors import InvalidDocument, printable
@@ -90,6 +91,10 @@ class Key:
                 return rollout_status(prefix, self.service)
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+"""C0 and C1 control characters and DEL (a regex: a segment is checked on every key built)."""
+
+
 def segment_error(value: str) -> str | None:
     """Why `value` cannot be a name or ID (a path segment), or None when it can."""
     if not value:
@@ -98,7 +103,7 @@ def segment_error(value: str) -> str | None:
         return "must not contain '/'"
     if value in (".", ".."):
         return f"must not be {value!r}"
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in value):
+    if _CONTROL.search(value):
         return "must not contain control characters"
     if not _is_utf8(value):
         return "must be valid UTF-8 (it holds a byte that is not, or a lone surrogate)"
