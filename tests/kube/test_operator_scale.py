@@ -128,7 +128,7 @@ async def test_a_spec_from_etcd_replaces_the_spec_whole_unless_the_object_change
             and after.resource_version == str(body["metadata"]["resourceVersion"])
         )
     finally:
-        api.close()
+        await api.close()
 
 
 def test_a_restarted_operator_calls_no_handler_and_writes_nothing_for_objects_nobody_changed(
@@ -178,4 +178,4 @@ async def test_a_stale_absent_key_never_deletes_an_object_whose_key_exists(
         assert (await api.get(KIND, created.obj.name))["spec"]["id"] == "i1"
         assert await store.get(key.build(prefix)) is not None
     finally:
-        api.close()
+        await api.close()

@@ -104,4 +104,4 @@ async def _run(
         r.queue.close()
         logger.info("Stopped operator", extra=logs.kv(api_writes=api.writes, etcd_writes=r.etcd_writes))
         await store.close()
-        api.close()
+        await api.close()
