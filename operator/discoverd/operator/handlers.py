@@ -19,7 +19,7 @@ from discoverd.errors import Conflict, InvalidDocument, StoreUnavailable
 from discoverd.operator import decision, reconciler, startup
 from discoverd.schema import keys, resources
 
-__all__ = ["on_change", "on_delete", "on_event"]
+__all__ = ["on_change", "on_delete", "on_event", "unseen"]
 
 
 async def _sync(body: kopf.Body, memo: Any, *, deleting: bool) -> decision.Decision | None:
@@ -64,7 +64,8 @@ async def on_delete(body: kopf.Body, memo: Any, logger: logging.Logger | logging
 
 
 async def on_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
-    """Every object Kopf's watch sees (listed, added, changed, deleted) goes into the index.
+    """Every object Kopf's watch sees (listed, added, changed, deleted) goes into the index, but
+    for versions it already holds (`unseen`: the echo of the mirror's own writes).
 
     A deleted object's key is reconciled again: if etcd still has it (the user's delete lost
     to a newer etcd value), the object is re-created.
@@ -84,9 +85,26 @@ async def on_event(event: kopf.RawEvent, memo: Any, **_: Any) -> None:
         r.enqueue(key)
 
 
+def unseen(event: kopf.RawEvent, memo: Any, **_: Any) -> bool:
+    """Kopf's filter of `on_event`: a deletion, or a version of the object the index does not hold.
+
+    Most events are the echo of the mirror's own writes, whose results the index already
+    holds (`Index.observe` would return at once); filtered here, Kopf skips its handler
+    machinery for them, about a tenth of the operator's CPU per created object
+    (bench/operator_mirror.py).
+    """
+    body = event["object"]
+    if event["type"] == "DELETED":
+        return True
+    metadata = body.get("metadata") or {}
+    r: reconciler.Reconciler = memo["reconciler"]
+    known = r.index.get(resources.resource(body["kind"]).kind, str(metadata.get("name") or ""))
+    return known is None or known.resource_version != str(metadata.get("resourceVersion") or "")
+
+
 for _resource in resources.RESOURCES.values():
     _where = (resources.GROUP, resources.VERSION, _resource.plural)
     kopf.on.create(*_where, registry=startup.registry, id="mirror")(on_change)
     kopf.on.update(*_where, registry=startup.registry, id="mirror", field="spec")(on_change)
     kopf.on.delete(*_where, registry=startup.registry, id="mirror")(on_delete)
-    kopf.on.event(*_where, registry=startup.registry, id="index")(on_event)
+    kopf.on.event(*_where, registry=startup.registry, id="index", when=unseen)(on_event)
