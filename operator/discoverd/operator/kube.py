@@ -6,10 +6,11 @@ land before the next etcd event is looked at). The calls are made on the
 event loop with aiohttp (as Kopf's own), at most `CONCURRENCY` at once over
 kept connections; the `kubernetes` package only reads the configuration
 (in a pod the service account, else the kubeconfig) and names the errors
-(`ApiException`, with the API server's status and body). A thread pool of
-the synchronous client cost a third more CPU per object at fleet scale
-(bench/operator_mirror.py, Figure 4). Every write is counted in `writes`,
-which the tests use to show a quiet mirror writes nothing.
+(`ApiException`, with the API server's status and body). Its synchronous
+client, run in a pool of threads, spent most of the operator's CPU per
+mirrored object in thread hand-offs and its own (de)serialization
+(bench/README.md, Figure 4). Every write is counted in `writes`, which the
+tests use to show a quiet mirror writes nothing.
 """
 
 from __future__ import annotations

@@ -129,8 +129,8 @@ _ESSENCE = "\0essence\0"
 def _stored_annotations() -> tuple[tuple[str, str], ...]:
     """What `DIFFBASE.store` adds to a new object's annotations, `_ESSENCE` where the essence goes.
 
-    Made once: Kopf's making of annotation names (`make_keys`, its marker) was half of the
-    operator's own CPU per created object beside the API call (bench/operator_mirror.py).
+    Made once: Kopf's making of annotation names (`make_keys`, its marker) for every created
+    object was half the cost of building its body (0.62 ms -> 0.30 ms per body).
     """
     patch = kopf.Patch()
     empty = kopf.Body(cast(kopf.RawBody, {"metadata": {}}))
