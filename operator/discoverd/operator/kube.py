@@ -115,8 +115,6 @@ class Api:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=TIMEOUT),
-                json_serialize=json.dumps,
-                skip_auto_headers=("User-Agent",),
                 headers={"User-Agent": "discoverd-operator"},
             )
         return self._session
@@ -155,6 +153,7 @@ class Api:
                 data=data,
                 headers=self._headers(content_type if data is not None else None),
                 proxy=self._proxy,
+                server_hostname=self.configuration.tls_server_name or None,
             ) as response:
                 text = await response.text()
                 if response.status == 404:
