@@ -99,7 +99,15 @@ class WorkQueue(Generic[K]):
         self._failures.pop(key, None)
 
     async def get(self) -> K:
-        """The next key to process (waiting until there is one); call `done(key)` after."""
+        """The next key to process (waiting until there is one); call `done(key)` after.
+
+        Always lets the event loop run other tasks first, even with keys queued: a worker whose
+        keys need no API call or etcd read (the resync of a restart, every key in sync) would
+        otherwise hold the loop for the whole queue, and the etcd watch and the leader lease
+        starved with it (100,000 objects: the watch was declared stalled after each resync,
+        which queued every key again, for ever; bench/operator_mirror.py, restart).
+        """
+        await asyncio.sleep(0)
         while not self._queue:
             self._ready.clear()
             await self._ready.wait()

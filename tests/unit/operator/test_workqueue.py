@@ -84,6 +84,32 @@ async def test_workers_never_process_one_key_at_once_and_miss_no_change() -> Non
     assert seen == latest  # every key was processed after its last change
 
 
+async def test_a_worker_lets_other_tasks_run_between_keys_even_with_keys_queued() -> None:
+    """Keys that need no I/O must not hold the event loop (the etcd watch, the lease) for a whole queue."""
+    queue: workqueue.WorkQueue[int] = workqueue.WorkQueue()
+    for i in range(1000):
+        queue.add(i)
+    turns = 0
+
+    async def other() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(other())
+    await asyncio.sleep(0)
+    try:
+        before = turns
+        while len(queue):
+            queue.done(await queue.get())  # a worker whose keys all need nothing awaited
+        assert turns - before >= 999
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def test_back_off_doubles_per_failure_up_to_the_cap_and_forget_resets_it() -> None:
     queue: workqueue.WorkQueue[str] = workqueue.WorkQueue(base_delay=0.01, max_delay=0.5)
     delays = [queue.add_rate_limited("a") for _ in range(9)]
