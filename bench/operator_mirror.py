@@ -202,7 +202,9 @@ class Watcher:
 
 async def write_batch(endpoint: str, docs: dict[keys.Key, documents.Instance]) -> tuple[float, int]:
     """All documents in one etcd transaction; (time just before it was sent, revision)."""
-    store = typed.Store(await etcd_client.connect(EtcdOptions(endpoints=[endpoint], prefix=PREFIX)))
+    # one transaction of N puts: at 100,000 it takes longer than the default 5 s to answer
+    options = EtcdOptions(endpoints=[endpoint], prefix=PREFIX, timeout=120.0)
+    store = typed.Store(await etcd_client.connect(options))
     try:
         writes = [typed.Write(k.build(PREFIX), documents.dumps(d)) for k, d in docs.items()]
         sent = time.monotonic()
