@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from discoverd.operator import kube
 from discoverd.schema import keys
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from support.http import free_port
 
 
 async def test_an_unreachable_api_server_is_an_api_error_with_status_0_not_another_exception() -> None:
     """The reconciler retries ApiException with back-off; anything else would be reported as unforeseen."""
-    configuration = client.Configuration(host=f"http://127.0.0.1:{_closed_port()}")
+    configuration = client.Configuration(host=f"http://127.0.0.1:{free_port()}")  # nothing listens there
     api = kube.Api(client.ApiClient(configuration), "default")
     try:
         with pytest.raises(ApiException) as refused:
