@@ -96,10 +96,8 @@ def unseen(event: kopf.RawEvent, memo: Any, **_: Any) -> bool:
     body = event["object"]
     if event["type"] == "DELETED":
         return True
-    metadata = body.get("metadata") or {}
     r: reconciler.Reconciler = memo["reconciler"]
-    known = r.index.get(resources.resource(body["kind"]).kind, str(metadata.get("name") or ""))
-    return known is None or known.resource_version != str(metadata.get("resourceVersion") or "")
+    return r.index.held(resources.resource(body["kind"]).kind, dict(body)) is None
 
 
 for _resource in resources.RESOURCES.values():

@@ -197,11 +197,11 @@ class Index:
         name = (body.get("metadata") or {}).get("name")
         if not name:
             return None
+        if (held := self.held(kind, body)) is not None:
+            return held  # this very version is known (our write's result, then its watch event)
         old = self._objects.get(kind, {}).get(name)
         if old is not None:
             rv = str(body["metadata"].get("resourceVersion") or "")
-            if rv and rv == old.resource_version:
-                return old  # this very version is known (our write's result, then its watch event)
             new_rv, old_rv = _number(rv), old.revision
             if new_rv is not None and old_rv is not None and new_rv < old_rv:
                 return old
@@ -209,6 +209,13 @@ class Index:
         self._unlink(kind, name)
         self._store(obj)
         return obj
+
+    def held(self, kind: keys.Kind, body: dict[str, Any]) -> Object | None:
+        """The record of this very version of the object (same name and resourceVersion), if held."""
+        metadata = body.get("metadata") or {}
+        rv = str(metadata.get("resourceVersion") or "")
+        old = self._objects.get(kind, {}).get(str(metadata.get("name") or ""))
+        return old if old is not None and rv and rv == old.resource_version else None
 
     def get(self, kind: keys.Kind, name: str) -> Object | None:
         return self._objects.get(kind, {}).get(name)
