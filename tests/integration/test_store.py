@@ -93,6 +93,24 @@ async def test_snapshot_pages_through_many_keys_at_one_revision(store: Store) ->
     assert max(e.mod_revision for e in snapshot.entries.values()) <= snapshot.revision
 
 
+async def test_a_parallel_read_of_many_ranges_is_the_same_one_revision(store: Store) -> None:
+    p = store.prefix
+    servers = [f"n{i:02}" for i in range(40)]
+    await store.apply(Write(keys.server_config(p, s), b'{"service_instances":[]}') for s in servers)
+    ranges = [(h, keys.prefix_range_end(h)) for h in (keys.server_prefix(p, s).encode() for s in servers)]
+    first = await store.read(ranges, parallel=8)
+    # Written after: absent from a read pinned at `first`'s revision, read in parallel or not.
+    await store.apply(Write(keys.agent_status(p, s), b"{}") for s in servers)
+    again = await store.read(ranges, first.revision, parallel=8)
+    assert sorted(again.entries) == sorted(first.entries) == sorted(keys.server_config(p, s) for s in servers)
+    now = await store.read(ranges, parallel=8)
+    one_by_one = await store.read(ranges)
+    assert len(now.entries) == 80
+    assert {k: (e.value, e.mod_revision) for k, e in now.entries.items()} == {
+        k: (e.value, e.mod_revision) for k, e in one_by_one.entries.items()
+    }
+
+
 async def test_watch_resumes_from_a_revision(store: Store, raw_etcd: RawEtcd) -> None:
     first = raw_etcd.put(keys.server_config(store.prefix, "a"), '{"service_instances":[]}')
     raw_etcd.put(keys.server_config(store.prefix, "b"), '{"service_instances":[]}')

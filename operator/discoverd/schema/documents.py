@@ -66,6 +66,7 @@ __all__ = [
     "InstanceRef",
     "InstanceState",
     "InstanceStatus",
+    "Listing",
     "Message",
     "NotBool",
     "Phase",
@@ -528,6 +529,14 @@ class AgentStatus(Document):
     """`host:port` where the agent serves its instances' logs over HTTPS (None: it serves none)."""
     api_cert_sha256: Annotated[str, Field(pattern="^[0-9a-f]{64}$")] | None = None
     """SHA-256 (hex) of the agent's self-made certificate (DER): readers pin it (DESIGN section 3)."""
+
+
+class Listing(Document):
+    """`<prefix>/services/<service>/servers/<id>` (`keys.listing`): empty; the key is the information.
+
+    Written by the agent of server `<id>` while its document lists an instance of `<service>`
+    (not on its lease: an offline server still lists what it lists). Read only for its key.
+    """
 
 
 class InstanceState(Document):

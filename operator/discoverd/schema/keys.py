@@ -9,6 +9,7 @@ Key layout (DESIGN section 1 and 2), relative to the prefix:
     servers/<server>/status/instances/<service>/<instance>
     services/<service>/rollout/config/details       (section 2b)
     services/<service>/rollout/status
+    services/<service>/servers/<server>              (a listing: an index, see `listing`)
     controller/leader
     grants/<server>/<sha256 of a token, hex>         (log access, DESIGN section 3)
 """
@@ -31,6 +32,8 @@ __all__ = [
     "instance_config",
     "instance_status",
     "instance_status_prefix",
+    "listing",
+    "listings_prefix",
     "log_grant",
     "log_grants_prefix",
     "normalize_prefix",
@@ -41,6 +44,7 @@ __all__ = [
     "rollout_status",
     "segment_error",
     "server_config",
+    "server_prefix",
     "servers_prefix",
     "service_instances_prefix",
     "validate_segment",
@@ -158,6 +162,11 @@ def servers_prefix(prefix: str) -> str:
     return normalize_prefix(prefix) + "/servers/"
 
 
+def server_prefix(prefix: str, server: str) -> str:
+    """Every key of one server: its document and its status (ends with `/`)."""
+    return _join(prefix, "servers", server) + "/"
+
+
 def server_config(prefix: str, server: str) -> str:
     return f"{_join(prefix, 'servers', server)}/{_CONFIG}"
 
@@ -203,6 +212,22 @@ def rollout_config(prefix: str, service: str) -> str:
 
 def rollout_status(prefix: str, service: str) -> str:
     return _join(prefix, "services", service, "rollout", "status")
+
+
+def listing(prefix: str, service: str, server: str) -> str:
+    """The index key saying "`server`'s document lists instances of `service`" (written by its agent).
+
+    Not a document: `parse` leaves it out (None), the value is the empty `documents.Listing`.
+    The server document stays the truth; a listing only tells the controller which server
+    documents to read when a rollout of `service` starts (docs/rollouts.md, "Finding the
+    instances"), so that start does not read every server's keys.
+    """
+    return _join(prefix, "services", service, "servers", server)
+
+
+def listings_prefix(prefix: str, service: str) -> str:
+    """Every listing key of `service` (ends with `/`)."""
+    return _join(prefix, "services", service, "servers") + "/"
 
 
 def controller_leader(prefix: str) -> str:

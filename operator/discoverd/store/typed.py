@@ -14,6 +14,7 @@ one message is asked for again with half the limit.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -134,15 +135,34 @@ class Store:
         revision: int = 0,
         *,
         where: Callable[[bytes, bytes], bool] | None = None,
+        parallel: int = 1,
     ) -> Snapshot:
         """Every key in `ranges` at one revision (`revision`, or etcd's current one when 0).
 
         A range is `(key, range_end)` as in etcd: `range_end` b"" means the key alone. `where`:
         keep only the keys it accepts, judged on the raw key and value before anything is decoded
-        (called in key order).
+        (called in key order within a range). `parallel` > 1: once the revision is known, up to
+        that many ranges are read at once (many small ranges cost a round trip each); `where` is
+        then called for the ranges in any order, so it must not depend on the keys before.
         """
         entries: dict[str, Entry] = {}
-        for start, end in ranges:
+        todo = list(ranges)
+        if parallel > 1 and len(todo) > 1:
+            if not revision:
+                start, end = todo.pop(0)
+                revision = await self._read_range(start, end, revision, entries, where)
+            gate = asyncio.Semaphore(parallel)
+            parts: list[dict[str, Entry]] = [{} for _ in todo]
+
+            async def one(i: int, start: bytes, end: bytes) -> None:
+                async with gate:
+                    await self._read_range(start, end, revision, parts[i], where)
+
+            await asyncio.gather(*(one(i, start, end) for i, (start, end) in enumerate(todo)))
+            for part in parts:
+                entries.update(part)
+            todo = []
+        for start, end in todo:
             revision = await self._read_range(start, end, revision, entries, where)
         if not revision:
             revision = await self.revision()
