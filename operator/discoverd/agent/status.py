@@ -9,7 +9,10 @@ nothing but keep-alives. When the lease is lost (etcd was away longer than the
 TTL) it takes a new one and writes everything again. A status key whose
 instance is gone is deleted (before any put: see `_flush`); a put etcd refuses
 (an instance whose key the controller has not granted yet) does not hold up
-the others and is tried again with back-off. Messages are cut to
+the others and is tried again with back-off. Beside the status, the writer
+keeps one listing key per service with an instance here
+(`services/<service>/servers/<id>`, `keys.listing`, not on the lease): the
+index a rollout start reads instead of every server's keys. Messages are cut to
 `documents.MAX_MESSAGE_BYTES` before they are written: the agent never writes a
 status its readers refuse.
 """
@@ -25,11 +28,11 @@ from collections.abc import Mapping
 
 from discoverd import __version__, logs, runtime
 from discoverd.agent import model, states
-from discoverd.errors import PermissionDenied, StoreUnavailable
+from discoverd.errors import Conflict, PermissionDenied, StoreUnavailable
 from discoverd.schema import documents, keys
 from discoverd.schema.documents import Phase
 from discoverd.store import leases
-from discoverd.store.typed import Store
+from discoverd.store.typed import Store, Write
 
 __all__ = ["Summary", "Writer", "drain_phase", "summarize"]
 
@@ -119,7 +122,7 @@ def _now() -> dt.datetime:
 
 
 class _Refused(Exception):
-    """Instance status keys etcd refused (not granted yet); every other key was written."""
+    """Status or listing keys etcd refused (not granted yet); every other key was written."""
 
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
@@ -150,6 +153,8 @@ class Writer:
         self._down_since: float | None = None
         self._refused: list[str] = []
         """Instance status keys etcd refused on the last try (logged when they change)."""
+        self._listed: set[str] = set()
+        """Services whose listing key this agent knows to exist (written, or found there)."""
 
     def update(
         self,
@@ -196,6 +201,16 @@ class Writer:
     async def _flush(self) -> None:
         assert self.lease is not None
         prefix = self.store.prefix
+        services = {ref.service for ref in self._wanted}
+        # A listing goes with the last status key of its service, just before it: the role may write
+        # a listing while a status key of its service exists (store/auth.server_grants).
+        for service in sorted(self._listed - services):
+            try:
+                await self.store.delete(keys.listing(prefix, service, self.server_id))
+            except PermissionDenied:
+                # No longer writable: a stale listing only costs a rollout start one server read.
+                log.info("Left a listing", extra=logs.kv(server=self.server_id, service=service))
+            self._listed.discard(service)
         # Deletes first: etcd refuses every put on a lease while a key attached to it is not writable
         # by this server's user, and the controller revokes a status key's write once the key is gone.
         for ref in list(set(self._written) - set(self._wanted)):
@@ -218,6 +233,18 @@ class Writer:
             self._written_agent_message = self.agent_message
             self._written_drain = self.drain
         refused: list[str] = []
+        for service in sorted(services - self._listed):
+            key = keys.listing(prefix, service, self.server_id)
+            try:
+                # Created only when missing: an agent restart rewrites nothing, and nothing watching
+                # `services/` sees an event for a listing that did not change.
+                await self.store.apply([Write(key, documents.dumps(documents.Listing()), expect=0)])
+            except Conflict:
+                pass  # already there
+            except PermissionDenied:
+                refused.append(key)
+                continue
+            self._listed.add(service)
         for ref, summary in list(self._wanted.items()):
             if self._written.get(ref) == summary:
                 continue

@@ -7,8 +7,9 @@
   bound to a node): read its own server document (`servers/<ID>/config/`);
   read the version documents of the services it lists
   (`services/<svc>/versions/`) and the instance documents it lists (one key
-  each); write its agent status key and one status key per listed instance
-  (single keys, so a server cannot fill etcd with keys). It cannot change any
+  each); write its agent status key, one status key per listed instance and
+  one listing key per service it lists (`services/<svc>/servers/<ID>`: single
+  keys, so a server cannot fill etcd with keys). It cannot change any
   configuration, another server's status, nor read what it does not run.
   `server_grants` is the one place this is spelled out; `discoverd auth
   add-server` and the controller (`controller/roles.py`, which keeps each
@@ -122,10 +123,12 @@ def server_grants(prefix: str, server_id: str, listed: Iterable[Ref] = (), repor
     Reads are exactly what its agent reads (DESIGN section 3, `agent/scope.py`): its server
     document, the version documents of the services it lists, the instance documents it lists;
     and the log grants readers write for it (`grants/<ID>/`, checked by its log API).
-    Writes are single keys: its agent status and one status key per listed instance. A status key
-    that still exists (`reported`) stays writable until it is gone, whether listed or not: the
-    agent deletes it after it stopped the instance, and etcd refuses every put on a lease (and the
-    lease's revocation) while any key attached to it is not writable by the user.
+    Writes are single keys: its agent status, one status key per listed instance and one listing
+    key per service of those (`keys.listing`, read too: the agent creates it only when missing, a
+    compare that needs read). A status key that still exists (`reported`) stays writable until it
+    is gone, whether listed or not, and so does its service's listing: the agent deletes them after
+    it stopped the instance, and etcd refuses every put on a lease (and the lease's revocation)
+    while any key attached to it is not writable by the user.
     """
     listed = sorted(set(listed))
     grants = [
@@ -137,6 +140,10 @@ def server_grants(prefix: str, server_id: str, listed: Iterable[Ref] = (), repor
     grants += [Grant(keys.instance_config(prefix, s, i), Access.READ, exact=True) for s, i in listed]
     writable = sorted(set(listed) | set(reported))
     grants += [Grant(keys.instance_status(prefix, server_id, s, i), Access.WRITE, exact=True) for s, i in writable]
+    grants += [
+        Grant(keys.listing(prefix, s, server_id), Access.READWRITE, exact=True)
+        for s in sorted({s for s, _ in writable})
+    ]
     return grants
 
 

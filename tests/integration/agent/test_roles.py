@@ -1,9 +1,9 @@
 """Server roles follow assignment (`store/auth.py`, `controller/roles.py`), against a real etcd with auth on.
 
 A server's etcd user reads the services and instances its server document
-lists and nothing else, writes one status key per listed instance and its
-agent key and nothing else; the controller grants a newly listed service and
-revokes a removed one; an agent that asks before the grant waits for it
+lists and nothing else, writes one status key per listed instance, one
+listing per listed service and its agent key and nothing else; the
+controller grants a newly listed service and revokes a removed one; an agent that asks before the grant waits for it
 without stopping anything else.
 """
 
@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 
 from discoverd.embedded_etcd import EtcdServer
-from discoverd.errors import PermissionDenied
+from discoverd.errors import Conflict, PermissionDenied
 from discoverd.schema import documents, keys
 from discoverd.store import auth, leases
+from discoverd.store.typed import Write
 from support.cli import discoverd
 from support.etcd import RawEtcd
 from support.etcd_auth import ROOT_PASSWORD, add_server, auth_etcd, bootstrap, store_as
@@ -125,6 +126,13 @@ async def test_a_server_reads_and_writes_exactly_its_assignment(root: dict[str, 
         )
         await store.put(keys.agent_status(prefix, "node-1"), agent, lease=lease)
         await store.put(keys.instance_status(prefix, "node-1", "web", "a"), STATUS, lease=lease)
+        # Its listing of web, created only when missing (a compare: read as well as write).
+        listing = Write(keys.listing(prefix, "web", "node-1"), b"{}", expect=0)
+        await store.apply([listing])
+        with pytest.raises(Conflict):
+            await store.apply([listing])
+        for key in (keys.listing(prefix, "db", "node-1"), keys.listing(prefix, "web", "node-2")):
+            assert await refused(lambda k=key: store.apply([Write(k, b"{}", expect=0)])), key
         for key in (
             keys.instance_status(prefix, "node-1", "web", "made-up"),  # one more key under its own prefix
             keys.instance_status(prefix, "node-1", "db", "b"),  # an instance it does not run
@@ -155,14 +163,20 @@ async def test_the_controller_grants_a_new_service_and_revokes_a_removed_instanc
         agent = node.agent()
         wait_until(lambda: _running(node, "web", "a"), 30, what="web/a Running")
         a = node.wait_process("web", "a")
+        # Its agent lists node-1 under web: the index a rollout start reads.
+        listing = {s: keys.listing(prefix, s, "node-1") for s in ("web", "db")}
+        assert node.etcd.get(listing["web"]) == b"{}"
         # The server document gains a service: the agent runs it, nobody granted anything by hand.
         node.server(("web", "a"), ("db", "d1"))
         wait_until(lambda: _running(node, "db", "d1"), 30, what="db/d1 Running on node-1")
         assert node.process("web", "a") == a
+        wait_until(lambda: node.etcd.get(listing["db"]) is not None, 10, what="node-1 listed under db")
         # It loses web/a: stopped, its status key gone, and with it every right on web.
         node.server(("db", "d1"))
         wait_until(lambda: node.process("web", "a") is None, 30, what="web/a stopped")
         wait_until(lambda: node.status("web", "a") is None, 30, what="web/a's status key deleted")
+        assert node.etcd.get(listing["web"]) is None, "its listing goes before its last status key"
+        assert node.etcd.get(listing["db"]) is not None
         async with store_as(credentials) as store:
             gone = (
                 lambda: store.get(keys.version_config(prefix, "web", "1.0")),
@@ -264,6 +278,7 @@ async def test_auth_sync_replaces_the_prefix_wide_grants_of_before(root: dict[st
         (f"{prefix}/services/web/versions/", f"{prefix}/services/web/versions0", "READ"),
         (f"{prefix}/services/web/instances/a/config/details", "", "READ"),
         (f"{prefix}/servers/node-1/status/instances/web/a", "", "WRITE"),
+        (f"{prefix}/services/web/servers/node-1", "", "READWRITE"),
     }
     again = discoverd("auth", "sync", env=root)
     assert again.stdout == "Updated 0 server roles\n"

@@ -33,6 +33,10 @@ def test_a_server_role_reads_what_it_lists_and_writes_one_key_per_instance() -> 
         ("write /discoverd/servers/n1/status/instances/old/o1", True),
         ("write /discoverd/servers/n1/status/instances/web/i1", True),
         ("write /discoverd/servers/n1/status/instances/web/i2", True),
+        # the listing index a rollout start reads (read too: it is created only when missing)
+        ("readwrite /discoverd/services/db/servers/n1", True),
+        ("readwrite /discoverd/services/old/servers/n1", True),
+        ("readwrite /discoverd/services/web/servers/n1", True),
     ]
     # An exact grant is the key alone in etcd (range_end empty); a prefix grant its whole range.
     assert grants[1].range() == (b"/discoverd/servers/n1/status/agent", b"")
@@ -117,6 +121,7 @@ def test_roles_follow_server_documents_and_status_keys_from_the_watch() -> None:
         f"write {P}/servers/n1/status/agent",
         f"read {P}/grants/n1/",
         f"write {P}/servers/n1/status/instances/web/i1",
+        f"readwrite {P}/services/web/servers/n1",  # its listing, deleted with the last status key of web
     ]
     # Its agent deleted the key: the write goes too.
     r.observe([watch.Delete(keys.instance_status(P, "n1", "web", "i1"), 9)])
