@@ -169,3 +169,37 @@ async def test_a_server_that_starts_listing_an_instance_mid_rollout_is_counted(s
         await put(store, {keys.server_config(p, "w4"): {"service_instances": [{"name": "web", "id": "web-1"}]}})
         await until(lambda: len(c.world.members("web")["web-1"].reports) == 2, "w4's listing")
         assert [(r.server, r.online) for r in c.world.members("web")["web-1"].reports] == [("w1", True), ("w4", False)]
+
+
+async def test_a_rollout_start_reads_the_servers_its_listings_name_and_all_servers_only_when_one_is_missing(
+    store: Store,
+) -> None:
+    p = store.prefix
+    docs = fleet(p, 20)
+    # The listings agents keep (status.Writer), and a stale one: other-0 lists no web instance.
+    listings = {keys.listing(p, "web", s): {} for s in [*WEB, "other-0"]}
+    await put(store, {**docs, **listings})
+    paused = {"name": "web", "to_version": "2.0", "min_healthy_seconds": 0, "paused": True}
+    await put(store, {keys.rollout_config(p, "web"): paused})
+    async with acting(store) as c:
+        await until(lambda: c.world.covers("web") and c.world.members("web"), "web's instances")
+        assert c.scope.reads == {"listed": 1, "all": 0}, "the listings named every server: servers/ was not read"
+        assert kinds(c)[keys.Kind.SERVER] == set(WEB), "a stale listing's server is read, and dropped"
+        assert {i: [r.server for r in m.reports] for i, m in c.world.members("web").items()} == {
+            "web-1": ["w1"],
+            "web-2": ["w2"],
+            "web-3": ["w3"],
+        }
+        # A new server lists web-1 before its agent wrote a listing: seen from the watch, read with the rest.
+        await put(store, {keys.server_config(p, "w4"): {"service_instances": [{"name": "web", "id": "web-1"}]}})
+        await until(lambda: c.scope.reads["listed"] == 2, "the servers of web read again")
+        assert c.scope.reads["all"] == 0
+        assert [r.server for r in c.world.members("web")["web-1"].reports] == ["w1", "w4"]
+    # A listing missing (an agent that has not written it): the next start reads all of servers/.
+    await store.delete(keys.listing(p, "web", "w2"))
+    await put(store, {keys.server_config(p, "w4"): {"service_instances": []}})
+    async with acting(store) as c:
+        await until(lambda: c.world.covers("web") and c.world.members("web"), "web's instances")
+        assert c.scope.reads == {"listed": 0, "all": 1}
+        assert [r.server for r in c.world.members("web")["web-2"].reports] == ["w2"]
+        assert kinds(c)[keys.Kind.SERVER] == set(WEB)

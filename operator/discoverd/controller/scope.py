@@ -17,13 +17,20 @@ by key prefix only, and a rollout key sits in the middle of
   asking etcd for the first key past a cursor (keys only, limit 1): it names
   the next service, whose `rollout/` range is read, and the cursor jumps past
   `services/<service>/`; two small requests per service, whatever the number
-  of instances. For unsettled services, their `instances/` ranges; and, when
-  there are any, `servers/` with a filter (`wanted`): server documents that
-  may list those services, then those servers' agent status and reports,
-  are decoded; the rest of the range is skipped undecoded. No index leads
-  from an instance to the servers listing it, so a rollout start reads
-  `servers/` once: that read grows with the fleet
-  (bench/controller_scale.py); what is kept does not.
+  of instances. For unsettled services, their `instances/` ranges, their
+  listings (`services/<service>/servers/<server>`, `keys.listing`: each
+  agent keeps one per service it has an instance of) and the keys of the
+  servers these name, a range each, read in parallel: a rollout start reads
+  what the service has, whatever the fleet's size. Listings are an index, the
+  server documents stay the truth: when the documents read do not list every
+  instance document (an agent that has not written its listing yet, an older
+  agent, an instance no server lists), `servers/` is read whole with a
+  filter (`wanted`): server documents that may list those services, then
+  those servers' agent status and reports, are decoded; the rest of the
+  range is skipped undecoded. That fallback grows with the fleet
+  (bench/controller_scale.py); what is kept does not. A server that lists
+  an instance another server also lists, but has written no listing, is not
+  seen until its document changes (the `servers/` watch below).
 - **watching** (one stream, from R+1): `services/`, always (only rollout
   keys and the instance documents of unsettled services are decoded: the
   others are configuration writes, not status traffic); `servers/` while any
@@ -32,10 +39,11 @@ by key prefix only, and a rollout key sits in the middle of
 
 When a rollout becomes unsettled (a new config, an undo, a revert to do) or
 a server document starts listing one of its instances, `_widen` reads what
-that adds at the current revision R: the new service's instances and
-`servers/` again, a server document decoded only when its JSON names an
-unsettled service (or holds an escape, which could hide one), its status
-keys only after it; `servers/` is watched again from R+1 and the `services/`
+that adds at the current revision R: the new service's instances, then the
+servers its listings name and those already held, as above (or, failing
+that, `servers/` again, a server document decoded only when its JSON names
+an unsettled service (or holds an escape, which could hide one), its status
+keys only after it); `servers/` is watched again from R+1 and the `services/`
 watch ignores that service's instance events up to R, so nothing falls
 between read and watch. When a rollout settles, what only it needed is
 dropped, and with none left the `servers/` watcher is cancelled. A lost
@@ -49,7 +57,7 @@ from collections.abc import Iterable, Mapping
 
 from discoverd import logs
 from discoverd.controller import world
-from discoverd.errors import InvalidDocument
+from discoverd.errors import InvalidDocument, printable
 from discoverd.schema import documents, keys
 from discoverd.store import watch
 from discoverd.store.typed import Entry, Snapshot, Store
@@ -57,6 +65,9 @@ from discoverd.store.typed import Entry, Snapshot, Store
 __all__ = ["Scope"]
 
 log = logging.getLogger(__name__)
+
+_PARALLEL = 16
+"""Servers read at once when a rollout's listings name them (one small range each)."""
 
 
 def _refs(entry: Entry | None, services: frozenset[str]) -> frozenset[tuple[str, str]]:
@@ -86,6 +97,8 @@ class Scope:
         self.watches: dict[bytes, int] = {}
         self.events = 0
         """Watch events decoded since the start (a debugging counter, logged with every read)."""
+        self.reads = {"listed": 0, "all": 0}
+        """How the servers of unsettled rollouts were found: from their listings, or by reading all of `servers/`."""
 
     # what is wanted, judged before decoding
 
@@ -142,7 +155,7 @@ class Scope:
         self._fresh = {}
         if active:
             found.update(await self._instances(active, revision))
-            found.update(await self._servers_at(active, revision))
+            found.update(await self._servers_at(active, revision, found))
         self.world.load(Snapshot(revision, found))
         self._set(active)
         self.watches[self._services] = stream.add(self._services, keys.prefix_range_end(self._services), revision + 1)
@@ -164,33 +177,89 @@ class Scope:
         heads = [keys.service_instances_prefix(self.store.prefix, s).encode() for s in sorted(services)]
         return (await self.store.read(((h, keys.prefix_range_end(h)) for h in heads), revision)).entries
 
-    async def _servers_at(self, active: frozenset[str], revision: int) -> dict[str, Entry]:
-        """What `active` needs of `servers/`, read at `revision`."""
+    async def _servers_at(
+        self, active: frozenset[str], revision: int, instances: Mapping[str, Entry], also: Iterable[str] = ()
+    ) -> dict[str, Entry]:
+        """What `active` needs of `servers/`, read at `revision` (`instances`: their instance documents).
+
+        The servers named by the listings of `active` (and `also`: servers already held) are read
+        one by one; when their documents list every instance in `instances`, that is all. An
+        instance no server read lists (an agent that has not written its listing yet, an older
+        agent, an instance listed nowhere) makes it read all of `servers/` (filtered), as before
+        listings existed.
+        """
+        names = await self._listed(active, revision) | set(also)
+        ranges = [
+            (h, keys.prefix_range_end(h))
+            for h in (keys.server_prefix(self.store.prefix, n).encode() for n in sorted(names))
+        ]
+        snapshot = await self.store.read(ranges, revision, where=self._wanted_of_server, parallel=_PARALLEL)
+        needed = _needed(snapshot.entries, active)
+        unlisted = _unlisted(instances, needed, active)
+        if not unlisted:
+            self.reads["listed"] += 1
+            return needed
+        self.reads["all"] += 1
+        shown = sorted(unlisted)
+        log.info(
+            "Reading every server: instances no listing leads to",
+            extra=logs.kv(
+                revision=revision,
+                count=len(shown),
+                instances=",".join(f"{s}/{i}" for s, i in shown[:5]) + (",..." if len(shown) > 5 else ""),
+            ),
+        )
         self._listing, self._candidate = frozenset(), b""
         snapshot = await self.store.read(
             [(self._servers, keys.prefix_range_end(self._servers))], revision, where=self.wanted
         )
         return _needed(snapshot.entries, active)
 
+    async def _listed(self, active: frozenset[str], revision: int) -> set[str]:
+        """The servers whose listings say they list an instance of `active` (invalid names skipped)."""
+        heads = [keys.listings_prefix(self.store.prefix, s).encode() for s in sorted(active)]
+        snapshot = await self.store.read(((h, keys.prefix_range_end(h)) for h in heads), revision)
+        names = set()
+        for key in snapshot.entries:
+            name = key.rsplit("/", 1)[1]
+            reason = keys.segment_error(name)
+            if reason is None:
+                names.add(name)
+            else:
+                log.warning("Ignored a listing", extra=logs.kv(key=printable(key), reason=f"server name {reason}"))
+        return names
+
+    def _wanted_of_server(self, key: bytes, value: bytes) -> bool:
+        """`wanted` for a range of one server's keys: its document and agent status, its reports of `active`.
+
+        Judges each key alone (`Store.read` reads servers in parallel): whether the server lists
+        what its reports are about is `_needed`'s business, after the document is decoded.
+        """
+        parts = key[len(self._servers) :].split(b"/")
+        if len(parts) < 3:
+            return False
+        if parts[1] == b"config" or (parts[1] == b"status" and parts[2] == b"agent"):
+            return True
+        return parts[1] == b"status" and parts[2] == b"instances" and len(parts) > 3 and parts[3] in self._active
+
     async def _widen(self, stream: watch.Stream, active: frozenset[str]) -> None:
         """More is needed (a rollout unsettled, a server listing one more instance): read just that.
 
-        The instances of services new to the scope and `servers/` (filtered) are read at the
-        current revision R; `servers/` is watched again from R+1, and the `services/` watch,
+        The instances of services new to the scope are read at the current revision R, then at R
+        the servers their listings name and those already held (`_servers_at`, or all of
+        `servers/`, filtered); `servers/` is watched again from R+1, and the `services/` watch,
         which goes on, has its events up to R for those instances ignored (`_fresh`).
         """
         w = self.world
         new = active - (w.covered or frozenset())
         self._active = frozenset(s.encode() for s in active)
-        self._listing, self._candidate = frozenset(), b""
         if self._servers in self.watches:
             stream.cancel(self.watches.pop(self._servers))
+        held = {
+            e.parsed.server for e in w.entries.values() if e.parsed is not None and e.parsed.kind is keys.Kind.SERVER
+        }
         heads = [keys.service_instances_prefix(self.store.prefix, s).encode() for s in sorted(new)]
-        ranges = [
-            *((h, keys.prefix_range_end(h)) for h in heads),
-            (self._servers, keys.prefix_range_end(self._servers)),
-        ]
-        snapshot = await self.store.read(ranges, where=self.wanted)
+        snapshot = await self.store.read((h, keys.prefix_range_end(h)) for h in heads)
         for service in new:
             self._fresh[service] = snapshot.revision
         server_kinds = (keys.Kind.SERVER, keys.Kind.AGENT_STATUS, keys.Kind.INSTANCE_STATUS)
@@ -201,7 +270,8 @@ class Scope:
             and e.parsed.kind not in server_kinds
             and (e.parsed.kind is not keys.Kind.INSTANCE or e.parsed.service in active)
         }
-        w.entries = {**kept, **_needed(snapshot.entries, active)}
+        kept.update(_needed(snapshot.entries, active))
+        w.entries = {**kept, **await self._servers_at(active, snapshot.revision, kept, held)}
         self._set(active)
         self.watches[self._servers] = stream.add(
             self._servers, keys.prefix_range_end(self._servers), snapshot.revision + 1
@@ -321,6 +391,20 @@ def _keeps(parsed: keys.Key, active: frozenset[str], listing: frozenset[bytes]) 
         case keys.Kind.INSTANCE_STATUS:
             return parsed.service in active and parsed.server.encode() in listing
     return False
+
+
+def _unlisted(
+    instances: Mapping[str, Entry], servers: Mapping[str, Entry], active: frozenset[str]
+) -> set[tuple[str, str]]:
+    """(service, instance) of the instance documents in `instances` of `active` that no server document in `servers` lists."""
+    listed: set[tuple[str, str]] = set()
+    for e in servers.values():
+        listed |= _refs(e, active)
+    return {
+        (e.parsed.service, e.parsed.instance)
+        for e in instances.values()
+        if e.parsed is not None and e.parsed.kind is keys.Kind.INSTANCE and e.parsed.service in active
+    } - listed
 
 
 def _listing(entries: Mapping[str, Entry], active: frozenset[str]) -> frozenset[bytes]:
