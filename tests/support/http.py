@@ -8,7 +8,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-__all__ = ["free_port", "get", "samples", "value"]
+__all__ = ["free_port", "get", "ready", "samples", "value"]
 
 
 def free_port() -> int:
@@ -24,6 +24,14 @@ def get(url: str) -> tuple[int, str]:
             return answer.status, answer.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+
+
+def ready(base: str) -> bool:
+    """Whether `base`/readyz answers 200; False also while nothing listens there yet (a process starting)."""
+    try:
+        return get(f"{base}/readyz")[0] == 200
+    except urllib.error.URLError:
+        return False
 
 
 def samples(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

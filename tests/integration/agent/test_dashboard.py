@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from integration.agent.conftest import DISCOVERD, Agent
-from support.http import free_port, get, samples
+from support.http import free_port, ready, samples
 from support.wait import wait_until
 
 DASHBOARD = Path(__file__).parents[3] / "charts" / "discoverd" / "dashboards" / "discoverd.json"
@@ -31,7 +31,8 @@ def test_every_metric_in_the_dashboard_is_exported(node: Any) -> None:
     node.agents.append(controller.start())  # ended by the fixture, by pid
     node.wait_phase("web", "a", "Running")
     bases = [f"http://127.0.0.1:{port}" for port in (agent_port, controller_port)]
-    wait_until(lambda: all(get(f"{b}/readyz")[0] == 200 for b in bases), 20, what="both ready")
+    # The controller may not listen yet when the agent's instance runs (it was started after it).
+    wait_until(lambda: all(ready(b) for b in bases), 20, what="both ready")
     exported = {name for base in bases for name, _ in samples(base)}
     found = queries()
     assert found, "the dashboard has no queries"
