@@ -7,7 +7,8 @@ and `discoverd apply` would have written them. Two parts:
 1. **fleets of several sizes** (`--sizes`, default 10, 1,000, 10,000
    servers), each under a prefix of its own on the same etcd: every server
    with 10 instances of 20 services (server document, instance documents, a
-   Running status per instance, an agent status), plus the service `roll`:
+   Running status per instance, an agent status, a listing per service
+   unless `--no-listings`), plus the service `roll`:
    10 instances on 10 servers of their own. For each size, a controller
    starts; once /readyz answers 200 (it leads and its cache follows etcd):
    its RSS; its CPU while `--elsewhere` (2,000) status writes land on other
@@ -98,6 +99,10 @@ async def put_all(store: Store, items: Iterable[tuple[str, Any]], concurrency: i
         await asyncio.gather(*(store.apply(c) for c in chunks[i : i + concurrency]))
 
 
+LISTINGS = True
+"""Write the listing keys agents keep (`services/<svc>/servers/<server>`); `--no-listings`: as older agents did."""
+
+
 def fleet_keys(prefix: str, size: int) -> Iterable[tuple[str, Any]]:
     for n in range(size):
         server = f"fleet-{n:05d}"
@@ -107,6 +112,9 @@ def fleet_keys(prefix: str, size: int) -> Iterable[tuple[str, Any]]:
             yield keys.instance_config(prefix, s, i), {"name": s, "service_version": "1.0"}
             yield keys.instance_status(prefix, server, s, i), status_doc("1.0", n % 7)
         yield keys.agent_status(prefix, server), agent_doc(server)
+        if LISTINGS:
+            for s in sorted({s for s, _ in refs}):
+                yield keys.listing(prefix, s, server), {}
 
 
 def service_keys(prefix: str, service: str, servers: list[str], per: int) -> Iterable[tuple[str, Any]]:
@@ -115,6 +123,8 @@ def service_keys(prefix: str, service: str, servers: list[str], per: int) -> Ite
         ids = [f"{server}-{k}" for k in range(per)]
         yield keys.server_config(prefix, server), {"service_instances": [{"name": service, "id": i} for i in ids]}
         yield keys.agent_status(prefix, server), agent_doc(server)
+        if LISTINGS:
+            yield keys.listing(prefix, service, server), {}
         for i in ids:
             yield keys.instance_config(prefix, service, i), {"name": service, "service_version": "1.0"}
             yield keys.instance_status(prefix, server, service, i), status_doc("1.0")
@@ -290,6 +300,7 @@ async def one_size(args: argparse.Namespace, tmp: Path, etcd: Any, store: Store,
     finally:
         child.stop()
         out["lost_lease"] = child.log_text().count("Lost the leader lease")
+        out["read_all_servers"] = child.log_text().count("Reading every server")
     return out
 
 
@@ -318,6 +329,8 @@ async def sizes(args: argparse.Namespace, tmp: Path, etcd: Any, store: Store) ->
             note += f"; {r['timeout']}"
         if r["lost_lease"]:
             note += f"; lost its leader lease {r['lost_lease']} times"
+        if r["read_all_servers"]:
+            note += f"; read all of servers/ {r['read_all_servers']} times (instances no listing led to)"
         common.emit(BENCH, f"time_to_start_{size}_servers", start, "ms", base_start, target=target, note=note)
         common.emit(BENCH, f"ready_{size}_servers", r["ready"], "s", first["ready"], note="spawn -> /readyz 200")
         common.emit(
@@ -424,6 +437,7 @@ async def simulation(args: argparse.Namespace, tmp: Path, etcd: Any, store: Stor
 
 async def run(args: argparse.Namespace, tmp: Path) -> None:
     notes: list[str] = [f"controller from {args.source}"] if args.source else []
+    notes += [] if LISTINGS else ["no listing keys written"]
     with common.etcd_server(tmp / "etcd", ["--max-request-bytes", str(8 * 2**20)]) as etcd:
         store = Store(await client.connect(EtcdOptions(endpoints=etcd.endpoint, prefix="/cs")))
         try:
@@ -451,7 +465,10 @@ def main() -> int:
     parser.add_argument("--source", help="run `python -m discoverd` from this directory (code before a change)")
     parser.add_argument("--quick", action="store_true", help="10/200/1,000 servers; 20 agents x 10")
     parser.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    parser.add_argument("--no-listings", action="store_true", help="write no listing keys (agents before them)")
     args = parser.parse_args()
+    global LISTINGS
+    LISTINGS = not args.no_listings
     if args.quick:
         args.sizes, args.agents, args.elsewhere, args.max_unavailable = [10, 200, 1000], 20, 500, 20
     args.only = set(args.only.split(","))
