@@ -126,11 +126,9 @@ class Scope:
                 self._candidate = server
                 return True
             return False
-        if parts[1] != b"status" or (server not in self._listing and server != self._candidate):
+        if server not in self._listing and server != self._candidate:
             return False
-        if parts[2] == b"agent":
-            return True
-        return parts[2] == b"instances" and len(parts) > 3 and parts[3] in self._active
+        return _report(parts, self._active)
 
     def _set(self, active: frozenset[str]) -> None:
         """`world` holds what the rollouts of `active` need: say so (and judge keys by it)."""
@@ -236,11 +234,7 @@ class Scope:
         what its reports are about is `_needed`'s business, after the document is decoded.
         """
         parts = key[len(self._servers) :].split(b"/")
-        if len(parts) < 3:
-            return False
-        if parts[1] == b"config" or (parts[1] == b"status" and parts[2] == b"agent"):
-            return True
-        return parts[1] == b"status" and parts[2] == b"instances" and len(parts) > 3 and parts[3] in self._active
+        return len(parts) >= 3 and (parts[1] == b"config" or _report(parts, self._active))
 
     async def _widen(self, stream: watch.Stream, active: frozenset[str]) -> None:
         """More is needed (a rollout unsettled, a server listing one more instance): read just that.
@@ -391,6 +385,13 @@ def _keeps(parsed: keys.Key, active: frozenset[str], listing: frozenset[bytes]) 
         case keys.Kind.INSTANCE_STATUS:
             return parsed.service in active and parsed.server.encode() in listing
     return False
+
+
+def _report(parts: list[bytes], active: frozenset[bytes]) -> bool:
+    """Whether a server's key (`parts`: split after `servers/`, 3 or more) is its agent status or a report of `active`."""
+    if parts[1] != b"status":
+        return False
+    return parts[2] == b"agent" or (parts[2] == b"instances" and len(parts) > 3 and parts[3] in active)
 
 
 def _unlisted(
