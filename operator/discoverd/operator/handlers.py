@@ -97,7 +97,7 @@ def unseen(event: kopf.RawEvent, memo: Any, **_: Any) -> bool:
     if event["type"] == "DELETED":
         return True
     r: reconciler.Reconciler = memo["reconciler"]
-    return r.index.held(resources.resource(body["kind"]).kind, dict(body)) is None
+    return r.index.held(resources.resource(body["kind"]).kind, body) is None
 
 
 for _resource in resources.RESOURCES.values():

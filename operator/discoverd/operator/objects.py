@@ -32,6 +32,7 @@ import asyncio
 import hashlib
 import json
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,7 +211,7 @@ class Index:
         self._store(obj)
         return obj
 
-    def held(self, kind: keys.Kind, body: dict[str, Any]) -> Object | None:
+    def held(self, kind: keys.Kind, body: Mapping[str, Any]) -> Object | None:
         """The record of this very version of the object (same name and resourceVersion), if held."""
         metadata = body.get("metadata") or {}
         rv = str(metadata.get("resourceVersion") or "")
