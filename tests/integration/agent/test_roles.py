@@ -3,8 +3,8 @@
 A server's etcd user reads the services and instances its server document
 lists and nothing else, writes one status key per listed instance, one
 listing per listed service and its agent key and nothing else; the
-controller grants a newly listed service and revokes a removed one; an agent that asks before the grant waits for it
-without stopping anything else.
+controller grants a newly listed service and revokes a removed one; an agent
+that asks before the grant waits for it without stopping anything else.
 """
 
 from __future__ import annotations
