@@ -133,3 +133,29 @@ def test_shell_completion_completes_commands_and_arguments() -> None:
         check=False,
     )
     assert result.stdout.split() == ["plain,describe"]
+
+
+COMMANDS = ["agent", "apply", "auth", "completion", "controller", "dashboard", "describe", "drain", "get", "logs"]
+COMMANDS += ["operator", "restart", "rollout", "undrain", "up", "validate"]
+
+
+def test_help_lists_every_command_and_one_command_imports_only_its_own() -> None:
+    shown = discoverd("--help")
+    assert shown.returncode == 0, shown.stderr
+    listed = shown.stdout.split("Commands:\n", 1)[1].splitlines()
+    assert [line.split()[0] for line in listed if line.startswith("  ") and line.split()] == COMMANDS
+    # `discoverd get` (a command run many times a day, in scripts too) does not load the agent, the
+    # operator or the controller: their imports would double its start-up
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print(sorted({m.split('.')[1] for m in sys.modules if m.startswith('discoverd.')})))\n"
+        "from discoverd.cli.main import main\n"
+        "sys.argv = ['discoverd', 'get', '--help']\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    loaded = result.stdout.splitlines()[-1]
+    assert "'cli'" in loaded and not {"'agent'", "'operator'", "'controller'", "'dashboard'"} & set(
+        loaded.strip("[]").split(", ")
+    ), loaded
