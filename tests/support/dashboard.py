@@ -74,6 +74,13 @@ class Dashboard:
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
+            spy = Path(sys.executable).with_name("py-spy")  # not a dependency: where a developer installed it
+            if spy.exists():
+                dump = subprocess.run(
+                    [str(spy), "dump", "--pid", str(self.process.pid)], capture_output=True, text=True
+                )
+                print(f"discoverd dashboard did not stop; its stacks:\n{dump.stdout}{dump.stderr}", file=sys.stderr)
             self.process.kill()
             self.process.wait(10)
+            print(f"its log:\n{self.log()}", file=sys.stderr)
             raise

@@ -7,15 +7,16 @@ the caller's etcd options; wiring only, the server is `discoverd.dashboard`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import getpass
+import logging
 import signal
 import socket
+from collections.abc import Awaitable
 
 import click
 from aiohttp import web
 
-from discoverd import metrics, runtime
+from discoverd import logs, metrics, runtime
 from discoverd.cli import main
 from discoverd.config import EtcdOptions
 from discoverd.dashboard import feed as feed_
@@ -24,6 +25,8 @@ from discoverd.store import client
 from discoverd.store.typed import Store
 
 __all__ = ["dashboard"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ADDRESS = "127.0.0.1:3100"
 
@@ -81,11 +84,26 @@ async def _serve(options: EtcdOptions, host: str, port: int, read_only: bool) ->
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-        await runner.cleanup()
+        # Each step bounded: a dashboard asked to stop stops, and a step that hangs is named in the log.
+        await _within("the web server", runner.cleanup())
         following.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await following
-        await store.close()
+        await _within("the etcd feed", following)
+        await _within("the etcd connection", store.close())
+
+
+STOP_STEP_SECONDS = 5.0
+"""How long one step of stopping (the web server, the feed, the etcd connection) may take."""
+
+
+async def _within(what: str, step: Awaitable[object]) -> None:
+    """Wait for `step` at most STOP_STEP_SECONDS; past that, log it and go on (it is not waited for again)."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=STOP_STEP_SECONDS)
+    if not done:
+        task.cancel()
+        log.warning("Stopped without waiting", extra=logs.kv(step=what, waited=f"{STOP_STEP_SECONDS:g}s"))
+    elif not task.cancelled() and (error := task.exception()) is not None:
+        log.warning("Failed while stopping", extra=logs.kv(step=what, error=str(error)))
 
 
 @click.command()
