@@ -258,6 +258,14 @@ def main() -> int:
     parser.add_argument(
         "--no-restart", dest="restart", action="store_false", help="skip the restart with N objects (step 4)"
     )
+    parser.add_argument(
+        "--raw-watchers",
+        type=int,
+        default=1,
+        help="watches of the raw namespace during the raw half (default 1, the bench's observer; the "
+        "operator's half has two: the observer and Kopf's): 2 shows what a second watcher costs the API server",
+    )
+    parser.add_argument("--no-operator", dest="operator", action="store_false", help="only the raw half")
     args = parser.parse_args()
     if args.quick:
         args.count, args.quiet = 500, 10.0
@@ -280,16 +288,26 @@ def main() -> int:
             bodies = [object_body(k, d, 1) for k, d in docs.items()]
             common.log(f"raw: creating {len(bodies)} objects with {args.concurrency} threads")
             apiserver = cp.pid("kube-apiserver")
-            raw_watcher = Watcher(cp, RAW_NS).start()  # the same observer as for the operator
+            # the same observer as for the operator, and any extra watchers asked for
+            raw_watchers = [Watcher(cp, RAW_NS).start() for _ in range(max(1, args.raw_watchers))]
             api_cpu0, client_cpu0 = common.cpu_seconds(apiserver), common.cpu_seconds(os.getpid())
             try:
                 raw_seconds = raw_creates(cp, bodies, args.concurrency)
                 raw_api_cpu = common.cpu_seconds(apiserver) - api_cpu0
                 raw_client_cpu = common.cpu_seconds(os.getpid()) - client_cpu0
             finally:
-                raw_watcher.stop()
+                for raw_watcher in raw_watchers:
+                    raw_watcher.stop()
             raw_rate = args.count / raw_seconds
             common.log(f"raw: {raw_seconds:.1f} s, {raw_rate:.0f} objects/s")
+            if not args.operator:
+                note = f"{len(raw_watchers)} watcher(s)"
+                common.emit(BENCH, "raw_create_rate", raw_rate, "objects/s", note=f"{args.count} objects, {note}")
+                common.emit(BENCH, "apiserver_cpu_raw", raw_api_cpu, "s", note=note)
+                common.emit(BENCH, "apiserver_cpu_raw_per_object", 1000 * raw_api_cpu / args.count, "ms", note=note)
+                common.emit(BENCH, "raw_client_cpu", raw_client_cpu, "s", note="the raw client's and its watchers'")
+                common.summary(f"raw creates only, {args.count} objects", [])
+                return 0
 
             # 2. the operator
             env = {**cp.env(), "KUBECONFIG": str(cp.kubeconfig)}
