@@ -36,7 +36,8 @@ lint: venv
 
 # Test files run in 3 workers (pytest-xdist, whole files per worker so module fixtures stay
 # together): most tests wait on real processes rather than use a core, so 3 workers on 2 cores
-# halve the wall time (703 s -> 332 s measured). PYTEST_WORKERS=0 runs them one after another.
+# halve the wall time (703 s -> 332 s measured); 4 workers are slower again, the cores being
+# the limit (727 s against 679 s for 3, 2026-12-07). PYTEST_WORKERS=0 runs them one after another.
 PYTEST_WORKERS ?= 3
 test: deps venv tools lint
 	DISCOVERD_E2E_NODE=$(E2E_NODE) PATH="$(CURDIR)/$(BIN):$$PATH" \
