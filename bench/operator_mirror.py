@@ -20,6 +20,14 @@ One run, side by side, on the test control plane (a real kube-apiserver):
 
     .venv/bin/python bench/operator_mirror.py            # 5,000 objects, 60 s quiet
     .venv/bin/python bench/operator_mirror.py --quick    # 500 objects, 10 s quiet
+    .venv/bin/python bench/operator_mirror.py --pin      # the control plane on CPU 0, the rest on CPU 1
+
+With two cores the API server and the client (the raw one or the operator)
+share both, so a client's CPU slows the API server's creates: with the
+operator, the API server's own functions took about 1.5 times the CPU per
+create that they took in the raw half (pprof, 20,000 objects; bench/README.md
+Figure 4). `--pin` keeps them on different cores, as a control plane and an
+operator are on different machines in a cluster.
 
 JSON lines on stdout, a summary on stderr. Everything started is stopped by pid.
 """
@@ -91,6 +99,12 @@ def object_body(key: keys.Key, doc: documents.Document, revision: int) -> dict[s
             "spec": spec,
         }
     )
+
+
+def pin_all_threads(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of `pid` to `cpus` (threads it starts later inherit it from their creator)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
 
 
 def api_client(cp: common.ControlPlane, concurrency: int) -> client.ApiClient:
@@ -266,16 +280,28 @@ def main() -> int:
         "operator's half has two: the observer and Kopf's): 2 shows what a second watcher costs the API server",
     )
     parser.add_argument("--no-operator", dest="operator", action="store_false", help="only the raw half")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="kube-apiserver and its etcd on CPU 0, everything else (this bench, its etcd, the operator) on "
+        "CPU 1, as the control plane and the operator are on different machines in a cluster",
+    )
     args = parser.parse_args()
     if args.quick:
         args.count, args.quiet = 500, 10.0
 
     docs = instance_documents(args.count)
     notes: list[str] = []
+    if args.pin:
+        os.sched_setaffinity(0, {1})  # inherited by the threads and processes started from here
     with common.scratch_dir(keep=args.keep or bool(args.profile)) as tmp:
         txn_ops = ["--max-txn-ops", str(args.count + 16), "--max-request-bytes", str(64 * 2**20)]
         with common.etcd_server(tmp, txn_ops) as etcd, common.control_plane(tmp / "cp") as cp:
             common.log(f"control plane at {cp.server}, bench etcd at {etcd.endpoint}")
+            if args.pin:
+                for name in ("kube-apiserver", "etcd"):
+                    pin_all_threads(cp.pid(name), {0})
+                notes.append("pinned: kube-apiserver and its etcd on CPU 0, the rest on CPU 1")
             cp.kubectl("apply", "-f", str(common.REPO / "crds"))
             cp.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
             for ns in (WARMUP_NS, RAW_NS, MIRROR_NS, RAW_AGAIN_NS):
