@@ -289,6 +289,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.quick:
         args.count, args.quiet = 500, 10.0
+    if args.pin and not {0, 1} <= os.sched_getaffinity(0):
+        parser.error(f"--pin needs CPUs 0 and 1; this process may use {sorted(os.sched_getaffinity(0))}")
 
     docs = instance_documents(args.count)
     notes: list[str] = []
