@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -172,13 +173,20 @@ class Browser:
         self.port = 0
         self._session: aiohttp.ClientSession | None = None
         self._pages: list[Page] = []
+        self._scratch: Path | None = None
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         assert CHROMIUM is not None, missing_reason()
         self.profile.mkdir(parents=True, exist_ok=True)
         argv = [CHROMIUM, *FLAGS, f"--user-data-dir={self.profile}", "about:blank"]
+        # Chromium makes its singleton directory (org.chromium.Chromium.*, holding a socket, so the
+        # path must be short) in TMPDIR and leaves it there: a directory of our own, removed by `stop`.
+        self._scratch = Path(tempfile.mkdtemp(prefix="chromium-"))
+        env = {**os.environ, "TMPDIR": str(self._scratch)}
         with open(self.log_path, "ab") as log:
-            return subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+            return subprocess.Popen(
+                argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+            )
 
     def _active_port(self) -> int | None:
         """The port Chromium wrote to DevToolsActivePort (port, then the browser's path), once it has."""
@@ -222,3 +230,5 @@ class Browser:
                 os.killpg(self.process.pid, signal.SIGKILL)  # its own group: started with a new session
             self.process.wait(10)
         shutil.rmtree(self.profile, ignore_errors=True)
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)

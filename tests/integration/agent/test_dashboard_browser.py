@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +32,10 @@ IDS = ("a", "b", "c")
 
 
 @pytest.fixture(scope="module")
-def artifacts() -> Path:
-    where = os.environ.get("DISCOVERD_TEST_ARTIFACTS") or tempfile.mkdtemp(prefix="discoverd-dashboard-")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the screenshots go: DISCOVERD_TEST_ARTIFACTS, or pytest's own temporary directory
+    (kept for the last three runs, then removed by pytest, not left in /tmp for ever)."""
+    where = os.environ.get("DISCOVERD_TEST_ARTIFACTS") or tmp_path_factory.mktemp("screenshots")
     path = Path(where) / "dashboard"
     path.mkdir(parents=True, exist_ok=True)
     return path
