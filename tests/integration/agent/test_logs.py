@@ -24,7 +24,7 @@ from discoverd.schema import documents, keys
 from discoverd.schema import logaccess as protocol
 from discoverd.store import leases
 from discoverd.store.typed import Store, Write
-from support.wait import wait_until
+from support.wait import async_wait_until, wait_until
 
 DISCOVERD = str(Path(sys.executable).parent / "discoverd")
 Node = Any
@@ -247,18 +247,6 @@ async def _read(address: str, digest: str, token: str, target: logaccess.Target,
     return found
 
 
-async def _read_until(
-    address: str, digest: str, token: str, target: logaccess.Target, text: str, timeout: float = 30
-) -> list[str]:
-    """`_read` again until `text` is among the lines (the phase is Running before the script's first line)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = await _read(address, digest, token, target)
-        if text in found or time.monotonic() > deadline:
-            return found
-        await asyncio.sleep(0.1)
-
-
 async def _running(node: Node) -> tuple[str, str]:
     seed(node, "i1", "i2", count=2, delay=0.0)
     node.agent("--api-grant-recheck", "0.2")
@@ -274,7 +262,11 @@ async def test_a_request_is_refused_without_a_grant_or_with_a_grant_for_another_
     address, digest = await _running(node)
     i1 = logaccess.Target("node-1", "web", "i1")
     token, _ = await _grant(store, "node-1", "web", "i1")
-    assert "line 1" in await _read_until(address, digest, token, i1, "line 1")  # the control: a grant for i1 reads i1
+
+    async def reads_i1() -> bool:  # the control: a grant for i1 reads i1 (Running comes before its first line)
+        return "line 1" in await _read(address, digest, token, i1)
+
+    await async_wait_until(reads_i1, 30, 0.1, what="line 1 of web/i1 read with its grant")
     for wrong in (protocol.new_token(), token[:-2] + ("AA" if not token.endswith("AA") else "BB")):
         with pytest.raises(logaccess.Refused) as refused:
             await _read(address, digest, wrong, i1)
