@@ -112,8 +112,19 @@ class Line:
 
 
 async def targets(store: Store, service: str, instance: str | None = None) -> list[Target]:
-    """Every (server, instance) where a server document lists `service` (and `instance`), sorted."""
-    snapshot = await store.snapshot(keys.servers_prefix(store.prefix))
+    """Every (server, instance) where a server document lists `service` (and `instance`), sorted.
+
+    Only the server documents are decoded: `servers/` also holds each server's agent status and a
+    status report per instance (ten or more keys a server in a fleet), passed over undecoded.
+    """
+    head = keys.servers_prefix(store.prefix).encode()
+    tail = keys.server_config(store.prefix, "s")[len(keys.server_prefix(store.prefix, "s")) :].encode()
+
+    def document(key: bytes, _value: bytes) -> bool:  # servers/<server>/config/..., nothing else
+        name, _, rest = key[len(head) :].partition(b"/")
+        return rest == tail and bool(name)
+
+    snapshot = await store.read([(head, keys.prefix_range_end(head))], where=document)
     found: set[Target] = set()
     for entry in snapshot.entries.values():
         if entry.parsed is None or entry.parsed.kind is not keys.Kind.SERVER:
